@@ -1,0 +1,182 @@
+"""How a task changes the backbone, and the merge space that goes with it (pm-method.md §1, §3, §4).
+
+- `LoraAdaptation`: a fresh PEFT LoRA adapter per task on the target modules. Merge space = the adapted weight
+  matrices W (task vector ΔW = scale·B A). After the task, W ← W + α·scale·B A is folded in by PEFT's own merge
+  (scale set to α) and the adapter is removed: the backbone is again a plain model of the original architecture.
+- `FullAdaptation`: all backbone parameters train. Merge space = those parameters; θ̂_{t-1} is one stored copy.
+
+Merge-space keys are parameter names of the plain backbone (e.g. 'encoder.layer.0.attention.self.key.weight'),
+so Fisher sums, task vectors and merged weights line up across tasks and with `backbone.state_dict()`.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable
+
+import torch
+import torch.nn.functional as F
+from peft import LoraConfig, get_peft_model
+from peft.tuners.lora import LoraLayer
+from torch import nn
+from torch.func import functional_call
+
+from .errors import UserError
+from .fisher import layer_weight_fisher, parameter_fisher
+from .perturb import added_weight_noise, gaussian_like, lora_branch_scale, perturbed_parameters
+
+LogitsFn = Callable[[torch.Tensor], torch.Tensor]
+Batch = tuple[Any, torch.Tensor]
+ADAPTER = "default"
+_PEFT_PREFIX = "base_model.model."
+
+
+def call_backbone(backbone: nn.Module, inputs: Any) -> torch.Tensor:
+    """Backbones take one argument (a tensor or a dict of tensors) and return [N, feature_dim] features."""
+    return backbone(inputs)
+
+
+def adaptable_module_names(model: nn.Module) -> list[str]:
+    """Names of the modules LoRA can target here (Linear, Conv2d, transformers Conv1D)."""
+    kinds = (nn.Linear, nn.Conv2d)
+    return [n for n, m in model.named_modules() if n and (isinstance(m, kinds) or type(m).__name__ == "Conv1D")]
+
+
+def _short_list(names: list[str], limit: int = 12) -> str:
+    return ", ".join(names[:limit]) + (f", … ({len(names)} in all)" if len(names) > limit else "")
+
+
+def resolve_lora_targets(model: nn.Module, targets: list[str]) -> list[str]:
+    """Check that each target (a module-name suffix, PEFT style) matches at least one adaptable module."""
+    names = adaptable_module_names(model)
+    missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
+    if missing:
+        raise UserError(
+            f"LoRA target(s) {missing} match no Linear/Conv module of the backbone; available: {_short_list(names)}"
+        )
+    return targets
+
+
+class LoraAdaptation:
+    """A fresh LoRA adapter per task; the merge space is the adapted weight matrices W."""
+
+    kind = "lora"
+
+    def __init__(self, rank: int, alpha: float, dropout: float, targets: list[str]) -> None:
+        self.rank, self.alpha, self.dropout, self.targets = rank, alpha, dropout, list(targets)
+        self.peft_model: nn.Module | None = None
+        self.layers: dict[str, nn.Module] = {}
+
+    def attach(self, backbone: nn.Module) -> nn.Module:
+        """Attach a fresh adapter (B = 0, A random) to the target modules; return the module to call."""
+        resolve_lora_targets(backbone, self.targets)
+        config = LoraConfig(
+            r=self.rank, lora_alpha=self.alpha, lora_dropout=self.dropout, target_modules=self.targets, bias="none"
+        )
+        self.peft_model = get_peft_model(backbone, config, adapter_name=ADAPTER)
+        self.layers = {
+            name.removeprefix(_PEFT_PREFIX) + ".weight": module
+            for name, module in self.peft_model.named_modules()
+            if isinstance(module, LoraLayer)
+        }
+        return self.peft_model
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.peft_model.parameters() if p.requires_grad]
+
+    def merged_weights(self) -> dict[str, torch.Tensor]:
+        """θ̂_{t-1} in merge space: the (frozen) base weights under the adapter."""
+        return {k: layer.get_base_layer().weight.detach() for k, layer in self.layers.items()}
+
+    def task_vector(self) -> dict[str, torch.Tensor]:
+        """ΔW = scale·B A per adapted matrix (shaped like W), at branch scale 1."""
+        with torch.no_grad():
+            return {k: layer.get_delta_weight(ADAPTER).detach() for k, layer in self.layers.items()}
+
+    def features(self, inputs: Any, shift: float = 0.0, perturbation: str = "none", generator=None) -> torch.Tensor:
+        """Backbone features at W + (1 + shift)ΔW ('task_vector') or W + ΔW + shift·N ('gaussian')."""
+        if perturbation == "task_vector":
+            with lora_branch_scale(self.layers, 1.0 + shift, ADAPTER):
+                return call_backbone(self.peft_model, inputs)
+        if perturbation == "gaussian" and shift != 0.0:
+            noise = gaussian_like(self.task_vector(), generator)
+            with added_weight_noise(self.layers, noise, shift):
+                return call_backbone(self.peft_model, inputs)
+        return call_backbone(self.peft_model, inputs)
+
+    def fisher(
+        self, batches: Iterable[Batch], logits_fn: LogitsFn, max_samples: int | None, progress: bool, description: str
+    ) -> dict[str, torch.Tensor]:
+        """Empirical Fisher of every adapted W (per-sample, hooks), at the unperturbed trained weights."""
+
+        def per_sample_loss(batch: Batch) -> torch.Tensor:
+            inputs, labels = batch
+            return F.cross_entropy(logits_fn(self.features(inputs)), labels, reduction="none")
+
+        return layer_weight_fisher(self.layers, batches, per_sample_loss, max_samples, progress, description)
+
+    def fold(self, alpha: float) -> nn.Module:
+        """W ← W + α·scale·B A (PEFT safe merge with the branch scale set to α); return the plain backbone."""
+        for layer in self.layers.values():
+            layer.set_scale(ADAPTER, alpha)
+        backbone = self.peft_model.merge_and_unload(safe_merge=True)
+        self.peft_model, self.layers = None, {}
+        return backbone
+
+
+class FullAdaptation:
+    """All backbone parameters train; the merge space is every backbone parameter."""
+
+    kind = "full"
+
+    def __init__(self) -> None:
+        self.backbone: nn.Module | None = None
+        self.anchor: dict[str, torch.Tensor] = {}
+
+    def attach(self, backbone: nn.Module) -> nn.Module:
+        self.backbone = backbone
+        for p in backbone.parameters():
+            p.requires_grad_(True)
+        self.anchor = {n: p.detach().clone() for n, p in backbone.named_parameters()}
+        return backbone
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return list(self.backbone.parameters())
+
+    def merged_weights(self) -> dict[str, torch.Tensor]:
+        return self.anchor
+
+    def task_vector(self) -> dict[str, torch.Tensor]:
+        return {n: p.detach() - self.anchor[n] for n, p in self.backbone.named_parameters()}
+
+    def _perturbed(self, shift: float, perturbation: str, generator) -> dict[str, torch.Tensor]:
+        params = dict(self.backbone.named_parameters())
+        if perturbation == "task_vector":
+            return perturbed_parameters(params, self.anchor, shift)
+        noise = gaussian_like(self.task_vector(), generator)
+        return {n: p + shift * noise[n] for n, p in params.items()}
+
+    def features(self, inputs: Any, shift: float = 0.0, perturbation: str = "none", generator=None) -> torch.Tensor:
+        """Backbone features at θ + shift·(θ − θ̂) ('task_vector') or θ + shift·N ('gaussian'), functionally."""
+        if perturbation == "none" or shift == 0.0:
+            return call_backbone(self.backbone, inputs)
+        return functional_call(self.backbone, self._perturbed(shift, perturbation, generator), (inputs,))
+
+    def fisher(
+        self, batches: Iterable[Batch], logits_fn: LogitsFn, max_samples: int | None, progress: bool, description: str
+    ) -> dict[str, torch.Tensor]:
+        def sample_loss(module, params, inputs, label):
+            return F.cross_entropy(logits_fn(functional_call(module, params, (inputs,))), label)
+
+        return parameter_fisher(
+            self.backbone, list(self.anchor), batches, sample_loss, max_samples, progress, description
+        )
+
+    def fold(self, alpha: float) -> nn.Module:
+        """θ ← θ̂ + α(θ − θ̂)."""
+        with torch.no_grad():
+            for n, p in self.backbone.named_parameters():
+                p.copy_(self.anchor[n] + alpha * (p - self.anchor[n]))
+        backbone, self.backbone, self.anchor = self.backbone, None, {}
+        return backbone
+
+
+ADAPTATIONS = {"lora": LoraAdaptation, "full": FullAdaptation}

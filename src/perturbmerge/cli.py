@@ -1,0 +1,104 @@
+"""`perturbmerge` command line: a thin layer over the Python API. Bad input → one line on stderr, exit 2."""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Any, Sequence
+
+from .errors import UserError
+
+
+def _fmt(value: Any) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _summary_lines(results: dict[str, Any]) -> list[str]:
+    lines = [
+        f"{results['method']} on {results['benchmark']} (seed {results['seed']}, {results['num_tasks']} tasks, "
+        f"{results['wall_time_s']:.1f} s)",
+        f"  final acc {_fmt(results['final_acc'])}  AAA {_fmt(results['aaa'])}  forgetting {_fmt(results['forgetting'])}"
+        f"  BWT {_fmt(results['bwt'])}  plasticity {_fmt(results['plasticity'])}   (%)",
+    ]
+    if results["alphas"] is not None:
+        lines.append("  alpha per task: " + " ".join(f"{a:.3f}" for a in results["alphas"]))
+    return lines
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .runner import resolve_config, run_experiment
+
+    overrides = {"benchmark": args.benchmark, "method": args.method, "seed": args.seed, "tasks": args.tasks,
+                 "data_dir": args.data_dir}
+    config, _ = resolve_config(overrides, args.config, [s for group in args.set for s in group])
+    out = args.out or f"runs/{config.benchmark}-{config.method}-seed{config.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
+    results = run_experiment(config, out, progress=not args.quiet)
+    print("\n".join(_summary_lines(results)))
+    print(f"  results: {out}/results.json")
+    return 0
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    from .methods import METHODS
+
+    for spec in METHODS.values():
+        print(f"{spec.name:<12} {spec.description}")
+    return 0
+
+
+def cmd_benchmarks(args: argparse.Namespace) -> int:
+    from .data import BENCHMARKS
+
+    for spec in BENCHMARKS.values():
+        print(f"{spec.name:<14} {spec.scenario:<19} {spec.description}")
+    return 0
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from .config import RunConfig, all_keys
+
+    defaults = RunConfig().to_dict()
+    for key in all_keys():
+        value: Any = defaults
+        for part in key.split("."):
+            value = value[part]
+        print(f"{key:<20} default {value!r}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="perturbmerge", description="Continual learning by Perturb-and-Merge.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run one method on one benchmark and write results.json")
+    run.add_argument("--benchmark", help="benchmark name (see `perturbmerge benchmarks`)")
+    run.add_argument("--method", help="method name (see `perturbmerge methods`)")
+    run.add_argument("--seed", type=int, help="seed: class order, init, data order, perturbation draws")
+    run.add_argument("--tasks", type=int, help="number of tasks (default: the benchmark's)")
+    run.add_argument("--data-dir", help="where fetched data sets are cached")
+    run.add_argument("--out", help="output folder (must be new or empty); default runs/<benchmark>-<method>-seed<N>-<time>")
+    run.add_argument("--config", help="YAML file of config keys (see `perturbmerge keys`)")
+    run.add_argument("--set", nargs="+", action="append", default=[], metavar="KEY=VALUE",
+                     help="override config keys, e.g. --set epochs=3 lora.rank=4")
+    run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.set_defaults(func=cmd_run)
+    sub.add_parser("methods", help="list methods").set_defaults(func=cmd_methods)
+    sub.add_parser("benchmarks", help="list benchmarks").set_defaults(func=cmd_benchmarks)
+    sub.add_parser("keys", help="list config keys and their defaults").set_defaults(func=cmd_keys)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except UserError as exc:
+        print(f"perturbmerge: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("perturbmerge: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,218 @@
+"""Typed run configuration: dataclasses, YAML loading (safe_load), `--set key=value` overrides, validation.
+
+Precedence, lowest first: dataclass defaults < the benchmark's defaults < the YAML file < `--set`.
+Every key a user sets explicitly is remembered, so a key that the chosen method ignores is an error, not a
+silent no-op.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from .errors import UserError, did_you_mean
+from .merge import ALPHA_RULES
+
+
+@dataclass
+class LoraSettings:
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    targets: list[str] | None = None  # None: the backbone's default targets
+
+
+@dataclass
+class FisherSettings:
+    max_samples: int | None = None  # None: the whole training set of the task
+    batch_size: int = 64
+
+
+@dataclass
+class RunConfig:
+    benchmark: str = "digits"
+    method: str = "pm-lora"
+    seed: int = 0
+    tasks: int | None = None  # None: the benchmark's default number of tasks
+    epochs: int = 5
+    batch_size: int = 32
+    eval_batch_size: int = 256
+    lr: float = 1e-3
+    head_lr: float = 1e-2
+    weight_decay: float = 0.0
+    epsilon: float = 0.5
+    p0: float = 1.0 / 3.0
+    alpha_rule: str = "closed_form"
+    fixed_alpha: float = 0.5
+    device: str = "auto"
+    data_dir: str | None = None
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    fisher: FisherSettings = field(default_factory=FisherSettings)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def all_keys(cls: type = RunConfig, prefix: str = "") -> list[str]:
+    """Dotted names of every settable key."""
+    keys = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            keys += all_keys(hints[f.name], prefix + f.name + ".")
+        else:
+            keys.append(prefix + f.name)
+    return keys
+
+
+def _coerce(key: str, value: Any, annotation: Any) -> Any:
+    """Check/convert one value against its annotation (int, float, str, bool, list[str], optional)."""
+    args = typing.get_args(annotation)
+    optional = type(None) in args
+    if value is None:
+        if optional:
+            return None
+        raise UserError(f"{key} must not be null; give a value, e.g. --set {key}=...")
+    base = next((a for a in args if a is not type(None)), annotation) if optional else annotation
+    if base is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if base is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if base is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if base is str and isinstance(value, str):
+        return value
+    if base is bool and isinstance(value, bool):
+        return value
+    if typing.get_origin(base) is list:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return value
+    name = getattr(base, "__name__", str(base))
+    raise UserError(f"{key} must be {name}, got {value!r}; fix it in the config or --set {key}=...")
+
+
+def _merge_into(target: Any, data: Mapping[str, Any], prefix: str, explicit: set[str] | None) -> None:
+    hints = typing.get_type_hints(type(target))
+    names = [f.name for f in dataclasses.fields(target)]
+    for key, value in data.items():
+        dotted = prefix + str(key)
+        if key not in names:
+            raise UserError(f"unknown config key '{dotted}'{did_you_mean(dotted, all_keys())}; see `perturbmerge keys`")
+        annotation = hints[key]
+        if dataclasses.is_dataclass(annotation):
+            if not isinstance(value, Mapping):
+                raise UserError(f"{dotted} must be a mapping of its sub-keys, got {value!r}")
+            _merge_into(getattr(target, key), value, dotted + ".", explicit)
+            continue
+        setattr(target, key, _coerce(dotted, value, annotation))
+        if explicit is not None:
+            explicit.add(dotted)
+
+
+def parse_set(assignments: list[str]) -> dict[str, Any]:
+    """['lora.rank=4', 'lr=1e-3'] → {'lora': {'rank': 4}, 'lr': 0.001}; values parsed as YAML scalars."""
+    nested: dict[str, Any] = {}
+    for item in assignments:
+        if "=" not in item:
+            raise UserError(f"--set expects key=value, got '{item}'; e.g. --set epochs=3")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            value = raw
+        if isinstance(value, str) and _looks_numeric(value):
+            value = float(value)  # YAML 1.1 reads '1e-3' as a string
+        node = nested
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise UserError(f"--set {key}: '{part}' is not a group of keys")
+        node[parts[-1]] = value
+    return nested
+
+
+def _looks_numeric(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file '{path}' not found; pass an existing YAML file to --config")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise UserError(f"config file '{path}' is not valid YAML{where}; fix the syntax") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"config file '{path}' must hold a mapping of keys, not {type(data).__name__}")
+    return _parse_numeric_strings(data)
+
+
+def _parse_numeric_strings(data: Any) -> Any:
+    if isinstance(data, dict):
+        return {k: _parse_numeric_strings(v) for k, v in data.items()}
+    if isinstance(data, str) and _looks_numeric(data) and data.strip().lower() not in ("nan", "inf", "-inf"):
+        return float(data)
+    return data
+
+
+def build_config(layers: list[Mapping[str, Any]], explicit_layers: list[Mapping[str, Any]]) -> tuple[RunConfig, set[str]]:
+    """Apply `layers` (defaults, silently) then `explicit_layers` (recorded as user-set), and validate."""
+    config = RunConfig()
+    explicit: set[str] = set()
+    for layer in layers:
+        _merge_into(config, layer, "", None)
+    for layer in explicit_layers:
+        _merge_into(config, layer, "", explicit)
+    validate(config)
+    return config, explicit
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise UserError(message)
+
+
+def validate(c: RunConfig) -> None:
+    """Range checks; each failure is one line with the fix."""
+    finite = math.isfinite
+    _require(c.seed >= 0, f"seed must be >= 0, got {c.seed}")
+    _require(c.tasks is None or c.tasks >= 1, f"tasks must be >= 1, got {c.tasks}")
+    _require(c.epochs >= 1, f"epochs must be >= 1, got {c.epochs}; e.g. --set epochs=5")
+    _require(c.batch_size >= 1, f"batch_size must be >= 1, got {c.batch_size}; e.g. --set batch_size=32")
+    _require(c.eval_batch_size >= 1, f"eval_batch_size must be >= 1, got {c.eval_batch_size}")
+    _require(finite(c.lr) and c.lr > 0, f"lr must be a positive number, got {c.lr}; e.g. --set lr=1e-3")
+    _require(finite(c.head_lr) and c.head_lr > 0, f"head_lr must be a positive number, got {c.head_lr}; e.g. --set head_lr=1e-2")
+    _require(finite(c.weight_decay) and c.weight_decay >= 0, f"weight_decay must be >= 0, got {c.weight_decay}")
+    _require(finite(c.epsilon) and c.epsilon >= 0, f"epsilon must be a finite number >= 0, got {c.epsilon}; the paper uses 0.5")
+    _require(0.0 <= c.p0 <= 1.0, f"p0 must be in [0, 1], got {c.p0}; the paper uses 1/3")
+    _require(
+        c.alpha_rule in ALPHA_RULES,
+        f"alpha_rule must be one of {', '.join(ALPHA_RULES)}, got '{c.alpha_rule}'{did_you_mean(c.alpha_rule, ALPHA_RULES)}",
+    )
+    _require(0.0 <= c.fixed_alpha <= 1.0, f"fixed_alpha must be in [0, 1], got {c.fixed_alpha}")
+    _require(c.device == "auto" or c.device.split(":")[0] in ("cpu", "cuda", "mps"),
+             f"device must be auto, cpu, cuda[:N] or mps, got '{c.device}'")
+    _require(c.lora.rank >= 1, f"lora.rank must be >= 1, got {c.lora.rank}; e.g. --set lora.rank=8")
+    _require(finite(c.lora.alpha) and c.lora.alpha > 0, f"lora.alpha must be > 0, got {c.lora.alpha}")
+    _require(0.0 <= c.lora.dropout < 1.0, f"lora.dropout must be in [0, 1), got {c.lora.dropout}")
+    _require(c.lora.targets is None or len(c.lora.targets) > 0, "lora.targets must name at least one module, e.g. --set lora.targets=key,value")
+    _require(c.fisher.max_samples is None or c.fisher.max_samples >= 1, f"fisher.max_samples must be >= 1 or null, got {c.fisher.max_samples}")
+    _require(c.fisher.batch_size >= 1, f"fisher.batch_size must be >= 1, got {c.fisher.batch_size}")

@@ -1,0 +1,178 @@
+"""Diagonal empirical Fisher in the space of the weights that get merged (pm-method.md §2).
+
+    F = (1/N) Σ_n (∇_W ℓ(x_n, y_n))²      per-sample squared gradients, true labels, dropout off.
+
+Two estimators:
+- `layer_weight_fisher`: for the weight matrices W of linear / conv layers (the LoRA merge space). The
+  per-sample gradient of y = W x is Σ_tokens δ_out ⊗ x_in; forward hooks keep x_in and the output, and
+  autograd.grad of the summed loss w.r.t. those outputs gives δ_out, so no per-sample gradient of any other
+  parameter is ever formed and no `.grad` is touched.
+- `parameter_fisher`: for arbitrary parameters (full fine-tuning), with torch.func.vmap(grad(·)).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Iterable, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import grad, vmap
+from tqdm.auto import tqdm
+
+from .errors import TrainingDiverged
+
+Batch = tuple[Any, torch.Tensor]
+
+
+def _batch_size(labels: torch.Tensor) -> int:
+    return int(labels.shape[0])
+
+
+def _take(batch: Batch, count: int) -> Batch:
+    inputs, labels = batch
+    if isinstance(inputs, Mapping):
+        inputs = {k: v[:count] for k, v in inputs.items()}
+    else:
+        inputs = inputs[:count]
+    return inputs, labels[:count]
+
+
+def _capped(batches: Iterable[Batch], max_samples: int | None) -> Iterable[Batch]:
+    seen = 0
+    for batch in batches:
+        if max_samples is not None:
+            remaining = max_samples - seen
+            if remaining <= 0:
+                return
+            if _batch_size(batch[1]) > remaining:
+                batch = _take(batch, remaining)
+        seen += _batch_size(batch[1])
+        yield batch
+
+
+def _weight_layout(layer: nn.Module) -> nn.Module:
+    """The module whose `.weight` is merged: PEFT LoRA layers wrap it as `base_layer`."""
+    return layer.get_base_layer() if hasattr(layer, "get_base_layer") else layer
+
+
+def per_sample_weight_grad(layer: nn.Module, inputs: torch.Tensor, out_grad: torch.Tensor) -> torch.Tensor:
+    """Per-sample ∂ℓ_n/∂W for one call of a linear, GPT-2 Conv1D or conv2d layer; shape [N, *W.shape].
+
+    Linear: Σ_t δ_{n,t} ⊗ x_{n,t}. Conv2d: δ_n (unfolded input patches)ᵀ, summed over positions.
+    """
+    base = _weight_layout(layer)
+    weight = base.weight
+    n = inputs.shape[0]
+    if isinstance(base, nn.Conv2d):
+        if base.groups != 1 or base.padding_mode != "zeros":
+            raise NotImplementedError("per-sample Fisher supports Conv2d with groups=1 and zero padding only")
+        patches = F.unfold(inputs, base.kernel_size, dilation=base.dilation, padding=base.padding, stride=base.stride)
+        grads = torch.einsum("nol,nkl->nok", out_grad.reshape(n, out_grad.shape[1], -1), patches)
+        return grads.reshape(n, *weight.shape)
+    if weight.dim() != 2:
+        raise NotImplementedError(f"per-sample Fisher does not support {type(base).__name__} layers")
+    x = inputs.reshape(n, -1, inputs.shape[-1])
+    g = out_grad.reshape(n, -1, out_grad.shape[-1])
+    if tuple(weight.shape) == (g.shape[-1], x.shape[-1]):  # nn.Linear: W is [out, in]
+        return torch.einsum("nto,nti->noi", g, x)
+    if tuple(weight.shape) == (x.shape[-1], g.shape[-1]):  # transformers Conv1D: W is [in, out]
+        return torch.einsum("nti,nto->nio", x, g)
+    raise NotImplementedError(f"cannot match weight {tuple(weight.shape)} of {type(base).__name__} to its input/output")
+
+
+def layer_weight_fisher(
+    layers: Mapping[str, nn.Module],
+    batches: Iterable[Batch],
+    per_sample_loss: Callable[[Batch], torch.Tensor],
+    max_samples: int | None = None,
+    progress: bool = False,
+    description: str = "Fisher",
+) -> dict[str, torch.Tensor]:
+    """Diagonal empirical Fisher of each layer's weight W, keyed as given in `layers`.
+
+    `per_sample_loss(batch)` must return the vector of per-sample losses (the model already in eval mode and
+    unperturbed); something upstream of every layer's output must require grad (e.g. LoRA factors).
+    A layer called several times per forward gets the sum of its per-call gradients, as autograd would.
+    """
+    totals = {name: _accumulator(_weight_layout(m).weight) for name, m in layers.items()}
+    calls: list[tuple[str, torch.Tensor, torch.Tensor]] = []  # (layer name, input, output) of every call
+
+    def make_hook(name: str):
+        def forward_hook(module, args, output):
+            calls.append((name, args[0].detach(), output))
+
+        return forward_hook
+
+    handles = [layer.register_forward_hook(make_hook(name)) for name, layer in layers.items()]
+    count = 0
+    try:
+        for batch in tqdm(list(_capped(batches, max_samples)), desc=description, disable=not progress, leave=False):
+            calls.clear()
+            losses = per_sample_loss(batch)
+            if not torch.isfinite(losses).all():
+                raise TrainingDiverged(f"{description}: non-finite loss in the Fisher pass; lower lr or check the data")
+            missing = set(layers) - {name for name, _, out in calls if out.requires_grad}
+            if missing:
+                raise RuntimeError(f"no gradient can reach layers {sorted(missing)[:3]}; is anything upstream trainable?")
+            # δ_out for every call, without accumulating .grad anywhere
+            out_grads = torch.autograd.grad(losses.sum(), [out for _, _, out in calls])
+            per_sample: dict[str, torch.Tensor] = {}
+            for (name, x, _), g in zip(calls, out_grads):
+                contribution = per_sample_weight_grad(layers[name], x, g).to(totals[name].dtype)
+                per_sample[name] = per_sample[name] + contribution if name in per_sample else contribution
+            for name, g in per_sample.items():
+                totals[name] += g.pow(2).sum(0)
+            count += _batch_size(batch[1])
+    finally:
+        calls.clear()
+        for handle in handles:
+            handle.remove()
+    return _normalise(totals, count, description)
+
+
+def parameter_fisher(
+    module: nn.Module,
+    parameter_names: Iterable[str],
+    batches: Iterable[Batch],
+    sample_loss: Callable[[nn.Module, dict[str, torch.Tensor], Any, torch.Tensor], torch.Tensor],
+    max_samples: int | None = None,
+    progress: bool = False,
+    description: str = "Fisher",
+) -> dict[str, torch.Tensor]:
+    """Diagonal empirical Fisher of the named parameters of `module`, per-sample gradients by torch.func.
+
+    `sample_loss(module, params, inputs, label)` returns the scalar loss of ONE sample (no batch dimension)
+    evaluated with `functional_call(module, params, ...)`.
+    """
+    names = list(parameter_names)
+    params = {n: p.detach() for n, p in module.named_parameters() if n in names}
+    totals = {n: _accumulator(p) for n, p in params.items()}
+
+    def loss_of(p, inputs, label):
+        inputs = {k: v.unsqueeze(0) for k, v in inputs.items()} if isinstance(inputs, Mapping) else inputs.unsqueeze(0)
+        return sample_loss(module, p, inputs, label.unsqueeze(0))
+
+    per_sample_grads = vmap(grad(loss_of), in_dims=(None, 0, 0))
+    count = 0
+    for inputs, labels in tqdm(list(_capped(batches, max_samples)), desc=description, disable=not progress, leave=False):
+        grads = per_sample_grads(params, inputs, labels)
+        for n, g in grads.items():
+            totals[n] += g.detach().to(totals[n].dtype).pow(2).sum(0)
+        count += _batch_size(labels)
+    return _normalise(totals, count, description)
+
+
+def _accumulator(weight: torch.Tensor) -> torch.Tensor:
+    """Zeros like `weight`, in at least float32 (half-precision models accumulate in float32)."""
+    return torch.zeros(weight.shape, dtype=torch.promote_types(weight.dtype, torch.float32), device=weight.device)
+
+
+def _normalise(totals: dict[str, torch.Tensor], count: int, description: str) -> dict[str, torch.Tensor]:
+    if count == 0:
+        raise ValueError(f"{description}: no samples to estimate the Fisher from")
+    fisher = {k: v / count for k, v in totals.items()}
+    mass = sum(float(v.detach().sum()) for v in fisher.values())
+    if not math.isfinite(mass):
+        raise TrainingDiverged(f"{description}: the Fisher is not finite; lower lr or check the data")
+    return fisher

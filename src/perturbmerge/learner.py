@@ -1,0 +1,155 @@
+"""The task loop. Method-specific work happens in the method's hooks; the learner owns data loading, the head,
+evaluation and the accuracy matrix.
+
+    for each task t:
+        method.begin_task(learner, task)          adapter / anchor, optimiser
+        for each epoch, batch: method.train_step(learner, batch)
+        record = method.end_task(learner, task)   Fisher → α → fold-in
+        row t of R ← evaluate on tasks 0..t (all seen classes compete, no task id)
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Iterator
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from .heads import ContinualClassifier
+
+if TYPE_CHECKING:
+    from .data import Task, TaskStream
+    from .methods import Method
+
+Batch = tuple[Any, torch.Tensor]
+
+
+def move_to(inputs: Any, device: torch.device) -> Any:
+    if isinstance(inputs, dict):
+        return {k: v.to(device) for k, v in inputs.items()}
+    return inputs.to(device)
+
+
+@dataclass
+class LearnerResult:
+    accuracy_matrix: list[list[float | None]]  # percent; R[t][i], None where i > t
+    acc_all_seen: list[float]  # percent; accuracy on all seen classes' test data after each task
+    task_logs: list[dict[str, Any]] = field(default_factory=list)
+
+
+class ContinualLearner:
+    """Runs a method over a task stream. Hooks are the method's; `callbacks` get (event, learner, info)."""
+
+    def __init__(
+        self,
+        model: ContinualClassifier,
+        method: "Method",
+        stream: "TaskStream",
+        *,
+        epochs: int,
+        batch_size: int,
+        eval_batch_size: int,
+        seed: int,
+        device: torch.device,
+        progress: bool = True,
+        callbacks: list[Callable[[str, "ContinualLearner", dict[str, Any]], None]] | None = None,
+    ) -> None:
+        self.model = model.to(device)
+        self.method = method
+        self.stream = stream
+        self.epochs, self.batch_size, self.eval_batch_size = epochs, batch_size, eval_batch_size
+        self.seed = seed
+        self.device = device
+        self.progress = progress
+        self.callbacks = callbacks or []
+        self.task: Task | None = None
+        self.head_block = 0
+        self.step = 0
+
+    # ---- data -------------------------------------------------------------------------------------------
+    def loader(self, dataset: Dataset, batch_size: int, shuffle: bool = False, epoch: int = 0) -> DataLoader:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + (self.task.index if self.task else 0) * 1009 + epoch)
+        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator,
+                          collate_fn=self.stream.collate)
+
+    def local_batches(self, dataset: Dataset, batch_size: int) -> Iterator[Batch]:
+        """Batches on the device with labels relative to the current head block (the task's own logits)."""
+        for inputs, labels in self.loader(dataset, batch_size):
+            yield move_to(inputs, self.device), (labels - self.task.label_offset).to(self.device)
+
+    # ---- head -------------------------------------------------------------------------------------------
+    def prepare_head(self, task: "Task") -> list[torch.nn.Parameter]:
+        """New rows for a class-incremental task (old ones frozen); the shared block for domain-incremental."""
+        head = self.model.head
+        if self.stream.scenario == "class-incremental" or not len(head.blocks):
+            head.add_block(task.num_classes)
+        block = head.blocks[-1]
+        block.requires_grad_(True)
+        self.head_block = len(head.blocks) - 1
+        return list(block.parameters())
+
+    def task_logits(self, features: torch.Tensor) -> torch.Tensor:
+        """The current task's logits only (the masked loss of pm-method.md §5)."""
+        return self.model.head.block_logits(features, self.head_block)
+
+    # ---- evaluation -------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self, tasks: list["Task"]) -> tuple[list[float], float]:
+        """Accuracy (%) per task and over all their test data; all seen classes compete."""
+        self.model.eval()
+        per_task, correct_all, total_all = [], 0, 0
+        for task in tasks:
+            correct, total = 0, 0
+            for inputs, labels in self.loader(task.test, self.eval_batch_size):
+                predictions = self.model(move_to(inputs, self.device)).argmax(-1).cpu()
+                correct += int((predictions == labels).sum())
+                total += int(labels.numel())
+            per_task.append(100.0 * correct / total)
+            correct_all, total_all = correct_all + correct, total_all + total
+        return per_task, 100.0 * correct_all / total_all
+
+    # ---- loop -------------------------------------------------------------------------------------------
+    def _emit(self, event: str, **info: Any) -> None:
+        for callback in self.callbacks:
+            callback(event, self, info)
+
+    def train_task(self, task: "Task") -> dict[str, Any]:
+        self.task = task
+        self.model.train()
+        self.method.begin_task(self, task)
+        self._emit("begin_task", task=task.index)
+        steps_per_epoch = -(-len(task.train) // self.batch_size)
+        bar = tqdm(total=self.epochs * steps_per_epoch, desc=f"task {task.index + 1}/{len(self.stream.tasks)}",
+                   disable=not self.progress, leave=False)
+        losses = []
+        start = time.perf_counter()
+        for epoch in range(self.epochs):
+            self.model.train()
+            for inputs, labels in self.loader(task.train, self.batch_size, shuffle=True, epoch=epoch):
+                batch = (move_to(inputs, self.device), (labels - task.label_offset).to(self.device))
+                loss = self.method.train_step(self, batch)
+                losses.append(loss)
+                self.step += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.3f}")
+        bar.close()
+        self.model.eval()
+        log = {"task": task.index, "train_loss_last_epoch": sum(losses[-steps_per_epoch:]) / steps_per_epoch,
+               "train_time_s": time.perf_counter() - start}
+        log.update(self.method.end_task(self, task))
+        self._emit("end_task", task=task.index, log=log)
+        return log
+
+    def run(self) -> LearnerResult:
+        tasks = self.stream.tasks
+        result = LearnerResult([], [])
+        for t, task in enumerate(tasks):
+            log = self.train_task(task)
+            per_task, overall = self.evaluate(tasks[: t + 1])
+            result.accuracy_matrix.append(per_task + [None] * (len(tasks) - t - 1))
+            result.acc_all_seen.append(overall)
+            result.task_logs.append(log)
+            self._emit("evaluated", task=t, accuracies=per_task, acc_all_seen=overall)
+        return result

@@ -1,0 +1,186 @@
+"""Methods as small strategy objects over the learner's hooks, registered by name in one place.
+
+The P&M family is one class, `TaskVectorMethod`, configured by three choices:
+    adaptation   'lora' | 'full'                  what trains, and the merge space
+    perturbation 'none' | 'task_vector' | 'gaussian'
+    merge        closed-form family (alpha_rule) or none (α = 1, sequential fine-tuning)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+from .adaptation import FullAdaptation, LoraAdaptation, resolve_lora_targets
+from .config import RunConfig
+from .errors import TrainingDiverged, UserError, did_you_mean
+from .merge import RunningMergeState
+from .perturb import PerturbationSchedule
+
+if TYPE_CHECKING:
+    from .data import Task
+    from .learner import ContinualLearner
+
+COMMON_KEYS = frozenset(
+    {"benchmark", "method", "seed", "tasks", "epochs", "batch_size", "eval_batch_size", "lr", "head_lr",
+     "weight_decay", "device", "data_dir"}
+)
+LORA_KEYS = frozenset({"lora.rank", "lora.alpha", "lora.dropout", "lora.targets"})
+PERTURB_KEYS = frozenset({"epsilon", "p0"})
+MERGE_KEYS = frozenset({"alpha_rule", "fixed_alpha", "fisher.max_samples", "fisher.batch_size"})
+
+
+class Method:
+    """Hooks the learner calls. Subclasses override what they need."""
+
+    name = "method"
+    merges = False
+
+    def check_backbone(self, backbone: "torch.nn.Module") -> None:
+        """Fail before any output is written if the method cannot work on this backbone."""
+
+    def begin_task(self, learner: "ContinualLearner", task: "Task") -> None:
+        raise NotImplementedError
+
+    def train_step(self, learner: "ContinualLearner", batch: tuple[Any, torch.Tensor]) -> float:
+        raise NotImplementedError
+
+    def end_task(self, learner: "ContinualLearner", task: "Task") -> dict[str, Any]:
+        return {}
+
+
+def _sum_norm_sq(tensors: dict[str, torch.Tensor]) -> float:
+    return float(sum(float(t.double().pow(2).sum()) for t in tensors.values()))
+
+
+class TaskVectorMethod(Method):
+    """Sequential fine-tuning, closed-form merging and Perturb-and-Merge (pm-method.md §1–§4)."""
+
+    def __init__(self, name: str, config: RunConfig, adaptation: str, perturbation: str, merge: bool,
+                 lora_targets: list[str]) -> None:
+        self.name = name
+        self.config = config
+        self.perturbation = perturbation
+        self.merges = merge
+        self.adaptation_kind = adaptation
+        lora = config.lora
+        self.make_adaptation: Callable[[], LoraAdaptation | FullAdaptation] = (
+            (lambda: LoraAdaptation(lora.rank, lora.alpha, lora.dropout, lora.targets or lora_targets))
+            if adaptation == "lora" else FullAdaptation
+        )
+        self.schedule = PerturbationSchedule(config.epsilon, config.p0, seed=config.seed + 7919)
+        self.noise_generator = torch.Generator().manual_seed(config.seed + 104729)
+        self.merge_state = RunningMergeState()
+        self.adaptation: LoraAdaptation | FullAdaptation | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.draws = {-1: 0, 0: 0, 1: 0}
+
+    def check_backbone(self, backbone: "torch.nn.Module") -> None:
+        if self.adaptation_kind == "lora":
+            resolve_lora_targets(backbone, self.make_adaptation().targets)
+
+    def begin_task(self, learner: "ContinualLearner", task: "Task") -> None:
+        c = self.config
+        head_params = learner.prepare_head(task)
+        self.adaptation = self.make_adaptation()
+        self.adaptation.attach(learner.model.backbone)
+        learner.model.to(learner.device)
+        self.optimizer = torch.optim.AdamW(
+            [{"params": self.adaptation.trainable_parameters(), "lr": c.lr},
+             {"params": head_params, "lr": c.head_lr}],
+            weight_decay=c.weight_decay,
+        )
+        self.draws = {-1: 0, 0: 0, 1: 0}
+
+    def train_step(self, learner: "ContinualLearner", batch: tuple[Any, torch.Tensor]) -> float:
+        inputs, labels = batch
+        sign = self.schedule.draw() if self.perturbation != "none" else 0
+        self.draws[sign] += 1
+        features = self.adaptation.features(inputs, sign * self.config.epsilon, self.perturbation, self.noise_generator)
+        loss = F.cross_entropy(learner.task_logits(features), labels)
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(
+                f"non-finite loss at task {learner.task.index + 1}, step {learner.step}; lower lr (now {self.config.lr})"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return loss.item()
+
+    def end_task(self, learner: "ContinualLearner", task: "Task") -> dict[str, Any]:
+        """Fisher at θ*_t (unperturbed, eval mode) → α_t → fold θ̂_t = θ̂_{t-1} + α_t Δ_t."""
+        c = self.config
+        task_vector = self.adaptation.task_vector()
+        log: dict[str, Any] = {"task_vector_norm": _sum_norm_sq(task_vector) ** 0.5,
+                               "perturbation_draws": {str(k): v for k, v in self.draws.items()}}
+        alpha = 1.0
+        if self.merges:
+            log["acc_before_merge"] = learner.evaluate([task])[0][0]
+            fisher = self.adaptation.fisher(
+                learner.local_batches(task.train, c.fisher.batch_size), learner.task_logits,
+                c.fisher.max_samples, learner.progress, f"task {task.index + 1} Fisher",
+            )
+            previous = self.adaptation.merged_weights()
+            dtype = self.merge_state.dtype  # θ*_t = θ̂_{t-1} + Δ_t formed in the sums' precision (α_1 = 1 exactly)
+            optimum = {k: previous[k].to(dtype) + task_vector[k].to(dtype) for k in task_vector}
+            self.merge_state.update(fisher, optimum)
+            decision = self.merge_state.decide(previous, task_vector, fisher, c.alpha_rule, c.fixed_alpha)
+            alpha = decision.alpha
+            log.update(alpha=alpha, alpha_raw=decision.raw, alpha_simplified=decision.simplified,
+                       alpha_fallback=decision.fallback, fisher_mass=float(sum(float(f.sum()) for f in fisher.values())))
+        learner.model.backbone = self.adaptation.fold(alpha)
+        self.adaptation = None
+        self.optimizer = None
+        return log
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    name: str
+    description: str
+    build: Callable[[RunConfig, list[str]], Method]  # (config, backbone's default LoRA targets) -> method
+    keys: frozenset[str]  # config keys the method reads beyond COMMON_KEYS
+
+
+METHODS: dict[str, MethodSpec] = {}
+
+
+def register_method(spec: MethodSpec) -> MethodSpec:
+    METHODS[spec.name] = spec
+    return spec
+
+
+def _task_vector_method(name: str, description: str, adaptation: str, perturbation: str, merge: bool) -> MethodSpec:
+    keys = (LORA_KEYS if adaptation == "lora" else frozenset()) | (MERGE_KEYS if merge else frozenset())
+    keys |= PERTURB_KEYS if perturbation != "none" else frozenset()
+    return register_method(MethodSpec(
+        name, description,
+        lambda config, targets: TaskVectorMethod(name, config, adaptation, perturbation, merge, targets),
+        keys,
+    ))
+
+
+_task_vector_method("pm-lora", "LoRA-P&M: task-vector perturbation + closed-form Fisher merge (the paper)", "lora", "task_vector", True)
+_task_vector_method("pm-full", "full-parameter P&M: perturbation + closed-form merge of all backbone weights", "full", "task_vector", True)
+_task_vector_method("merge-lora", "LoRA + closed-form merge, no perturbation (merge-only ablation)", "lora", "none", True)
+_task_vector_method("noise-lora", "LoRA + closed-form merge + Gaussian-noise perturbation (ablation)", "lora", "gaussian", True)
+_task_vector_method("seq-lora", "sequential LoRA: each task's adapter folded in with alpha = 1", "lora", "none", False)
+_task_vector_method("seq-full", "sequential full fine-tuning", "full", "none", False)
+
+
+def get_method(name: str) -> MethodSpec:
+    if name not in METHODS:
+        raise UserError(f"unknown method '{name}'{did_you_mean(name, METHODS)}; `perturbmerge methods` lists them")
+    return METHODS[name]
+
+
+def check_keys_apply(spec: MethodSpec, explicit_keys: set[str]) -> None:
+    """A key the user set that this method never reads is an error (config must match code)."""
+    unused = sorted(k for k in explicit_keys if k not in COMMON_KEYS and k not in spec.keys)
+    if unused:
+        raise UserError(
+            f"method '{spec.name}' does not use {', '.join(unused)}; remove it or pick a method that does "
+            f"(`perturbmerge methods`)"
+        )

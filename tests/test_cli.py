@@ -1,0 +1,129 @@
+"""End to end through the CLI and the API; bad input gives exit 2, one line, and no output left behind."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from perturbmerge.cli import main
+from perturbmerge.methods import METHODS
+
+REQUIRED_KEYS = {
+    "benchmark", "method", "seed", "scenario", "num_tasks", "accuracy_matrix", "acc_all_seen", "final_acc", "aaa",
+    "forgetting", "bwt", "plasticity", "alphas", "alpha_simplified", "wall_time_s", "config", "versions",
+}
+
+
+def check_schema(results: dict) -> None:
+    assert REQUIRED_KEYS <= set(results)
+    t = results["num_tasks"]
+    matrix = results["accuracy_matrix"]
+    assert len(matrix) == t and all(len(row) == t for row in matrix)
+    for i, row in enumerate(matrix):
+        assert all(0.0 <= v <= 100.0 for v in row[: i + 1]) and all(v is None for v in row[i + 1 :])
+    assert len(results["acc_all_seen"]) == t
+    assert results["final_acc"] == results["acc_all_seen"][-1]
+    for key in ("torch", "peft", "transformers", "perturbmerge", "python"):
+        assert key in results["versions"]
+    assert results["config"]["method"] == results["method"]
+
+
+def test_cli_run_pm_lora_end_to_end(tmp_path):
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "perturbmerge.cli", "run", "--benchmark", "digits", "--method", "pm-lora",
+         "--out", str(out), "--quiet"],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads((out / "results.json").read_text())
+    check_schema(results)
+    assert results["alphas"][0] == pytest.approx(1.0, abs=1e-9)
+    assert all(0.0 <= a <= 1.0 for a in results["alphas"])
+    assert all(s is not None and 0.0 < s <= 1.0 for s in results["alpha_simplified"])
+    assert results["config"]["epsilon"] == 0.5 and results["config"]["p0"] == pytest.approx(1 / 3)
+    assert "final acc" in proc.stdout
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_every_method_runs(method, tmp_path, capsys):
+    assert main(["run", "--benchmark", "digits", "--method", method, "--out", str(tmp_path / method), "--quiet",
+                 "--tasks", "3", "--set", "epochs=1"]) == 0
+    results = json.loads((tmp_path / method / "results.json").read_text())
+    check_schema(results)
+    if "alpha_rule" in METHODS[method].keys:  # merging methods
+        assert results["alphas"][0] == pytest.approx(1.0) and all(0 <= a <= 1 for a in results["alphas"])
+    else:
+        assert results["alphas"] is None
+
+
+def test_listing_commands(capsys):
+    assert main(["methods"]) == 0
+    listed = capsys.readouterr().out
+    assert all(name in listed for name in ("pm-lora", "pm-full", "merge-lora", "noise-lora", "seq-lora", "seq-full"))
+    assert main(["benchmarks"]) == 0
+    assert "digits" in capsys.readouterr().out
+    assert main(["keys"]) == 0
+    assert "lora.rank" in capsys.readouterr().out
+
+
+BAD_INPUTS = [
+    (["--set", "epochs=0"], "epochs must be >= 1"),
+    (["--set", "epsilon=-1"], "epsilon must be"),
+    (["--set", "p0=1.5"], "p0 must be in [0, 1]"),
+    (["--set", "lr=0"], "lr must be a positive number"),
+    (["--set", "lr=abc"], "lr must be float"),
+    (["--set", "lora.rank=0"], "lora.rank must be >= 1"),
+    (["--set", "batch_size=-2"], "batch_size must be >= 1"),
+    (["--set", "alpha_rule=closedform"], "did you mean 'closed_form'"),
+    (["--set", "epslion=0.3"], "unknown config key 'epslion' (did you mean 'epsilon'?)"),
+    (["--set", "lora.rnak=4"], "did you mean 'lora.rank'"),
+    (["--set", "epochs"], "--set expects key=value"),
+    (["--set", "fisher.max_samples=0"], "fisher.max_samples must be >= 1"),
+    (["--set", "lora.targets=nope"], "match no Linear/Conv module"),
+    (["--method", "pm-lroa"], "unknown method 'pm-lroa' (did you mean 'pm-lora'?)"),
+    (["--benchmark", "digit"], "unknown benchmark 'digit' (did you mean 'digits'?)"),
+    (["--method", "seq-lora", "--set", "epsilon=0.3"], "method 'seq-lora' does not use epsilon"),
+    (["--method", "pm-full", "--set", "lora.rank=4"], "does not use lora.rank"),
+    (["--tasks", "11"], "11 tasks need at least 11 classes"),
+    (["--config", "/nonexistent.yaml"], "config file '/nonexistent.yaml' not found"),
+]
+
+
+@pytest.mark.parametrize("extra,message", BAD_INPUTS, ids=[m for _, m in BAD_INPUTS])
+def test_bad_input_exits_2_with_one_line_and_no_output(extra, message, tmp_path, capsys):
+    out = tmp_path / "out"
+    code = main(["run", "--benchmark", "digits", "--method", "pm-lora", "--out", str(out), "--quiet", *extra])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err
+    assert err.count("\n") == 1 and err.startswith("perturbmerge: error: ")
+    assert not out.exists()
+
+
+def test_bad_yaml_config(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("epochs: [1, 2\n")
+    assert main(["run", "--config", str(cfg), "--out", str(tmp_path / "o"), "--quiet"]) == 2
+    assert "is not valid YAML" in capsys.readouterr().err
+
+
+def test_yaml_config_is_applied(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("benchmark: digits\nmethod: merge-lora\ntasks: 2\nepochs: 1\nalpha_rule: simplified\nlora:\n  rank: 2\n")
+    assert main(["run", "--config", str(cfg), "--out", str(tmp_path / "o"), "--quiet", "--set", "lr=1e-3"]) == 0
+    config = json.loads((tmp_path / "o" / "results.json").read_text())["config"]
+    assert config["lora"]["rank"] == 2 and config["alpha_rule"] == "simplified" and config["lr"] == 0.001
+    assert config["epochs"] == 1 and config["method"] == "merge-lora"
+
+
+def test_non_empty_out_dir_is_refused(tmp_path, capsys):
+    (tmp_path / "keep.txt").write_text("x")
+    assert main(["run", "--benchmark", "digits", "--out", str(tmp_path), "--quiet"]) == 2
+    assert "is not empty" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt"]
