@@ -92,3 +92,14 @@ def test_missing_target_lists_available_modules():
     backbone, _, _ = _cases()["bert"]
     with pytest.raises(UserError, match=r"match no Linear/Conv module.*available: .*attention\.self\.query"):
         resolve_lora_targets(backbone, ["key", "qkv"])
+
+
+def test_minilm_backbone_loads_offline_with_key_value_targets():
+    from perturbmerge.backbones import build_backbone
+
+    backbone = build_backbone("minilm", 0)
+    assert backbone.feature_dim == 384
+    adaptation = LoraAdaptation(rank=2, alpha=4, dropout=0.0, targets=backbone.lora_targets)
+    adaptation.attach(backbone.module)
+    assert len(adaptation.layers) == 12
+    assert all(k.endswith(("attention.self.key.weight", "attention.self.value.weight")) for k in adaptation.layers)

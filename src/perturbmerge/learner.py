@@ -133,7 +133,7 @@ class ContinualLearner:
                 losses.append(loss)
                 self.step += 1
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss:.3f}")
+                bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
         bar.close()
         self.model.eval()
         log = {"task": task.index, "train_loss_last_epoch": sum(losses[-steps_per_epoch:]) / steps_per_epoch,

@@ -1,0 +1,37 @@
+"""Text task data: tokenise once, pad per batch (dynamic padding)."""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from torch.utils.data import Dataset
+
+
+class TokenizedDataset(Dataset):
+    """(token ids, label) pairs; ids are lists of ints, padded per batch by `pad_collate`."""
+
+    def __init__(self, ids: Sequence[Sequence[int]], labels: Sequence[int]) -> None:
+        if len(ids) != len(labels):
+            raise ValueError("ids and labels differ in length")
+        self.ids = [list(x) for x in ids]
+        self.labels = torch.as_tensor(list(labels), dtype=torch.long)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: int) -> tuple[list[int], torch.Tensor]:
+        return self.ids[index], self.labels[index]
+
+
+def make_pad_collate(pad_id: int):
+    def pad_collate(items: list[tuple[list[int], Any]]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        length = max(len(ids) for ids, _ in items)
+        input_ids = torch.full((len(items), length), pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(items), length), dtype=torch.long)
+        for row, (ids, _) in enumerate(items):
+            input_ids[row, : len(ids)] = torch.as_tensor(ids, dtype=torch.long)
+            attention_mask[row, : len(ids)] = 1
+        labels = torch.stack([torch.as_tensor(label) for _, label in items])
+        return {"input_ids": input_ids, "attention_mask": attention_mask}, labels
+
+    return pad_collate

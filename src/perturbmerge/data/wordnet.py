@@ -1,0 +1,109 @@
+"""`wordnet`: WordNet 3.0 noun glosses → lexicographer class ("supersense"), class-incremental.
+
+Source: Debian `wordnet-base` 1:3.0-37, file data.noun (fetched and verified by `perturbmerge data fetch wordnet`).
+Each synset line gives its lexicographer file number (field 2) and a gloss after ' | '; the text is the gloss up to
+the first ';' (the definition, without examples). The 20 largest of the 26 noun classes are used; from each class a
+fixed sample of 150 training and 100 test definitions is drawn once (sampling seed 0, the same for every run seed;
+train and test disjoint, duplicate definitions removed first). The run seed fixes the class order.
+Default: 5 tasks × 4 classes; `--tasks 10` gives 10 × 2. Backbone: all-MiniLM-L6-v2.
+"""
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import UserError
+from .base import BenchmarkSpec, Task, TaskStream, class_order, register_benchmark
+from .fetch import require
+from .text import TokenizedDataset, make_pad_collate
+
+NOUN_LEXNAMES = [
+    "Tops", "act", "animal", "artifact", "attribute", "body", "cognition", "communication", "event", "feeling",
+    "food", "group", "location", "motive", "object", "person", "phenomenon", "plant", "possession", "process",
+    "quantity", "relation", "shape", "state", "substance", "time",
+]  # lexicographer files 03..28
+NUM_CLASSES = 20
+TRAIN_PER_CLASS = 150
+TEST_PER_CLASS = 100
+MAX_TOKENS = 64
+
+
+def parse_noun_glosses(path: Path) -> dict[str, list[str]]:
+    """Class name → unique definitions, in file order."""
+    by_class: dict[str, dict[str, None]] = {}
+    with path.open(encoding="utf-8", errors="replace") as handle:
+        for line in handle:
+            if line.startswith("  ") or " | " not in line:
+                continue  # licence header
+            fields = line.split(" ", 3)
+            lexname = NOUN_LEXNAMES[int(fields[1]) - 3]
+            definition = line.split(" | ", 1)[1].split(";", 1)[0].strip()
+            if definition:
+                by_class.setdefault(lexname, {})[definition] = None
+    return {k: list(v) for k, v in by_class.items()}
+
+
+@functools.lru_cache(maxsize=4)
+def _sampled(path: str) -> tuple[list[str], list[list[str]], list[list[str]]]:
+    """The 20 largest classes (by size, ties by name) and their fixed train/test samples."""
+    glosses = parse_noun_glosses(Path(path))
+    names = sorted(glosses, key=lambda n: (-len(glosses[n]), n))[:NUM_CLASSES]
+    rng = np.random.RandomState(0)
+    train, test = [], []
+    for name in names:
+        texts = glosses[name]
+        if len(texts) < TRAIN_PER_CLASS + TEST_PER_CLASS:
+            raise UserError(f"wordnet class {name} has only {len(texts)} definitions; the data file is not WordNet 3.0")
+        pick = rng.permutation(len(texts))[: TRAIN_PER_CLASS + TEST_PER_CLASS]
+        train.append([texts[i] for i in pick[:TRAIN_PER_CLASS]])
+        test.append([texts[i] for i in pick[TRAIN_PER_CLASS:]])
+    return names, train, test
+
+
+@functools.lru_cache(maxsize=4)
+def _tokenized(path: str, tokenizer_name: str) -> tuple[list[str], list[list[list[int]]], list[list[list[int]]], int]:
+    from ..backbones import load_tokenizer
+
+    tokenizer = load_tokenizer(tokenizer_name)
+    names, train, test = _sampled(path)
+
+    def encode(groups):
+        return [tokenizer(texts, truncation=True, max_length=MAX_TOKENS)["input_ids"] for texts in groups]
+
+    return names, encode(train), encode(test), tokenizer.pad_token_id
+
+
+def load(seed: int, num_tasks: int, data_dir: str | None = None, backbone: str = "minilm") -> TaskStream:
+    path = require("wordnet", data_dir) / "data.noun"
+    names, train_ids, test_ids, pad_id = _tokenized(str(path), backbone)
+    if num_tasks > len(names):
+        raise UserError(f"{num_tasks} tasks need at least {num_tasks} classes, wordnet has {len(names)}; lower --tasks")
+    order = class_order(len(names), seed)
+    tasks, offset = [], 0
+    for index, group in enumerate(np.array_split(np.array(order), num_tasks)):
+        def split(ids_by_class):
+            ids, labels = [], []
+            for position, cls in enumerate(group):
+                ids += ids_by_class[cls]
+                labels += [offset + position] * len(ids_by_class[cls])
+            return TokenizedDataset(ids, labels)
+
+        tasks.append(Task(index, [names[c] for c in group], offset, split(train_ids), split(test_ids)))
+        offset += len(group)
+    return TaskStream("wordnet", "class-incremental", backbone, tasks, collate=make_pad_collate(pad_id),
+                      info={"train_per_class": TRAIN_PER_CLASS, "test_per_class": TEST_PER_CLASS})
+
+
+SPEC = register_benchmark(
+    BenchmarkSpec(
+        name="wordnet",
+        description="WordNet noun glosses -> supersense, 20 classes, 5x4 (or --tasks 10), MiniLM-L6 (Debian wordnet-base)",
+        scenario="class-incremental",
+        backbone="minilm",
+        default_tasks=5,
+        load=load,
+        defaults={"epochs": 2, "batch_size": 32, "lr": 1e-3, "head_lr": 1e-2, "fisher": {"batch_size": 32}},
+    )
+)
