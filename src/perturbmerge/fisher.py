@@ -107,7 +107,7 @@ def layer_weight_fisher(
     handles = [layer.register_forward_hook(make_hook(name)) for name, layer in layers.items()]
     count = 0
     try:
-        for batch in tqdm(list(_capped(batches, max_samples)), desc=description, disable=not progress, leave=False):
+        for batch in tqdm(_capped(batches, max_samples), desc=description, disable=not progress, leave=False):
             calls.clear()
             losses = per_sample_loss(batch)
             if not torch.isfinite(losses).all():
@@ -155,7 +155,7 @@ def parameter_fisher(
 
     per_sample_grads = vmap(grad(loss_of), in_dims=(None, 0, 0))
     count = 0
-    for inputs, labels in tqdm(list(_capped(batches, max_samples)), desc=description, disable=not progress, leave=False):
+    for inputs, labels in tqdm(_capped(batches, max_samples), desc=description, disable=not progress, leave=False):
         grads = per_sample_grads(params, inputs, labels)
         for n, g in grads.items():
             totals[n] += g.detach().to(totals[n].dtype).pow(2).sum(0)

@@ -81,6 +81,13 @@ def class_order(num_classes: int, seed: int) -> list[int]:
     return np.random.RandomState(seed).permutation(num_classes).tolist()
 
 
+def task_class_groups(num_classes: int, num_tasks: int, seed: int) -> list[np.ndarray]:
+    """The seed's class order cut into `num_tasks` near-equal consecutive groups (class indices)."""
+    if num_tasks > num_classes:
+        raise UserError(f"{num_tasks} tasks need at least {num_tasks} classes, the data has {num_classes}; lower --tasks")
+    return np.array_split(np.array(class_order(num_classes, seed)), num_tasks)
+
+
 def class_incremental_tasks(
     train_x: torch.Tensor,
     train_y: np.ndarray,
@@ -91,14 +98,11 @@ def class_incremental_tasks(
     seed: int,
 ) -> list[Task]:
     """Split classes (in the seed's order) into `num_tasks` near-equal groups; relabel to head positions."""
-    num_classes = len(class_names)
-    if num_tasks > num_classes:
-        raise UserError(f"{num_tasks} tasks need at least {num_tasks} classes, the data has {num_classes}; lower --set tasks")
-    order = class_order(num_classes, seed)
-    position = np.empty(num_classes, dtype=np.int64)
-    position[order] = np.arange(num_classes)
+    groups = task_class_groups(len(class_names), num_tasks, seed)
+    position = np.empty(len(class_names), dtype=np.int64)
+    position[np.concatenate(groups)] = np.arange(len(class_names))
     tasks, offset = [], 0
-    for index, group in enumerate(np.array_split(np.array(order), num_tasks)):
+    for index, group in enumerate(groups):
         members_train = np.isin(train_y, group)
         members_test = np.isin(test_y, group)
         for name, count in (("training", members_train.sum()), ("test", members_test.sum())):

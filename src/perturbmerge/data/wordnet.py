@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
-from .base import BenchmarkSpec, Task, TaskStream, class_order, register_benchmark
+from .base import BenchmarkSpec, Task, TaskStream, register_benchmark, task_class_groups
 from .fetch import require
 from .text import TokenizedDataset, make_pad_collate
 
@@ -78,11 +78,8 @@ def _tokenized(path: str, tokenizer_name: str) -> tuple[list[str], list[list[lis
 def load(seed: int, num_tasks: int, data_dir: str | None = None, backbone: str = "minilm") -> TaskStream:
     path = require("wordnet", data_dir) / "data.noun"
     names, train_ids, test_ids, pad_id = _tokenized(str(path), backbone)
-    if num_tasks > len(names):
-        raise UserError(f"{num_tasks} tasks need at least {num_tasks} classes, wordnet has {len(names)}; lower --tasks")
-    order = class_order(len(names), seed)
     tasks, offset = [], 0
-    for index, group in enumerate(np.array_split(np.array(order), num_tasks)):
+    for index, group in enumerate(task_class_groups(len(names), num_tasks, seed)):
         def split(ids_by_class):
             ids, labels = [], []
             for position, cls in enumerate(group):
