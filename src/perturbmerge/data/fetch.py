@@ -6,7 +6,6 @@ and checked in a temporary folder that is renamed into place only when every che
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -16,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import UserError, did_you_mean
+from ..io import sha256_file
 
 
 @dataclass(frozen=True)
@@ -70,16 +70,8 @@ def data_root(data_dir: str | os.PathLike | None = None) -> Path:
     return Path.home() / ".cache" / "perturbmerge"
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _verify(path: Path, expected: str, what: str) -> None:
-    actual = _sha256(path)
+    actual = sha256_file(path)
     if actual != expected:
         raise UserError(f"checksum mismatch for {what}: sha256 {actual[:16]}…, expected {expected[:16]}…; "
                         f"the source changed or the download is corrupt")
