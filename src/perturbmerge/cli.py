@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import time
 from typing import Any, Sequence
 
 from .errors import UserError
+from .io import machine_description
 
 
 def _fmt(value: Any) -> str:
@@ -25,16 +27,51 @@ def _summary_lines(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _command_line(argv: Sequence[str] | None) -> str:
+    return "perturbmerge " + shlex.join(sys.argv[1:] if argv is None else list(argv))
+
+
+def _sets(args: argparse.Namespace) -> list[str]:
+    return [s for group in args.set for s in group]
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    return {"benchmark": args.benchmark, "tasks": args.tasks, "data_dir": args.data_dir}
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    from .compare import DEFAULT_METHODS, run_comparison, summary_text
+    from .report import write_report
     from .runner import resolve_config, run_experiment
 
-    overrides = {"benchmark": args.benchmark, "method": args.method, "seed": args.seed, "tasks": args.tasks,
-                 "data_dir": args.data_dir}
-    config, _ = resolve_config(overrides, args.config, [s for group in args.set for s in group])
-    out = args.out or f"runs/{config.benchmark}-{config.method}-seed{config.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
+    overrides = {**_overrides(args), "method": args.method, "seed": args.seed}
+    config, explicit = resolve_config(overrides, args.config, _sets(args), check_method_keys=False)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    if "method" not in explicit:
+        # No method named: the default comparison of P&M against its ablations on one seed.
+        out = args.out or f"runs/{config.benchmark}-compare-seed{config.seed}-{stamp}"
+        summary = run_comparison(DEFAULT_METHODS, [config.seed], out, overrides, args.config, _sets(args),
+                                 progress=not args.quiet, markdown_name="report.md", command=args.command_line)
+        print(summary_text(summary, out, "report.md"))
+        return 0
+    config, _ = resolve_config(overrides, args.config, _sets(args))
+    out = args.out or f"runs/{config.benchmark}-{config.method}-seed{config.seed}-{stamp}"
     results = run_experiment(config, out, progress=not args.quiet)
+    write_report(out, [results], "report.md", args.command_line, {(config.method, config.seed): out},
+                 machine_description())
     print("\n".join(_summary_lines(results)))
-    print(f"  results: {out}/results.json")
+    print(f"  results: {out}/results.json, report: {out}/report.md")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .compare import parse_list, run_comparison, summary_text
+
+    methods = parse_list(args.methods, "methods")
+    seeds = parse_list(args.seeds, "seeds", int)
+    summary = run_comparison(methods, seeds, args.out, _overrides(args), args.config, _sets(args),
+                             progress=not args.quiet, markdown_name="summary.md", command=args.command_line)
+    print(summary_text(summary, args.out, "summary.md"))
     return 0
 
 
@@ -80,25 +117,38 @@ def cmd_data_list(args: argparse.Namespace) -> int:
     root = data_root(args.data_dir)
     for name, source in SOURCES.items():
         state = "installed" if (root / name).exists() else "not fetched"
-        print(f"{name:<10} {source.package}={source.version} (Debian)  {state}: {root / name}")
+        print(f"{name:<15} {source.registry:<6} {source.package + '=' + source.version:<50} {state}: {root / name}")
     return 0
+
+
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--benchmark", help="benchmark name (see `perturbmerge benchmarks`); default wordnet")
+    parser.add_argument("--tasks", type=int, help="number of tasks (default: the benchmark's)")
+    parser.add_argument("--data-dir", help="where fetched data sets are cached")
+    parser.add_argument("--config", help="YAML file of config keys (see `perturbmerge keys`)")
+    parser.add_argument("--set", nargs="+", action="append", default=[], metavar="KEY=VALUE",
+                        help="override config keys, e.g. --set epochs=3 lora.rank=4")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="perturbmerge", description="Continual learning by Perturb-and-Merge.")
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run one method on one benchmark and write results.json")
-    run.add_argument("--benchmark", help="benchmark name (see `perturbmerge benchmarks`)")
-    run.add_argument("--method", help="method name (see `perturbmerge methods`)")
+    run = sub.add_parser(
+        "run", help="run one method (or, with no --method, compare pm-lora, merge-lora, seq-lora) and write a report",
+        description="Without --method: compares pm-lora, merge-lora and seq-lora on the benchmark (default wordnet "
+                    "with MiniLM) for one seed. With --method: one run. Writes results.json and report.md with plots.")
+    _add_run_options(run)
+    run.add_argument("--method", help="method name (see `perturbmerge methods`); default: the 3-method comparison")
     run.add_argument("--seed", type=int, help="seed: class order, init, data order, perturbation draws")
-    run.add_argument("--tasks", type=int, help="number of tasks (default: the benchmark's)")
-    run.add_argument("--data-dir", help="where fetched data sets are cached")
     run.add_argument("--out", help="output folder (must be new or empty); default runs/<benchmark>-<method>-seed<N>-<time>")
-    run.add_argument("--config", help="YAML file of config keys (see `perturbmerge keys`)")
-    run.add_argument("--set", nargs="+", action="append", default=[], metavar="KEY=VALUE",
-                     help="override config keys, e.g. --set epochs=3 lora.rank=4")
-    run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.set_defaults(func=cmd_run)
+    compare = sub.add_parser("compare", help="run several methods x seeds; write summary.json and summary.md with plots")
+    _add_run_options(compare)
+    compare.add_argument("--methods", default="pm-lora,merge-lora,seq-lora", help="comma-separated method names")
+    compare.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
+    compare.add_argument("--out", required=True, help="output folder; re-running with the same folder skips finished runs")
+    compare.set_defaults(func=cmd_compare)
     sub.add_parser("methods", help="list methods").set_defaults(func=cmd_methods)
     sub.add_parser("benchmarks", help="list benchmarks").set_defaults(func=cmd_benchmarks)
     sub.add_parser("keys", help="list config keys and their defaults").set_defaults(func=cmd_keys)
@@ -117,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.command_line = _command_line(argv)
     try:
         return args.func(args)
     except UserError as exc:

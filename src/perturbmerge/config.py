@@ -34,8 +34,17 @@ class FisherSettings:
 
 
 @dataclass
+class DataSettings:
+    """Settings of the bring-your-own-data benchmarks (csv:PATH, folder:PATH)."""
+
+    test_fraction: float = 0.2  # held out per class, by a fixed split seed
+    class_order: list[str] | None = None  # explicit class order, cut into --tasks groups; None: seeded order
+
+
+@dataclass
 class RunConfig:
-    benchmark: str = "digits"
+    benchmark: str = "wordnet"
+    backbone: str | None = None  # None: the benchmark's default
     method: str = "pm-lora"
     seed: int = 0
     tasks: int | None = None  # None: the benchmark's default number of tasks
@@ -53,6 +62,7 @@ class RunConfig:
     data_dir: str | None = None
     lora: LoraSettings = field(default_factory=LoraSettings)
     fisher: FisherSettings = field(default_factory=FisherSettings)
+    data: DataSettings = field(default_factory=DataSettings)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -215,4 +225,8 @@ def validate(c: RunConfig) -> None:
     _require(0.0 <= c.lora.dropout < 1.0, f"lora.dropout must be in [0, 1), got {c.lora.dropout}")
     _require(c.lora.targets is None or len(c.lora.targets) > 0, "lora.targets must name at least one module, e.g. --set lora.targets=key,value")
     _require(c.fisher.max_samples is None or c.fisher.max_samples >= 1, f"fisher.max_samples must be >= 1 or null, got {c.fisher.max_samples}")
+    _require(0.0 < c.data.test_fraction < 1.0,
+             f"data.test_fraction must be in (0, 1), got {c.data.test_fraction}; e.g. --set data.test_fraction=0.2")
+    _require(c.data.class_order is None or len(set(c.data.class_order)) == len(c.data.class_order),
+             "data.class_order names a class twice; list each class once")
     _require(c.fisher.batch_size >= 1, f"fisher.batch_size must be >= 1, got {c.fisher.batch_size}")

@@ -56,29 +56,56 @@ def _weight_layout(layer: nn.Module) -> nn.Module:
     return layer.get_base_layer() if hasattr(layer, "get_base_layer") else layer
 
 
-def per_sample_weight_grad(layer: nn.Module, inputs: torch.Tensor, out_grad: torch.Tensor) -> torch.Tensor:
-    """Per-sample ∂ℓ_n/∂W for one call of a linear, GPT-2 Conv1D or conv2d layer; shape [N, *W.shape].
-
-    Linear: Σ_t δ_{n,t} ⊗ x_{n,t}. Conv2d: δ_n (unfolded input patches)ᵀ, summed over positions.
-    """
+def layer_positions(layer: nn.Module, inputs: torch.Tensor, out_grad: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """One call of a linear, GPT-2 Conv1D or conv2d layer as positions: x [N, L, in], δ [N, L, out] with
+    ∂ℓ_n/∂W = Σ_l δ_{n,l} ⊗ x_{n,l} (in W's [out, in] layout; Conv2d: `in` = unfolded patch, Conv1D: transposed)."""
     base = _weight_layout(layer)
     weight = base.weight
     n = inputs.shape[0]
     if isinstance(base, nn.Conv2d):
         if base.groups != 1 or base.padding_mode != "zeros":
             raise NotImplementedError("per-sample Fisher supports Conv2d with groups=1 and zero padding only")
-        patches = F.unfold(inputs, base.kernel_size, dilation=base.dilation, padding=base.padding, stride=base.stride)
-        grads = torch.einsum("nol,nkl->nok", out_grad.reshape(n, out_grad.shape[1], -1), patches)
-        return grads.reshape(n, *weight.shape)
+        if base.kernel_size == (1, 1) and tuple(base.stride) == (1, 1) and base.padding in ((0, 0), "valid"):
+            patches = inputs.reshape(n, inputs.shape[1], -1)  # a 1×1 convolution's patches are its pixels
+        else:
+            patches = F.unfold(inputs, base.kernel_size, dilation=base.dilation, padding=base.padding,
+                               stride=base.stride)
+        return patches.transpose(1, 2), out_grad.reshape(n, out_grad.shape[1], -1).transpose(1, 2)
     if weight.dim() != 2:
         raise NotImplementedError(f"per-sample Fisher does not support {type(base).__name__} layers")
     x = inputs.reshape(n, -1, inputs.shape[-1])
     g = out_grad.reshape(n, -1, out_grad.shape[-1])
-    if tuple(weight.shape) == (g.shape[-1], x.shape[-1]):  # nn.Linear: W is [out, in]
-        return torch.einsum("nto,nti->noi", g, x)
-    if tuple(weight.shape) == (x.shape[-1], g.shape[-1]):  # transformers Conv1D: W is [in, out]
-        return torch.einsum("nti,nto->nio", x, g)
+    if tuple(weight.shape) == (g.shape[-1], x.shape[-1]) or tuple(weight.shape) == (x.shape[-1], g.shape[-1]):
+        return x, g
     raise NotImplementedError(f"cannot match weight {tuple(weight.shape)} of {type(base).__name__} to its input/output")
+
+
+def to_weight_layout(layer: nn.Module, out_by_in: torch.Tensor) -> torch.Tensor:
+    """[out, in] → the layer's weight layout: nn.Linear as is, Conv2d [out, c, kh, kw], GPT-2 Conv1D [in, out]."""
+    base = _weight_layout(layer)
+    if isinstance(base, (nn.Linear, nn.Conv2d)):
+        return out_by_in.reshape(base.weight.shape)
+    return out_by_in.T  # transformers Conv1D stores W as [in, out]
+
+
+def sum_squared_sample_grads(x: torch.Tensor, g: torch.Tensor, gram: bool | None = None) -> torch.Tensor:
+    """Σ_n (Σ_l δ_{n,l} ⊗ x_{n,l})², shape [out, in], by one of two exact routes.
+
+    Per-sample: form G_n = Σ_l δ_{n,l} x_{n,l}ᵀ ([N, out, in] in memory), square, sum.
+    Gram: expand the square, Σ_n Σ_{l,l'} (δ_{n,l} ⊙ δ_{n,l'}) ⊗ (x_{n,l} ⊙ x_{n,l'}) — one matrix product over
+    N·L² rows, never forming G_n. Chosen when it is smaller: L²·(out + in) < out·in (few positions, e.g. the 2×2
+    maps at the end of a CNN, or L = 1 where it is (δ²)ᵀ x²).
+    """
+    n, positions, width_in = x.shape
+    width_out = g.shape[-1]
+    if gram is None:
+        gram = positions * positions * (width_in + width_out) < width_in * width_out
+    if gram:
+        gg = (g.unsqueeze(2) * g.unsqueeze(1)).reshape(-1, width_out)
+        xx = (x.unsqueeze(2) * x.unsqueeze(1)).reshape(-1, width_in)
+        return gg.T @ xx
+    return torch.einsum("nlo,nli->noi", g, x).pow(2).sum(0)
 
 
 def layer_weight_fisher(
@@ -117,12 +144,14 @@ def layer_weight_fisher(
                 raise RuntimeError(f"no gradient can reach layers {sorted(missing)[:3]}; is anything upstream trainable?")
             # δ_out for every call, without accumulating .grad anywhere
             out_grads = torch.autograd.grad(losses.sum(), [out for _, _, out in calls])
-            per_sample: dict[str, torch.Tensor] = {}
+            positions: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
             for (name, x, _), g in zip(calls, out_grads):
-                contribution = per_sample_weight_grad(layers[name], x, g).to(totals[name].dtype)
-                per_sample[name] = per_sample[name] + contribution if name in per_sample else contribution
-            for name, g in per_sample.items():
-                totals[name] += g.pow(2).sum(0)
+                positions.setdefault(name, []).append(layer_positions(layers[name], x, g))
+            for name, parts in positions.items():
+                # several calls of one layer: their positions add up inside the per-sample gradient
+                x = torch.cat([p[0] for p in parts], 1).to(totals[name].dtype)
+                g = torch.cat([p[1] for p in parts], 1).to(totals[name].dtype)
+                totals[name] += to_weight_layout(layers[name], sum_squared_sample_grads(x, g))
             count += _batch_size(batch[1])
     finally:
         calls.clear()

@@ -11,20 +11,24 @@ from pathlib import Path
 from typing import Any
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write to a temporary file in the same folder, fsync, then rename over `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def sha256_file(path: str | Path) -> str:
@@ -38,6 +42,17 @@ def sha256_file(path: str | Path) -> str:
 
 def atomic_write_json(path: str | Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, allow_nan=False) + "\n")
+
+
+def machine_description() -> str:
+    """CPU/GPU, thread count and torch version, for result files."""
+    import torch
+
+    if torch.cuda.is_available():
+        device = f"GPU {torch.cuda.get_device_name(0)} x{torch.cuda.device_count()}"
+    else:
+        device = f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
+    return f"{platform.machine()} {device}, Python {platform.python_version()}, torch {torch.__version__}"
 
 
 def package_versions() -> dict[str, str]:

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 COMMON_KEYS = frozenset(
     {"benchmark", "method", "seed", "tasks", "epochs", "batch_size", "eval_batch_size", "lr", "head_lr",
-     "weight_decay", "device", "data_dir"}
+     "weight_decay", "device", "data_dir", "backbone"}
 )
 LORA_KEYS = frozenset({"lora.rank", "lora.alpha", "lora.dropout", "lora.targets"})
 PERTURB_KEYS = frozenset({"epsilon", "p0"})
@@ -178,7 +178,8 @@ def get_method(name: str) -> MethodSpec:
 
 def check_keys_apply(spec: MethodSpec, explicit_keys: set[str]) -> None:
     """A key the user set that this method never reads is an error (config must match code)."""
-    unused = sorted(k for k in explicit_keys if k not in COMMON_KEYS and k not in spec.keys)
+    unused = sorted(k for k in explicit_keys
+                    if k not in COMMON_KEYS and k not in spec.keys and not k.startswith("data."))
     if unused:
         raise UserError(
             f"method '{spec.name}' does not use {', '.join(unused)}; remove it or pick a method that does "

@@ -1,6 +1,8 @@
 """One run end to end: resolve config → stream → backbone + method → learner → metrics → results.json."""
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import random
 import shutil
 import time
@@ -9,11 +11,14 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
+from torch.utils.data import TensorDataset
+from tqdm.auto import tqdm
 
 from . import __version__
-from .backbones import build_backbone
+from .backbones import get_backbone_spec
 from .config import RunConfig, build_config, load_yaml, parse_set
-from .data import get_benchmark
+from .data import TaskStream, get_benchmark
+from .data.base import LoadRequest
 from .errors import UserError
 from .heads import ContinualClassifier
 from .io import atomic_write_json, package_versions
@@ -26,10 +31,12 @@ def resolve_config(
     overrides: Mapping[str, Any] | None = None,
     config_file: str | Path | None = None,
     sets: Sequence[str] = (),
+    check_method_keys: bool = True,
 ) -> tuple[RunConfig, set[str]]:
     """Defaults < benchmark defaults < config file < `overrides` (e.g. CLI flags) < `--set` assignments.
 
-    Returns the validated config and the set of keys the user gave explicitly.
+    Returns the validated config and the set of keys the user gave explicitly. With `check_method_keys`, a key
+    the method does not read is an error.
     """
     user_layers: list[Mapping[str, Any]] = []
     if config_file is not None:
@@ -41,7 +48,14 @@ def resolve_config(
     probe, _ = build_config([], user_layers)
     spec = get_benchmark(probe.benchmark)
     config, explicit = build_config([spec.defaults], user_layers)
-    check_keys_apply(get_method(config.method), explicit)
+    if config.tasks is None:
+        config.tasks = spec.default_tasks  # recorded resolved, so results say how many tasks ran
+    if check_method_keys:
+        check_keys_apply(get_method(config.method), explicit)
+    unused_data = sorted(k for k in explicit if k.startswith("data.") and k.split(".", 1)[1] not in spec.data_keys)
+    if unused_data:
+        raise UserError(f"benchmark '{spec.name}' does not use {', '.join(unused_data)}; remove it "
+                        f"(data.* keys apply to csv:PATH and folder:PATH)")
     return config, explicit
 
 
@@ -80,6 +94,39 @@ def _prepare_out_dir(out_dir: Path) -> bool:
     return created
 
 
+_PREFIX_CACHE: dict[tuple[str, str], torch.Tensor] = {}  # (backbone, sha1 of the inputs) -> prefix outputs
+
+
+@torch.no_grad()
+def cache_prefix_outputs(stream: TaskStream, prefix: torch.nn.Module, device: torch.device, progress: bool,
+                         backbone_name: str, batch_size: int = 256) -> TaskStream:
+    """Replace every task's inputs by the frozen prefix's outputs, computed once (see Backbone.frozen_prefix).
+
+    Outputs are also kept for the life of the process, keyed by the inputs' bytes, so the runs of one
+    `compare` (same images, other methods and seeds) compute them once.
+    """
+    prefix = prefix.to(device).eval()
+    total = sum(len(task.train) + len(task.test) for task in stream.tasks)
+    bar = tqdm(total=total, desc="frozen backbone prefix", unit="img", disable=not progress, leave=False)
+
+    def transform(dataset):
+        if not isinstance(dataset, TensorDataset):
+            raise TypeError("a frozen backbone prefix needs tensor datasets")
+        inputs, labels = dataset.tensors
+        key = (backbone_name, hashlib.sha1(inputs.contiguous().numpy().tobytes()).hexdigest())
+        if key not in _PREFIX_CACHE:
+            outputs = []
+            for start in range(0, len(inputs), batch_size):
+                outputs.append(prefix(inputs[start:start + batch_size].to(device)).cpu())
+                bar.update(min(batch_size, len(inputs) - start))
+            _PREFIX_CACHE[key] = torch.cat(outputs)
+        return TensorDataset(_PREFIX_CACHE[key], labels)
+
+    tasks = [dataclasses.replace(task, train=transform(task.train), test=transform(task.test)) for task in stream.tasks]
+    bar.close()
+    return dataclasses.replace(stream, tasks=tasks)
+
+
 def run_experiment(config: RunConfig, out_dir: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
     """Run one (benchmark, method, seed); return the results dict and write `out_dir/results.json` if given."""
     benchmark = get_benchmark(config.benchmark)
@@ -87,10 +134,18 @@ def run_experiment(config: RunConfig, out_dir: str | Path | None = None, progres
     num_tasks = config.tasks or benchmark.default_tasks
     device = resolve_device(config.device)
     start = time.perf_counter()
+    backbone_name = config.backbone or benchmark.backbone
+    backbone_spec = get_backbone_spec(backbone_name)
+    if backbone_spec.modality != benchmark.modality:
+        raise UserError(f"backbone '{backbone_name}' takes {backbone_spec.modality} inputs but benchmark "
+                        f"'{benchmark.name}' gives {benchmark.modality}; pick a {benchmark.modality} backbone "
+                        f"(default: {benchmark.backbone})")
     # Everything that can fail on bad input happens before the output folder exists.
-    stream = benchmark.load(config.seed, num_tasks, config.data_dir)
+    stream = benchmark.load(LoadRequest(config.seed, num_tasks, config.data_dir, backbone_name, config.data))
     seed_everything(config.seed)
-    backbone = build_backbone(stream.backbone, config.seed)
+    backbone = backbone_spec.build(config.seed)
+    if backbone.frozen_prefix is not None:
+        stream = cache_prefix_outputs(stream, backbone.frozen_prefix, device, progress, backbone_name)
     method = method_spec.build(config, backbone.lora_targets)
     method.check_backbone(backbone.module)
     out_path = Path(out_dir) if out_dir is not None else None

@@ -46,19 +46,35 @@ class TaskStream:
 
 
 @dataclass(frozen=True)
+class LoadRequest:
+    """What a benchmark loader needs: the run seed (class order), task count, data folder, the backbone whose
+    input format to produce (e.g. its tokenizer), and the `data.*` settings."""
+
+    seed: int
+    num_tasks: int
+    data_dir: str | None
+    backbone: str
+    data: Any  # config.DataSettings
+
+
+@dataclass(frozen=True)
 class BenchmarkSpec:
-    """A named benchmark: how to load it and the config defaults that suit it."""
+    """A named benchmark: how to load it, which inputs it yields, and the config defaults that suit it."""
 
     name: str
     description: str
     scenario: str
-    backbone: str
+    backbone: str  # default backbone; the config key `backbone` may pick another of the same modality
+    modality: str  # "vector", "text" or "image"
     default_tasks: int
-    load: Callable[[int, int, str | None], TaskStream]  # (seed, num_tasks, data_dir) -> stream
+    load: Callable[[LoadRequest], TaskStream]
     defaults: dict[str, Any] = field(default_factory=dict)
+    data_keys: frozenset[str] = frozenset()  # the `data.*` config keys this benchmark reads
+    sources: tuple[str, ...] = ()  # data sets it needs (`perturbmerge data fetch ...`)
 
 
 BENCHMARKS: dict[str, BenchmarkSpec] = {}
+CUSTOM_PREFIXES: dict[str, Callable[[str], BenchmarkSpec]] = {}  # "csv" -> spec factory for "csv:PATH"
 
 
 def register_benchmark(spec: BenchmarkSpec) -> BenchmarkSpec:
@@ -69,9 +85,13 @@ def register_benchmark(spec: BenchmarkSpec) -> BenchmarkSpec:
 
 
 def get_benchmark(name: str) -> BenchmarkSpec:
+    prefix, sep, rest = name.partition(":")
+    if sep and prefix in CUSTOM_PREFIXES:
+        return CUSTOM_PREFIXES[prefix](rest)
     if name not in BENCHMARKS:
         raise UserError(
-            f"unknown benchmark '{name}'{did_you_mean(name, BENCHMARKS)}; `perturbmerge benchmarks` lists them"
+            f"unknown benchmark '{name}'{did_you_mean(name, BENCHMARKS)}; `perturbmerge benchmarks` lists them "
+            f"(own data: csv:PATH or folder:PATH)"
         )
     return BENCHMARKS[name]
 

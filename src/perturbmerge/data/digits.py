@@ -11,19 +11,19 @@ import torch
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from .base import BenchmarkSpec, TaskStream, class_incremental_tasks, register_benchmark
+from .base import BenchmarkSpec, LoadRequest, TaskStream, class_incremental_tasks, register_benchmark
 
 TEST_FRACTION = 0.3
 
 
-def load(seed: int, num_tasks: int, data_dir: str | None = None) -> TaskStream:
+def load(request: LoadRequest) -> TaskStream:
     digits = load_digits()
     x = (digits.data / 16.0).astype(np.float32)
     y = digits.target.astype(np.int64)
     train_x, test_x, train_y, test_y = train_test_split(x, y, test_size=TEST_FRACTION, stratify=y, random_state=0)
     tasks = class_incremental_tasks(
         torch.from_numpy(train_x), train_y, torch.from_numpy(test_x), test_y,
-        [str(d) for d in range(10)], num_tasks, seed,
+        [str(d) for d in range(10)], request.num_tasks, request.seed,
     )
     return TaskStream("digits", "class-incremental", "mlp", tasks, info={"train": len(train_y), "test": len(test_y)})
 
@@ -34,6 +34,7 @@ SPEC = register_benchmark(
         description="scikit-learn 8x8 digits, 5 tasks x 2 classes, MLP backbone (smoke benchmark, seconds)",
         scenario="class-incremental",
         backbone="mlp",
+        modality="vector",
         default_tasks=5,
         load=load,
         defaults={"epochs": 5, "batch_size": 32, "lr": 3e-3, "head_lr": 1e-2},

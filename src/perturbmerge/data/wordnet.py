@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
-from .base import BenchmarkSpec, Task, TaskStream, register_benchmark, task_class_groups
+from .base import BenchmarkSpec, LoadRequest, Task, TaskStream, register_benchmark, task_class_groups
 from .fetch import require
 from .text import TokenizedDataset, make_pad_collate
 
@@ -75,11 +75,11 @@ def _tokenized(path: str, tokenizer_name: str) -> tuple[list[str], list[list[lis
     return names, encode(train), encode(test), tokenizer.pad_token_id
 
 
-def load(seed: int, num_tasks: int, data_dir: str | None = None, backbone: str = "minilm") -> TaskStream:
-    path = require("wordnet", data_dir) / "data.noun"
-    names, train_ids, test_ids, pad_id = _tokenized(str(path), backbone)
+def load(request: LoadRequest) -> TaskStream:
+    path = require("wordnet", data_dir=request.data_dir)[0] / "data.noun"
+    names, train_ids, test_ids, pad_id = _tokenized(str(path), request.backbone)
     tasks, offset = [], 0
-    for index, group in enumerate(task_class_groups(len(names), num_tasks, seed)):
+    for index, group in enumerate(task_class_groups(len(names), request.num_tasks, request.seed)):
         def split(ids_by_class):
             ids, labels = [], []
             for position, cls in enumerate(group):
@@ -89,7 +89,7 @@ def load(seed: int, num_tasks: int, data_dir: str | None = None, backbone: str =
 
         tasks.append(Task(index, [names[c] for c in group], offset, split(train_ids), split(test_ids)))
         offset += len(group)
-    return TaskStream("wordnet", "class-incremental", backbone, tasks, collate=make_pad_collate(pad_id),
+    return TaskStream("wordnet", "class-incremental", request.backbone, tasks, collate=make_pad_collate(pad_id),
                       info={"train_per_class": TRAIN_PER_CLASS, "test_per_class": TEST_PER_CLASS})
 
 
@@ -99,8 +99,10 @@ SPEC = register_benchmark(
         description="WordNet noun glosses -> supersense, 20 classes, 5x4 (or --tasks 10), MiniLM-L6 (Debian wordnet-base)",
         scenario="class-incremental",
         backbone="minilm",
+        modality="text",
         default_tasks=5,
         load=load,
         defaults={"epochs": 2, "batch_size": 32, "lr": 1e-3, "head_lr": 1e-2, "fisher": {"batch_size": 32}},
+        sources=("wordnet",),
     )
 )

@@ -1,0 +1,136 @@
+"""Run every (method, seed) of a comparison into one folder, skip finished runs, and write the summary report.
+
+Layout of DIR:
+    runs/<method>-seed<seed>/results.json   one finished run each (a folder without results.json is unfinished)
+    summary.json                            per method: mean/std of every metric, curves, run folders
+    <markdown>                              summary.md (compare) or report.md (default run): table + plots
+    accuracy_matrix.png, acc_all_seen.png, alpha.png
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from .config import RunConfig
+from .errors import UserError
+from .io import machine_description
+from .methods import COMMON_KEYS, get_method
+from .report import table_lines, write_report
+
+DEFAULT_METHODS = ("pm-lora", "merge-lora", "seq-lora")
+
+
+def parse_list(text: str, what: str, cast=str) -> list[Any]:
+    """'a,b,c' → ['a', 'b', 'c'] (cast each); empty items or duplicates are an error."""
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    if not items:
+        raise UserError(f"--{what} is empty; give a comma-separated list, e.g. --{what} "
+                        f"{'0,1,2' if cast is int else 'pm-lora,seq-lora'}")
+    try:
+        values = [cast(item) for item in items]
+    except ValueError:
+        raise UserError(f"--{what} must be comma-separated integers, got '{text}'; e.g. --{what} 0,1,2") from None
+    if len(set(values)) != len(values):
+        raise UserError(f"--{what} lists an item twice ('{text}'); give each once")
+    return values
+
+
+def _config_differences(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[str]:
+    keys = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            keys += _config_differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            keys.append(f"{prefix}{key}")
+    return keys
+
+
+def _finished_run(run_dir: Path, config: RunConfig) -> dict[str, Any] | None:
+    """The results of a finished run with the same config; None if unfinished; error if the config differs."""
+    results_file = run_dir / "results.json"
+    if not results_file.is_file():
+        if run_dir.exists():
+            shutil.rmtree(run_dir)  # killed before it finished: start it again
+        return None
+    try:
+        results = json.loads(results_file.read_text())
+    except (OSError, ValueError):
+        raise UserError(f"{results_file} is unreadable; delete {run_dir} to run it again") from None
+    differing = _config_differences(results.get("config", {}), config.to_dict())
+    if differing:
+        raise UserError(f"{run_dir} was run with a different config ({', '.join(differing)}); "
+                        f"use a new --out or delete that folder")
+    return results
+
+
+def check_keys_apply_to_any(methods: Sequence[str], explicit: set[str]) -> None:
+    """A key the user set that none of the compared methods reads is an error."""
+    used = set(COMMON_KEYS).union(*(get_method(m).keys for m in methods))
+    unused = sorted(k for k in explicit if k not in used and not k.startswith("data."))
+    if unused:
+        raise UserError(f"none of the methods {', '.join(methods)} uses {', '.join(unused)}; remove it")
+
+
+def run_comparison(
+    methods: Sequence[str],
+    seeds: Sequence[int],
+    out_dir: str | Path,
+    overrides: Mapping[str, Any] | None = None,
+    config_file: str | Path | None = None,
+    sets: Sequence[str] = (),
+    progress: bool = True,
+    markdown_name: str = "summary.md",
+    command: str = "",
+) -> dict[str, Any]:
+    """Run (or reuse) every (method, seed) and write the report; return the summary dict."""
+    from .runner import resolve_config, run_experiment
+
+    for method in methods:
+        get_method(method)
+    configs: list[RunConfig] = []
+    explicit: set[str] = set()
+    for method in methods:
+        for seed in seeds:
+            config, keys = resolve_config({**(overrides or {}), "method": method, "seed": seed}, config_file, sets,
+                                          check_method_keys=False)
+            configs.append(config)
+            explicit |= keys - {"method", "seed"}
+    check_keys_apply_to_any(methods, explicit)
+
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out '{out}' exists and is not a folder; choose another --out")
+    created = not out.exists()
+    if not created and any(out.iterdir()) and not (out / "runs").is_dir():
+        raise UserError(f"output folder '{out}' is not empty and holds no earlier comparison; choose another --out")
+    runs, run_dirs = [], {}
+    try:
+        for index, config in enumerate(configs, 1):
+            run_dir = out / "runs" / f"{config.method}-seed{config.seed}"
+            label = f"[{index}/{len(configs)}] {config.method} seed {config.seed}"
+            results = _finished_run(run_dir, config)
+            if results is None:
+                if progress:
+                    print(f"{label}: running", file=sys.stderr, flush=True)
+                results = run_experiment(config, run_dir, progress=progress)
+            elif progress:
+                print(f"{label}: finished earlier, reusing {run_dir}/results.json", file=sys.stderr, flush=True)
+            runs.append(results)
+            run_dirs[(config.method, config.seed)] = str(run_dir)
+    except UserError:
+        if created and not runs:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    summary = write_report(out, runs, markdown_name, command, run_dirs, machine_description())
+    return summary
+
+
+def summary_text(summary: Mapping[str, Any], out_dir: str | Path, markdown_name: str) -> str:
+    lines = [f"{summary['benchmark']}, {summary['num_tasks']} tasks ({summary['backbone']})"]
+    lines += table_lines(summary)
+    lines.append(f"report: {Path(out_dir) / markdown_name}")
+    return "\n".join(lines)

@@ -1,0 +1,188 @@
+"""Bring your own data, no Python needed: `--benchmark csv:PATH` and `--benchmark folder:PATH`.
+
+csv:PATH     a CSV file with a header holding the columns `text` and `label` (other columns ignored);
+             text backbone (default MiniLM; `--set backbone=hf:DIR` for a local Hugging Face encoder).
+folder:PATH  one sub-folder per class holding images (png, jpg, jpeg, bmp, gif, webp, tif, tiff), decoded as RGB
+             and resized to 64×64; image backbone (default EfficientNet-Lite0).
+
+Each class is split into train and test once, with split seed 0 (independent of the run seed):
+`data.test_fraction` of its examples (at least one) are held out for testing. Classes are cut into `--tasks`
+near-equal groups, in the run seed's order or in the order given by `data.class_order`.
+"""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import TensorDataset
+from tqdm.auto import tqdm
+
+from ..errors import UserError
+from .base import CUSTOM_PREFIXES, BenchmarkSpec, LoadRequest, Task, TaskStream, class_order
+from .text import TokenizedDataset, make_pad_collate
+
+SPLIT_SEED = 0
+IMAGE_SIZE = 64
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+MAX_TOKENS = 128
+DATA_KEYS = frozenset({"test_fraction", "class_order"})
+
+
+def split_per_class(labels: np.ndarray, class_names: Sequence[str], test_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """Train and test indices: per class, a fixed shuffle (split seed 0), the first ⌈fraction·n⌉ ≥ 1 held out."""
+    rng = np.random.RandomState(SPLIT_SEED)
+    train, test = [], []
+    for c, name in enumerate(class_names):
+        members = rng.permutation(np.flatnonzero(labels == c))
+        if len(members) < 2:
+            raise UserError(f"class '{name}' has {len(members)} example(s); each class needs at least 2 "
+                            f"(one to train, one to test) — add data or remove the class")
+        n_test = min(len(members) - 1, max(1, int(np.ceil(test_fraction * len(members)))))
+        test.append(members[:n_test])
+        train.append(members[n_test:])
+    return np.concatenate(train), np.concatenate(test)
+
+
+def ordered_groups(class_names: Sequence[str], request: LoadRequest) -> list[list[int]]:
+    """Class indices cut into `num_tasks` groups, in `data.class_order` or the seed's order."""
+    if request.num_tasks > len(class_names):
+        raise UserError(f"{request.num_tasks} tasks need at least {request.num_tasks} classes, the data has "
+                        f"{len(class_names)}; lower --tasks")
+    given = request.data.class_order
+    if given is not None:
+        unknown = [c for c in given if c not in class_names]
+        missing = [c for c in class_names if c not in given]
+        if unknown or missing:
+            problem = f"names unknown classes {unknown[:5]}" if unknown else f"leaves out classes {missing[:5]}"
+            raise UserError(f"data.class_order {problem}; list every class exactly once "
+                            f"(classes: {', '.join(class_names[:10])}{', …' if len(class_names) > 10 else ''})")
+        order = [class_names.index(c) for c in given]
+    else:
+        order = class_order(len(class_names), request.seed)
+    return [group.tolist() for group in np.array_split(np.array(order), request.num_tasks)]
+
+
+def build_tasks(groups: list[list[int]], class_names: Sequence[str], labels: np.ndarray, train_idx: np.ndarray,
+                test_idx: np.ndarray, make_dataset) -> list[Task]:
+    """Class-incremental tasks; `make_dataset(indices, head_positions)` builds one split's dataset."""
+    position = np.empty(len(class_names), dtype=np.int64)
+    position[np.concatenate(groups)] = np.arange(len(class_names))
+    tasks, offset = [], 0
+    for index, group in enumerate(groups):
+        picks = [idx[np.isin(labels[idx], group)] for idx in (train_idx, test_idx)]
+        tasks.append(Task(index, [class_names[c] for c in group], offset,
+                          *(make_dataset(p, position[labels[p]]) for p in picks)))
+        offset += len(group)
+    return tasks
+
+
+# ---- csv:PATH -------------------------------------------------------------------------------------------
+def read_text_csv(path: Path) -> tuple[list[str], list[str]]:
+    if not path.is_file():
+        raise UserError(f"CSV file '{path}' not found; give --benchmark csv:PATH with an existing file")
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            columns = reader.fieldnames or []
+            if "text" not in columns or "label" not in columns:
+                raise UserError(f"CSV '{path}' needs a header with columns text,label; found: "
+                                f"{', '.join(columns) if columns else 'no header'}")
+            texts, labels = [], []
+            for line, row in enumerate(reader, start=2):
+                text, label = (row.get("text") or "").strip(), (row.get("label") or "").strip()
+                if not text or not label:
+                    raise UserError(f"CSV '{path}' line {line}: empty text or label; fill it in or remove the line")
+                texts.append(text)
+                labels.append(label)
+    except UnicodeDecodeError:
+        raise UserError(f"CSV '{path}' is not UTF-8 text; save it as UTF-8") from None
+    except csv.Error as exc:
+        raise UserError(f"CSV '{path}' is malformed ({exc}); fix the quoting") from None
+    if not texts:
+        raise UserError(f"CSV '{path}' has a header but no rows; add examples")
+    return texts, labels
+
+
+def load_csv(path: Path, request: LoadRequest) -> TaskStream:
+    from ..backbones import load_tokenizer
+
+    texts, label_names = read_text_csv(path)
+    class_names = sorted(set(label_names))
+    labels = np.array([class_names.index(n) for n in label_names])
+    train_idx, test_idx = split_per_class(labels, class_names, request.data.test_fraction)
+    groups = ordered_groups(class_names, request)
+    tokenizer = load_tokenizer(request.backbone)
+    ids = tokenizer(texts, truncation=True, max_length=MAX_TOKENS)["input_ids"]
+    tasks = build_tasks(groups, class_names, labels, train_idx, test_idx,
+                        lambda picks, positions: TokenizedDataset([ids[i] for i in picks], positions.tolist()))
+    return TaskStream(f"csv:{path}", "class-incremental", request.backbone, tasks,
+                      collate=make_pad_collate(tokenizer.pad_token_id),
+                      info={"examples": len(texts), "classes": len(class_names)})
+
+
+# ---- folder:PATH ----------------------------------------------------------------------------------------
+def decode_image(path: Path) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            image = image.convert("RGB").resize((IMAGE_SIZE, IMAGE_SIZE), Image.BILINEAR)
+            return np.asarray(image, dtype=np.uint8).transpose(2, 0, 1).copy()
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise UserError(f"image '{path}' cannot be decoded ({type(exc).__name__}); replace or remove it") from None
+
+
+def list_image_folder(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
+    if not root.is_dir():
+        raise UserError(f"image folder '{root}' not found; give --benchmark folder:PATH with one sub-folder per class")
+    class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not class_dirs:
+        raise UserError(f"image folder '{root}' has no class sub-folders; put each class's images in ROOT/<class>/")
+    items = []
+    for c, folder in enumerate(class_dirs):
+        files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+                       and not p.name.startswith("."))
+        if not files:
+            raise UserError(f"class folder '{folder}' holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}); "
+                            f"add images or remove the folder")
+        items += [(p, c) for p in files]
+    return [d.name for d in class_dirs], items
+
+
+def load_folder(root: Path, request: LoadRequest, progress: bool = True) -> TaskStream:
+    class_names, items = list_image_folder(root)
+    labels = np.array([c for _, c in items])
+    train_idx, test_idx = split_per_class(labels, class_names, request.data.test_fraction)
+    groups = ordered_groups(class_names, request)
+    images = torch.from_numpy(np.stack([
+        decode_image(path) for path, _ in tqdm(items, desc="decoding images", unit="img", leave=False,
+                                               disable=not progress)]))
+    tasks = build_tasks(groups, class_names, labels, train_idx, test_idx,
+                        lambda picks, positions: TensorDataset(images[picks], torch.from_numpy(positions)))
+    return TaskStream(f"folder:{root}", "class-incremental", request.backbone, tasks,
+                      info={"examples": len(items), "classes": len(class_names), "image_size": IMAGE_SIZE})
+
+
+def _custom_spec(kind: str, path_text: str) -> BenchmarkSpec:
+    if not path_text:
+        raise UserError(f"--benchmark {kind}: needs a path, e.g. --benchmark {kind}:data/my_{kind}")
+    path = Path(path_text).expanduser()
+    text = kind == "csv"
+    return BenchmarkSpec(
+        name=f"{kind}:{path_text}",
+        description="your CSV (text,label)" if text else "your image folder (one sub-folder per class)",
+        scenario="class-incremental",
+        backbone="minilm" if text else "efficientnet-lite0",
+        modality="text" if text else "image",
+        default_tasks=5,
+        load=(lambda request: load_csv(path, request)) if text else (lambda request: load_folder(path, request)),
+        defaults={"epochs": 2, "batch_size": 32, "lr": 1e-3, "head_lr": 1e-2},
+        data_keys=DATA_KEYS,
+    )
+
+
+CUSTOM_PREFIXES["csv"] = lambda rest: _custom_spec("csv", rest)
+CUSTOM_PREFIXES["folder"] = lambda rest: _custom_spec("folder", rest)

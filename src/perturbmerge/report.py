@@ -1,0 +1,208 @@
+"""Summaries and plots of finished runs: mean ± std tables, accuracy-matrix heatmaps, all-seen accuracy and α curves.
+
+Inputs are results dicts as written to `results.json`; nothing here trains. Standard deviations are sample
+standard deviations over seeds (ddof = 1; 0 for a single seed).
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from statistics import fmean, stdev
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from .io import atomic_write_bytes, atomic_write_json, atomic_write_text
+
+METRICS = ("final_acc", "aaa", "forgetting", "bwt", "plasticity", "wall_time_s")
+METRIC_LABELS = {"final_acc": "final Acc", "aaa": "AAA", "forgetting": "forgetting", "bwt": "BWT",
+                 "plasticity": "plasticity", "wall_time_s": "wall s"}
+
+
+def mean_std(values: Sequence[float | None]) -> dict[str, float | None]:
+    present = [float(v) for v in values if v is not None]
+    if not present:
+        return {"mean": None, "std": None}
+    return {"mean": fmean(present), "std": stdev(present) if len(present) > 1 else 0.0}
+
+
+def group_by_method(runs: Iterable[Mapping[str, Any]]) -> dict[str, list[Mapping[str, Any]]]:
+    """Runs grouped by method, in first-seen order, each group sorted by seed."""
+    groups: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
+    for run in runs:
+        groups[run["method"]].append(run)
+    return {method: sorted(group, key=lambda r: r["seed"]) for method, group in groups.items()}
+
+
+def _per_task_mean_std(rows: Sequence[Sequence[float | None] | None]) -> tuple[np.ndarray, np.ndarray] | None:
+    rows = [r for r in rows if r is not None]
+    if not rows:
+        return None
+    array = np.array([[np.nan if v is None else v for v in row] for row in rows], dtype=float)
+    std = array.std(axis=0, ddof=1) if len(rows) > 1 else np.zeros(array.shape[1])
+    return array.mean(axis=0), std
+
+
+def summarise_runs(runs: Sequence[Mapping[str, Any]], run_dirs: Mapping[tuple[str, int], str] | None = None
+                   ) -> dict[str, Any]:
+    """Per method: mean and std of every metric over seeds, per-task curves, and the run folders."""
+    methods = {}
+    for method, group in group_by_method(runs).items():
+        entry: dict[str, Any] = {"seeds": [r["seed"] for r in group]}
+        entry.update({metric: mean_std([r[metric] for r in group]) for metric in METRICS})
+        for key in ("acc_all_seen", "alphas"):
+            curve = _per_task_mean_std([r.get(key) for r in group])
+            entry[key] = None if curve is None else {"mean": curve[0].tolist(), "std": curve[1].tolist()}
+        entry["alphas_per_seed"] = [r.get("alphas") for r in group]
+        if run_dirs is not None:
+            entry["run_dirs"] = [run_dirs[(method, r["seed"])] for r in group]
+        methods[method] = entry
+    first = runs[0]
+    return {"benchmark": first["benchmark"], "num_tasks": first["num_tasks"], "scenario": first["scenario"],
+            "backbone": first.get("backbone"), "methods": methods}
+
+
+def _cell(stats: Mapping[str, float | None], digits: int = 2, count: int = 2) -> str:
+    if stats["mean"] is None:
+        return "–"
+    if count == 1:
+        return f"{stats['mean']:.{digits}f}"
+    return f"{stats['mean']:.{digits}f} ± {stats['std']:.{digits}f}"
+
+
+def table_lines(summary: Mapping[str, Any]) -> list[str]:
+    """Markdown table: one row per method, mean ± std over seeds; the best final Acc and AAA in bold."""
+    methods = summary["methods"]
+    best = {m: max((e[m]["mean"] for e in methods.values() if e[m]["mean"] is not None), default=None)
+            for m in ("final_acc", "aaa")}
+    header = "| method | seeds | " + " | ".join(METRIC_LABELS[m] for m in METRICS) + " |"
+    lines = [header, "|" + "---|" * (len(METRICS) + 2)]
+    for method, entry in methods.items():
+        cells = []
+        for metric in METRICS:
+            text = _cell(entry[metric], 1 if metric == "wall_time_s" else 2, len(entry["seeds"]))
+            if metric in best and entry[metric]["mean"] is not None and entry[metric]["mean"] == best[metric]:
+                text = f"**{text}**"
+            cells.append(text)
+        lines.append(f"| {method} | {len(entry['seeds'])} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def alpha_lines(summary: Mapping[str, Any]) -> list[str]:
+    lines = []
+    for method, entry in summary["methods"].items():
+        for seed, alphas in zip(entry["seeds"], entry["alphas_per_seed"]):
+            if alphas is not None:
+                lines.append(f"- {method}, seed {seed}: " + ", ".join(f"{a:.3f}" for a in alphas))
+    return lines
+
+
+# ---- plots ----------------------------------------------------------------------------------------------
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> None:
+    import io
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    _pyplot().close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def plot_accuracy_matrices(runs: Sequence[Mapping[str, Any]], path: Path) -> None:
+    """One heatmap per method: R[t][i] (accuracy on task i after task t), mean over seeds."""
+    plt = _pyplot()
+    groups = group_by_method(runs)
+    fig, axes = plt.subplots(1, len(groups), figsize=(3.4 * len(groups), 3.2), squeeze=False)
+    for ax, (method, group) in zip(axes[0], groups.items()):
+        matrix = np.array([[[np.nan if v is None else v for v in row] for row in r["accuracy_matrix"]]
+                           for r in group], dtype=float).mean(axis=0)  # NaN above the diagonal stays NaN
+        image = ax.imshow(matrix, vmin=0, vmax=100, cmap="viridis")
+        size = matrix.shape[0]
+        if size <= 10:
+            for t in range(size):
+                for i in range(t + 1):
+                    ax.text(i, t, f"{matrix[t, i]:.0f}", ha="center", va="center", fontsize=7,
+                            color="white" if matrix[t, i] < 60 else "black")
+        ax.set_title(f"{method} (n={len(group)})", fontsize=9)
+        ax.set_xlabel("evaluated task")
+        ax.set_ylabel("after training task")
+        ax.set_xticks(range(size), [str(i + 1) for i in range(size)], fontsize=7)
+        ax.set_yticks(range(size), [str(i + 1) for i in range(size)], fontsize=7)
+    fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8, label="accuracy (%)")
+    _save(fig, path)
+
+
+def _plot_curves(summary: Mapping[str, Any], key: str, ylabel: str, path: Path, ylim: tuple[float, float]) -> bool:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    drawn = False
+    for method, entry in summary["methods"].items():
+        curve = entry.get(key)
+        if curve is None:
+            continue
+        x = np.arange(1, len(curve["mean"]) + 1)
+        mean, std = np.array(curve["mean"]), np.array(curve["std"])
+        ax.plot(x, mean, marker="o", label=method)
+        if len(entry["seeds"]) > 1:
+            ax.fill_between(x, mean - std, mean + std, alpha=0.2)
+        drawn = True
+    if not drawn:
+        plt.close(fig)
+        return False
+    ax.set_xlabel("after task")
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(*ylim)
+    ax.set_xticks(np.arange(1, summary["num_tasks"] + 1))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(f"{summary['benchmark']}, {summary['num_tasks']} tasks (mean ± std over seeds)", fontsize=9)
+    _save(fig, path)
+    return True
+
+
+PLOTS = {
+    "accuracy_matrix": "accuracy_matrix.png",
+    "acc_all_seen": "acc_all_seen.png",
+    "alpha": "alpha.png",
+}
+
+
+def write_report(out_dir: str | Path, runs: Sequence[Mapping[str, Any]], markdown_name: str,
+                 command: str, run_dirs: Mapping[tuple[str, int], str] | None = None,
+                 machine: str | None = None) -> dict[str, Any]:
+    """Write summary.json, `markdown_name` (table + plots) and the PNGs into `out_dir`; return the summary."""
+    out = Path(out_dir)
+    summary = summarise_runs(runs, run_dirs)
+    summary["command"] = command
+    if machine:
+        summary["machine"] = machine
+    plot_accuracy_matrices(runs, out / PLOTS["accuracy_matrix"])
+    _plot_curves(summary, "acc_all_seen", "accuracy on all seen classes (%)", out / PLOTS["acc_all_seen"], (0, 100))
+    has_alpha = _plot_curves(summary, "alphas", "merge coefficient α", out / PLOTS["alpha"], (-0.02, 1.02))
+    summary["plots"] = [PLOTS["accuracy_matrix"], PLOTS["acc_all_seen"]] + ([PLOTS["alpha"]] if has_alpha else [])
+    atomic_write_json(out / "summary.json", summary)
+    lines = [
+        f"# {summary['benchmark']}: {summary['num_tasks']} tasks, {summary['scenario']}",
+        "",
+        f"Command: `{command}`  ",
+        f"Backbone: {summary['backbone']}  ",
+    ]
+    if machine:
+        lines.append(f"Machine: {machine}  ")
+    lines += ["Metrics in %, mean ± std over seeds (sample std) where several seeds ran; wall time in seconds.", ""]
+    lines += table_lines(summary)
+    lines += ["", "## Accuracy on all seen classes after each task", "", f"![acc_all_seen]({PLOTS['acc_all_seen']})",
+              "", "## Accuracy matrices", "", "Row t, column i: accuracy on task i after training task t.", "",
+              f"![accuracy matrices]({PLOTS['accuracy_matrix']})"]
+    if has_alpha:
+        lines += ["", "## Merge coefficient α per task", "", f"![alpha]({PLOTS['alpha']})", ""] + alpha_lines(summary)
+    atomic_write_text(out / markdown_name, "\n".join(lines) + "\n")
+    return summary

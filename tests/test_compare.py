@@ -1,0 +1,109 @@
+"""`compare` and the default `run`: every (method, seed) once, summaries equal to hand-computed statistics,
+finished runs skipped, changed configs refused, unfinished runs redone, reports written."""
+from __future__ import annotations
+
+import json
+import shutil
+from statistics import fmean, stdev
+
+import pytest
+
+from perturbmerge.cli import main
+from perturbmerge.report import mean_std, table_lines
+
+FAST = ["--benchmark", "digits", "--tasks", "2", "--quiet", "--set", "epochs=1"]
+
+
+@pytest.fixture(scope="module")
+def comparison(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cmp") / "out"
+    assert main(["compare", "--methods", "pm-lora,seq-lora", "--seeds", "0,1", "--out", str(out)] + FAST) == 0
+    return out
+
+
+def test_compare_writes_every_run_and_summary(comparison):
+    summary = json.loads((comparison / "summary.json").read_text())
+    assert list(summary["methods"]) == ["pm-lora", "seq-lora"]
+    for method, entry in summary["methods"].items():
+        runs = [json.loads((comparison / "runs" / f"{method}-seed{s}" / "results.json").read_text()) for s in (0, 1)]
+        assert entry["seeds"] == [0, 1]
+        for metric in ("final_acc", "aaa", "forgetting", "bwt", "plasticity", "wall_time_s"):
+            values = [r[metric] for r in runs]
+            assert entry[metric]["mean"] == pytest.approx(fmean(values))
+            assert entry[metric]["std"] == pytest.approx(stdev(values))
+        assert entry["run_dirs"] == [str(comparison / "runs" / f"{method}-seed{s}") for s in (0, 1)]
+    assert summary["methods"]["seq-lora"]["alphas"] is None
+    assert summary["methods"]["pm-lora"]["alphas"]["mean"][0] == pytest.approx(1.0)
+    text = (comparison / "summary.md").read_text()
+    assert "| pm-lora | 2 |" in text and "perturbmerge compare" in text
+    for png in ("accuracy_matrix.png", "acc_all_seen.png", "alpha.png"):
+        assert (comparison / png).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_rerun_skips_finished_runs(comparison, capsys):
+    stamp = {p: p.stat().st_mtime_ns for p in comparison.glob("runs/*/results.json")}
+    assert main(["compare", "--methods", "pm-lora,seq-lora", "--seeds", "0,1", "--out", str(comparison)]
+                + FAST[:-3] + ["--set", "epochs=1"]) == 0
+    assert {p: p.stat().st_mtime_ns for p in comparison.glob("runs/*/results.json")} == stamp
+
+
+def test_unfinished_run_is_redone(comparison, tmp_path):
+    out = tmp_path / "copy"
+    shutil.copytree(comparison, out)
+    (out / "runs" / "seq-lora-seed1" / "results.json").unlink()  # as if killed before it finished
+    assert main(["compare", "--methods", "pm-lora,seq-lora", "--seeds", "0,1", "--out", str(out)] + FAST) == 0
+    redone = json.loads((out / "runs" / "seq-lora-seed1" / "results.json").read_text())
+    original = json.loads((comparison / "runs" / "seq-lora-seed1" / "results.json").read_text())
+    assert redone["accuracy_matrix"] == original["accuracy_matrix"]  # deterministic on CPU
+
+
+def test_changed_config_is_refused(comparison, capsys):
+    code = main(["compare", "--methods", "pm-lora", "--seeds", "0", "--out", str(comparison),
+                 "--benchmark", "digits", "--tasks", "2", "--quiet", "--set", "epochs=2"])
+    assert code == 2
+    assert "different config (epochs)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--methods", "pm-lora,nope"], "unknown method 'nope'"),
+    (["--methods", "pm-lora,pm-lora"], "lists an item twice"),
+    (["--seeds", "0,x"], "comma-separated integers"),
+    (["--methods", "seq-lora", "--set", "epsilon=0.3"], "none of the methods seq-lora uses epsilon"),
+])
+def test_compare_bad_input_leaves_nothing(tmp_path, capsys, argv, message):
+    out = tmp_path / "out"
+    code = main(["compare", "--out", str(out), "--benchmark", "digits", "--quiet"] + argv)
+    assert code == 2 and message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_key_for_one_compared_method_is_allowed(tmp_path):
+    out = tmp_path / "out"
+    assert main(["compare", "--methods", "pm-lora,seq-lora", "--seeds", "0", "--out", str(out)] + FAST
+                + ["epsilon=0.25"]) == 0
+    results = json.loads((out / "runs" / "pm-lora-seed0" / "results.json").read_text())
+    assert results["config"]["epsilon"] == 0.25
+
+
+def test_run_without_method_compares_the_default_trio(tmp_path, capsys):
+    out = tmp_path / "default"
+    assert main(["run", "--out", str(out)] + FAST) == 0
+    assert sorted(p.name for p in (out / "runs").iterdir()) == ["merge-lora-seed0", "pm-lora-seed0", "seq-lora-seed0"]
+    report = (out / "report.md").read_text()
+    assert "![accuracy matrices](accuracy_matrix.png)" in report and "| merge-lora | 1 |" in report
+    assert "final Acc" in capsys.readouterr().out
+
+
+def test_mean_std_and_bold_best():
+    assert mean_std([1.0, 3.0]) == {"mean": 2.0, "std": pytest.approx(2 ** 0.5)}
+    assert mean_std([None, 4.0]) == {"mean": 4.0, "std": 0.0}
+    assert mean_std([None]) == {"mean": None, "std": None}
+    cell = {"mean": 1.0, "std": 0.0}
+    summary = {"methods": {
+        "a": {"seeds": [0], **{m: cell for m in ("aaa", "forgetting", "bwt", "plasticity", "wall_time_s")},
+              "final_acc": {"mean": 50.0, "std": 0.0}},
+        "b": {"seeds": [0], **{m: cell for m in ("aaa", "forgetting", "bwt", "plasticity", "wall_time_s")},
+              "final_acc": {"mean": 60.0, "std": 0.0}},
+    }}
+    lines = table_lines(summary)
+    assert "**60.00**" in lines[3] and "**" not in lines[2].split("|")[3]
