@@ -82,3 +82,19 @@ def test_perturbation_draws_only_for_perturbing_methods():
     pm = make_learner("pm-lora", tasks=1, epochs=3)
     log = pm.train_task(pm.stream.tasks[0])
     assert log["perturbation_draws"]["1"] > 0 and log["perturbation_draws"]["-1"] > 0
+
+
+def test_evaluation_batches_go_by_length_and_cover_every_example():
+    from perturbmerge.data.text import TokenizedDataset, make_pad_collate
+
+    learner = make_learner("seq-lora", tasks=2)
+    learner.stream.collate = make_pad_collate(0)
+    lengths = [5, 1, 3, 7, 2, 2, 6]
+    dataset = TokenizedDataset([[i + 1] * n for i, n in enumerate(lengths)], list(range(7)))
+    batches = list(learner.loader(dataset, 3))
+    seen = [int(label) for _, labels in batches for label in labels]
+    assert sorted(seen) == list(range(7))
+    assert [lengths[i] for i in seen] == sorted(lengths)
+    assert [b[0]["input_ids"].shape[1] for b in batches] == [2, 6, 7]  # padded to each batch's longest
+    shuffled = [int(label) for _, labels in learner.loader(dataset, 3, shuffle=True) for label in labels]
+    assert sorted(shuffled) == list(range(7))

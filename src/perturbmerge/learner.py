@@ -70,9 +70,16 @@ class ContinualLearner:
 
     # ---- data -------------------------------------------------------------------------------------------
     def loader(self, dataset: Dataset, batch_size: int, shuffle: bool = False, epoch: int = 0) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + (self.task.index if self.task else 0) * 1009 + epoch)
-        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator,
-                          collate_fn=self.stream.collate)
+        """Training batches are shuffled (seeded per task and epoch). Evaluation and Fisher batches, whose results
+        do not depend on the order, go by input length where the data has lengths, so dynamic padding pads little."""
+        if shuffle:
+            generator = torch.Generator().manual_seed(
+                self.seed * 1_000_003 + (self.task.index if self.task else 0) * 1009 + epoch)
+            return DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=generator,
+                              collate_fn=self.stream.collate)
+        lengths = getattr(dataset, "lengths", None)
+        order = sorted(range(len(dataset)), key=lengths.__getitem__) if lengths is not None else None
+        return DataLoader(dataset, batch_size=batch_size, sampler=order, collate_fn=self.stream.collate)
 
     def local_batches(self, dataset: Dataset, batch_size: int) -> Iterator[Batch]:
         """Batches on the device with labels relative to the current head block (the task's own logits)."""

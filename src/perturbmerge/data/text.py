@@ -16,6 +16,11 @@ class TokenizedDataset(Dataset):
         self.ids = [list(x) for x in ids]
         self.labels = torch.as_tensor(list(labels), dtype=torch.long)
 
+    @property
+    def lengths(self) -> list[int]:
+        """Token counts, for length-sorted evaluation batches."""
+        return [len(ids) for ids in self.ids]
+
     def __len__(self) -> int:
         return len(self.ids)
 
