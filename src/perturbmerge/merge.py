@@ -219,3 +219,101 @@ class RunningMergeState:
         self.fisher_sum = {k[2:]: v.to(self.dtype) for k, v in tensors.items() if k.startswith("S.")}
         self.weighted_optimum_sum = {k[2:]: v.to(self.dtype) for k, v in tensors.items() if k.startswith("M.")}
         self.num_tasks = num_tasks
+
+
+# ---- baseline merge rules (issue: baselines under one protocol) -------------------------------------------
+# Pure functions over dicts of tensors keyed like the task vectors; τ_i = θ_i − θ_0 (w.r.t. the pretrained weights).
+
+
+def add_scaled(base: TensorDict, update: TensorDict, scale: float = 1.0) -> dict[str, torch.Tensor]:
+    """θ_0 + scale · u, key by key (the shared last step of every task-vector merge)."""
+    _check_keys(update, base, "base weights")
+    return {k: base[k] + scale * update[k].to(base[k].dtype) for k in update}
+
+
+def running_mean(previous_mean: TensorDict | None, new: TensorDict, count: int) -> dict[str, torch.Tensor]:
+    """Exact running mean after `count` items: m_t = m_{t-1} + (x_t − m_{t-1}) / t  (model averaging, α_t = 1/t)."""
+    if count < 1:
+        raise ValueError("count must be >= 1")
+    if previous_mean is None:
+        if count != 1:
+            raise ValueError("the first item of a running mean has count 1")
+        return {k: v.clone() for k, v in new.items()}
+    _check_keys(new, previous_mean, "previous mean")
+    return {k: previous_mean[k] + (new[k] - previous_mean[k]) / count for k in new}
+
+
+def task_arithmetic(task_vectors: Sequence[TensorDict]) -> dict[str, torch.Tensor]:
+    """Σ_i τ_i (Ilharco et al., 2023); the merged model is θ_0 + λ Σ_i τ_i via `add_scaled`."""
+    first = task_vectors[0]
+    for tv in task_vectors[1:]:
+        _check_keys(first, tv, "task vector")
+    return {k: torch.stack([tv[k] for tv in task_vectors]).sum(0) for k in first}
+
+
+def magmax(task_vectors: Sequence[TensorDict]) -> dict[str, torch.Tensor]:
+    """Per element, the τ_i of largest magnitude; ties go to the later task (MagMax, Marczak et al., ECCV 2024)."""
+    merged = {}
+    for k in task_vectors[0]:
+        stacked = torch.stack([tv[k] for tv in task_vectors])  # [T, ...]
+        magnitude = stacked.abs()
+        # argmax returns the first maximum; flip the task axis so the last maximum (later task) wins
+        last_best = magnitude.size(0) - 1 - magnitude.flip(0).argmax(0)
+        merged[k] = stacked.gather(0, last_best.unsqueeze(0)).squeeze(0)
+    return merged
+
+
+def ties(task_vectors: Sequence[TensorDict], keep_fraction: float = 0.2) -> dict[str, torch.Tensor]:
+    """TIES-merging (Yadav et al., 2023): per task vector keep the top `keep_fraction` of entries by magnitude
+    (over all its keys together), elect each entry's sign as the sign of the sum of trimmed values, and average
+    the trimmed values that agree with the elected sign (zeros excluded). Returns the merged vector (λ outside)."""
+    if not 0.0 < keep_fraction <= 1.0:
+        raise ValueError("keep_fraction must be in (0, 1]")
+    keys = list(task_vectors[0])
+    trimmed = []
+    for tv in task_vectors:
+        flat = torch.cat([tv[k].reshape(-1) for k in keys])
+        keep = max(1, int(math.ceil(keep_fraction * flat.numel())))
+        threshold = flat.abs().kthvalue(flat.numel() - keep + 1).values
+        trimmed.append({k: torch.where(tv[k].abs() >= threshold, tv[k], torch.zeros_like(tv[k])) for k in keys})
+    merged = {}
+    for k in keys:
+        stacked = torch.stack([t[k] for t in trimmed])
+        elected = torch.sign(stacked.sum(0))
+        agree = (torch.sign(stacked) == elected) & (stacked != 0)
+        count = agree.sum(0)
+        merged[k] = torch.where(count > 0, (stacked * agree).sum(0) / count.clamp(min=1), torch.zeros_like(stacked[0]))
+    return merged
+
+
+def dare(task_vector: TensorDict, drop_probability: float, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """DARE (Yu et al., 2024): drop each entry with probability p, rescale survivors by 1/(1 − p); E[output] = τ."""
+    if not 0.0 <= drop_probability < 1.0:
+        raise ValueError("drop_probability must be in [0, 1)")
+    out = {}
+    for k, v in task_vector.items():
+        keep = torch.rand(v.shape, generator=generator, device="cpu").to(v.device) >= drop_probability
+        out[k] = torch.where(keep, v / (1.0 - drop_probability), torch.zeros_like(v))
+    return out
+
+
+def fisher_weighted_interpolation(previous: TensorDict, current: TensorDict, fisher_previous: TensorDict,
+                                  fisher_current: TensorDict, epsilon: float = 1e-12) -> dict[str, torch.Tensor]:
+    """CoFiMA (Marouf et al., 2024): θ = (F_prev ⊙ θ_prev + F_cur ⊙ θ_cur) / (F_prev + F_cur), element-wise;
+    where both Fishers vanish the plain mean is used."""
+    _check_keys(current, previous, "previous weights")
+    merged = {}
+    for k in current:
+        fp, fc = fisher_previous[k].to(current[k].dtype), fisher_current[k].to(current[k].dtype)
+        total = fp + fc
+        weighted = (fp * previous[k] + fc * current[k]) / total.clamp(min=epsilon)
+        merged[k] = torch.where(total > epsilon, weighted, 0.5 * (previous[k] + current[k]))
+    return merged
+
+
+def ewc_penalty(parameters: TensorDict, anchors: TensorDict, fisher: TensorDict, strength: float) -> torch.Tensor:
+    """EWC (Kirkpatrick et al., 2017): (λ/2) Σ F ⊙ (θ − θ*)²; its gradient is λ F ⊙ (θ − θ*)."""
+    _check_keys(parameters, anchors, "anchors")
+    total = sum(((fisher[k] * (parameters[k] - anchors[k]) ** 2).sum() for k in parameters),
+                torch.zeros((), dtype=next(iter(parameters.values())).dtype))
+    return 0.5 * strength * total

@@ -7,7 +7,7 @@ The P&M family is one class, `TaskVectorMethod`, configured by three choices:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
 import torch
@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from .adaptation import FullAdaptation, LoraAdaptation, resolve_lora_targets
 from .config import RunConfig
 from .errors import TrainingDiverged, UserError, did_you_mean
-from .merge import RunningMergeState
+from .merge import RunningMergeState, decide_alpha
 from .perturb import PerturbationSchedule
 
 if TYPE_CHECKING:
@@ -59,9 +59,12 @@ class TaskVectorMethod(Method):
     """Sequential fine-tuning, closed-form merging and Perturb-and-Merge (pm-method.md §1–§4)."""
 
     def __init__(self, name: str, config: RunConfig, adaptation: str, perturbation: str, merge: bool,
-                 lora_targets: list[str]) -> None:
+                 lora_targets: list[str], alpha_rule: str | None = None) -> None:
         self.name = name
         self.config = config
+        # A method with its own data-free rule (average: α_t = 1/t; fixed: α_t = λ) needs no Fisher pass.
+        self.alpha_rule = alpha_rule or config.alpha_rule
+        self.needs_fisher = alpha_rule is None
         self.perturbation = perturbation
         self.merges = merge
         self.adaptation_kind = adaptation
@@ -118,6 +121,10 @@ class TaskVectorMethod(Method):
         alpha = 1.0
         if self.merges:
             log["acc_before_merge"] = learner.evaluate([task])[0][0]
+        if self.merges and not self.needs_fisher:
+            alpha = decide_alpha(self.alpha_rule, 0.0, 0.0, 0.0, task.index + 1, c.fixed_alpha).alpha
+            log.update(alpha=alpha, alpha_raw=None, alpha_simplified=None, alpha_fallback=False)
+        elif self.merges:
             fisher = self.adaptation.fisher(
                 learner.local_batches(task.train, c.fisher.batch_size), learner.task_logits,
                 c.fisher.max_samples, learner.progress, f"task {task.index + 1} Fisher",
@@ -126,7 +133,7 @@ class TaskVectorMethod(Method):
             dtype = self.merge_state.dtype  # θ*_t = θ̂_{t-1} + Δ_t formed in the sums' precision (α_1 = 1 exactly)
             optimum = {k: previous[k].to(dtype) + task_vector[k].to(dtype) for k in task_vector}
             self.merge_state.update(fisher, optimum)
-            decision = self.merge_state.decide(previous, task_vector, fisher, c.alpha_rule, c.fixed_alpha)
+            decision = self.merge_state.decide(previous, task_vector, fisher, self.alpha_rule, c.fixed_alpha)
             alpha = decision.alpha
             log.update(alpha=alpha, alpha_raw=decision.raw, alpha_simplified=decision.simplified,
                        alpha_fallback=decision.fallback, fisher_mass=float(sum(float(f.sum()) for f in fisher.values())))
@@ -142,6 +149,7 @@ class MethodSpec:
     description: str
     build: Callable[[RunConfig, list[str]], Method]  # (config, backbone's default LoRA targets) -> method
     keys: frozenset[str]  # config keys the method reads beyond COMMON_KEYS
+    defaults: dict[str, Any] = field(default_factory=dict)  # config defaults of this method (below the user's)
 
 
 METHODS: dict[str, MethodSpec] = {}
@@ -152,13 +160,16 @@ def register_method(spec: MethodSpec) -> MethodSpec:
     return spec
 
 
-def _task_vector_method(name: str, description: str, adaptation: str, perturbation: str, merge: bool) -> MethodSpec:
-    keys = (LORA_KEYS if adaptation == "lora" else frozenset()) | (MERGE_KEYS if merge else frozenset())
+def _task_vector_method(name: str, description: str, adaptation: str, perturbation: str, merge: bool,
+                        alpha_rule: str | None = None, defaults: dict[str, Any] | None = None) -> MethodSpec:
+    keys = LORA_KEYS if adaptation == "lora" else frozenset()
+    if merge:
+        keys |= MERGE_KEYS if alpha_rule is None else (frozenset({"fixed_alpha"}) if alpha_rule == "fixed" else frozenset())
     keys |= PERTURB_KEYS if perturbation != "none" else frozenset()
     return register_method(MethodSpec(
         name, description,
-        lambda config, targets: TaskVectorMethod(name, config, adaptation, perturbation, merge, targets),
-        keys,
+        lambda config, targets: TaskVectorMethod(name, config, adaptation, perturbation, merge, targets, alpha_rule),
+        keys, defaults or {},
     ))
 
 
@@ -168,6 +179,10 @@ _task_vector_method("merge-lora", "LoRA + closed-form merge, no perturbation (me
 _task_vector_method("noise-lora", "LoRA + closed-form merge + Gaussian-noise perturbation (ablation)", "lora", "gaussian", True)
 _task_vector_method("seq-lora", "sequential LoRA: each task's adapter folded in with alpha = 1", "lora", "none", False)
 _task_vector_method("seq-full", "sequential full fine-tuning", "full", "none", False)
+_task_vector_method("avg-lora", "continual model averaging: each task's LoRA update folded in with alpha_t = 1/t",
+                    "lora", "none", True, alpha_rule="average")
+_task_vector_method("task-arithmetic", "task arithmetic: each task's LoRA update folded in with fixed lambda "
+                    "(fixed_alpha, default 0.3)", "lora", "none", True, alpha_rule="fixed", defaults={"fixed_alpha": 0.3})
 
 
 def get_method(name: str) -> MethodSpec:

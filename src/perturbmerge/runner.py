@@ -47,7 +47,7 @@ def resolve_config(
     # The benchmark (and so its defaults) is known only after the user's layers are read.
     probe, _ = build_config([], user_layers)
     spec = get_benchmark(probe.benchmark)
-    config, explicit = build_config([spec.defaults], user_layers)
+    config, explicit = build_config([spec.defaults, get_method(probe.method).defaults], user_layers)
     if config.tasks is None:
         config.tasks = spec.default_tasks  # recorded resolved, so results say how many tasks ran
     if check_method_keys:
