@@ -107,3 +107,15 @@ def test_mean_std_and_bold_best():
     }}
     lines = table_lines(summary)
     assert "**60.00**" in lines[3] and "**" not in lines[2].split("|")[3]
+
+
+def test_config_from_an_older_version_matches_when_new_keys_are_at_default():
+    from perturbmerge.compare import _config_differences
+    from perturbmerge.config import RunConfig
+
+    new = RunConfig().to_dict()
+    old = {k: v for k, v in new.items() if k != "task_merge"}
+    assert _config_differences(old, new) == []
+    changed = {**new, "task_merge": {**new["task_merge"], "lam": 0.7}}
+    assert _config_differences(old, changed) == ["task_merge"]
+    assert _config_differences({**old, "lr": 1.0}, new) == ["lr"]

@@ -120,3 +120,56 @@ def test_method_defaults_sit_below_user_settings():
     config, _ = resolve_config({"benchmark": "digits", "method": "task-arithmetic"}, sets=["fixed_alpha=0.6"])
     assert config.fixed_alpha == 0.6
     assert resolve_config({"benchmark": "digits", "method": "pm-lora"})[0].fixed_alpha == 0.5
+
+
+def _run(method, tmp_path, *sets):
+    import json
+
+    from perturbmerge.cli import main
+
+    out = tmp_path / method
+    assert main(["run", "--benchmark", "digits", "--method", method, "--tasks", "3", "--out", str(out), "--quiet",
+                 "--set", "epochs=1", *sets]) == 0
+    return json.loads((out / "results.json").read_text())
+
+
+def test_dare_without_drop_deploys_the_sequential_model(tmp_path):
+    """drop = 0, λ = 1: θ_0 + Σ δ_i is the sequentially trained model, so results equal seq-lora's."""
+    dare_run = _run("dare", tmp_path, "task_merge.drop=0")
+    seq_run = _run("seq-lora", tmp_path)
+    assert all(log["deployed_distance"] < 1e-4 for log in dare_run["task_logs"])
+    assert dare_run["accuracy_matrix"] == seq_run["accuracy_matrix"]
+
+
+def test_magmax_and_ties_deploy_a_different_model_but_train_sequentially(tmp_path):
+    seq_run = _run("seq-lora", tmp_path)
+    for method in ("magmax", "ties"):
+        run = _run(method, tmp_path)
+        assert run["task_logs"][-1]["deployed_distance"] > 1e-3
+        # the training trajectory is seq-lora's: the same current-task training losses
+        assert [log["train_loss_last_epoch"] for log in run["task_logs"]] == pytest.approx(
+            [log["train_loss_last_epoch"] for log in seq_run["task_logs"]])
+        assert run["accuracy_matrix"] != seq_run["accuracy_matrix"]
+
+
+def test_evaluation_restores_the_training_weights():
+    import torch
+    from torch import nn
+
+    from perturbmerge.learner import ContinualLearner
+
+    class Fixed:
+        def deployed_weights(self):
+            return {"weight": torch.zeros(2, 2)}
+
+    class Holder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.backbone = nn.Linear(2, 2, bias=False)
+
+    learner = ContinualLearner.__new__(ContinualLearner)
+    learner.method, learner.model = Fixed(), Holder()
+    before = learner.model.backbone.weight.detach().clone()
+    with learner.deployed_weights():
+        assert (learner.model.backbone.weight == 0).all()
+    assert torch.equal(learner.model.backbone.weight, before)

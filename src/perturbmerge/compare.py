@@ -38,12 +38,18 @@ def parse_list(text: str, what: str, cast=str) -> list[Any]:
     return values
 
 
-def _config_differences(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[str]:
+def _config_differences(old: Mapping[str, Any], new: Mapping[str, Any], defaults: Mapping[str, Any] | None = None,
+                        prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ. A key missing from `old` (a run from a version before the key existed)
+    matches when `new` has it at its default."""
+    defaults = RunConfig().to_dict() if defaults is None else defaults
     keys = []
     for key in sorted(set(old) | set(new)):
-        a, b = old.get(key), new.get(key)
+        a, b, d = old.get(key), new.get(key), defaults.get(key)
+        if key not in old and b == d:
+            continue
         if isinstance(a, Mapping) and isinstance(b, Mapping):
-            keys += _config_differences(a, b, f"{prefix}{key}.")
+            keys += _config_differences(a, b, d if isinstance(d, Mapping) else {}, f"{prefix}{key}.")
         elif a != b:
             keys.append(f"{prefix}{key}")
     return keys

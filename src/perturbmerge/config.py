@@ -42,6 +42,15 @@ class DataSettings:
 
 
 @dataclass
+class TaskMergeSettings:
+    """Merges of sequentially trained task vectors (magmax, ties, dare): θ = θ_0 + lam · merge(τ_1..τ_t)."""
+
+    lam: float = 1.0  # method defaults: magmax 0.5 (MagMax paper), ties 1.0, dare 1.0
+    keep: float = 0.2  # ties: fraction of entries kept per task vector (top by magnitude)
+    drop: float = 0.5  # dare: drop probability (survivors rescaled by 1/(1 - drop))
+
+
+@dataclass
 class RunConfig:
     benchmark: str = "wordnet"
     backbone: str | None = None  # None: the benchmark's default
@@ -63,6 +72,7 @@ class RunConfig:
     lora: LoraSettings = field(default_factory=LoraSettings)
     fisher: FisherSettings = field(default_factory=FisherSettings)
     data: DataSettings = field(default_factory=DataSettings)
+    task_merge: TaskMergeSettings = field(default_factory=TaskMergeSettings)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -229,4 +239,7 @@ def validate(c: RunConfig) -> None:
              f"data.test_fraction must be in (0, 1), got {c.data.test_fraction}; e.g. --set data.test_fraction=0.2")
     _require(c.data.class_order is None or len(set(c.data.class_order)) == len(c.data.class_order),
              "data.class_order names a class twice; list each class once")
+    _require(finite(c.task_merge.lam) and c.task_merge.lam >= 0, f"task_merge.lam must be >= 0, got {c.task_merge.lam}")
+    _require(0.0 < c.task_merge.keep <= 1.0, f"task_merge.keep must be in (0, 1], got {c.task_merge.keep}; e.g. 0.2")
+    _require(0.0 <= c.task_merge.drop < 1.0, f"task_merge.drop must be in [0, 1), got {c.task_merge.drop}; e.g. 0.5")
     _require(c.fisher.batch_size >= 1, f"fisher.batch_size must be >= 1, got {c.fisher.batch_size}")

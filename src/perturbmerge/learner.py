@@ -9,6 +9,8 @@ evaluation and the accuracy matrix.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterator
@@ -106,6 +108,29 @@ class ContinualLearner:
     def evaluate(self, tasks: list["Task"]) -> tuple[list[float], float]:
         """Accuracy (%) per task and over all their test data; all seen classes compete."""
         self.model.eval()
+        with self.deployed_weights():
+            return self._evaluate(tasks)
+
+    @contextmanager
+    def deployed_weights(self) -> Iterator[None]:
+        """Swap in the method's deployed weights (if it has its own) for evaluation, then restore."""
+        weights = self.method.deployed_weights()
+        if not weights:
+            yield
+            return
+        params = dict(self.model.backbone.named_parameters())
+        saved = {k: params[k].detach().clone() for k in weights}
+        with torch.no_grad():
+            for k, w in weights.items():
+                params[k].copy_(w)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for k, w in saved.items():
+                    params[k].copy_(w)
+
+    def _evaluate(self, tasks: list["Task"]) -> tuple[list[float], float]:
         per_task, correct_all, total_all = [], 0, 0
         for task in tasks:
             correct, total = 0, 0

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from .adaptation import FullAdaptation, LoraAdaptation, resolve_lora_targets
 from .config import RunConfig
 from .errors import TrainingDiverged, UserError, did_you_mean
-from .merge import RunningMergeState, decide_alpha
+from .merge import RunningMergeState, add_scaled, dare, decide_alpha, magmax, task_arithmetic, ties
 from .perturb import PerturbationSchedule
 
 if TYPE_CHECKING:
@@ -49,6 +49,11 @@ class Method:
 
     def end_task(self, learner: "ContinualLearner", task: "Task") -> dict[str, Any]:
         return {}
+
+    def deployed_weights(self) -> dict[str, torch.Tensor] | None:
+        """Weights (backbone parameter name → tensor) of the model that is evaluated, when they differ from
+        the ones training continues from; None when they are the same."""
+        return None
 
 
 def _sum_norm_sq(tensors: dict[str, torch.Tensor]) -> float:
@@ -143,6 +148,54 @@ class TaskVectorMethod(Method):
         return log
 
 
+class SequentialMergeMethod(TaskVectorMethod):
+    """Sequential LoRA training (each adapter folded in with α = 1, training goes on from there); the deployed
+    model merges task vectors w.r.t. the pretrained weights θ_0:
+
+        magmax: θ_0 + λ · MagMax(τ_1..τ_t),  τ_i = θ_i − θ_0 (cumulative, as in MagMax)
+        ties:   θ_0 + λ · TIES(δ_1..δ_t),    δ_i = θ_i − θ_{i−1} (each task's own update)
+        dare:   θ_0 + λ · Σ_i DARE(δ_i)      (masks drawn once per task; with p = 0, λ = 1 this is θ_t)
+    """
+
+    def __init__(self, name: str, config: RunConfig, lora_targets: list[str], rule: str) -> None:
+        super().__init__(name, config, "lora", "none", False, lora_targets)
+        self.rule = rule
+        self.pretrained: dict[str, torch.Tensor] | None = None
+        self.vectors: list[dict[str, torch.Tensor]] = []  # τ_i (magmax) or δ_i / DARE(δ_i) (ties, dare)
+        self.cumulative: dict[str, torch.Tensor] | None = None
+        self.deployed: dict[str, torch.Tensor] | None = None
+        self.dare_generator = torch.Generator().manual_seed(config.seed + 15485863)
+
+    def end_task(self, learner: "ContinualLearner", task: "Task") -> dict[str, Any]:
+        c = self.config.task_merge
+        delta = {k: v.double().cpu() for k, v in self.adaptation.task_vector().items()}
+        if self.pretrained is None:
+            self.pretrained = {k: v.double().cpu().clone() for k, v in self.adaptation.merged_weights().items()}
+        log: dict[str, Any] = {"task_vector_norm": _sum_norm_sq(delta) ** 0.5}
+        learner.model.backbone = self.adaptation.fold(1.0)
+        self.adaptation = None
+        self.optimizer = None
+        self.cumulative = delta if self.cumulative is None else {k: self.cumulative[k] + delta[k] for k in delta}
+        if self.rule == "magmax":
+            self.vectors.append(self.cumulative)
+            merged = magmax(self.vectors)
+        elif self.rule == "ties":
+            self.vectors.append(delta)
+            merged = ties(self.vectors, c.keep)
+        else:
+            self.vectors.append(dare(delta, c.drop, self.dare_generator))
+            merged = task_arithmetic(self.vectors)
+        deployed = add_scaled(self.pretrained, merged, c.lam)
+        device_params = dict(learner.model.backbone.named_parameters())
+        self.deployed = {k: v.to(device_params[k].dtype) for k, v in deployed.items()}
+        log["deployed_distance"] = _sum_norm_sq({k: deployed[k] - self.pretrained[k] - self.cumulative[k]
+                                                 for k in deployed}) ** 0.5  # ‖deployed − sequential model‖
+        return log
+
+    def deployed_weights(self) -> dict[str, torch.Tensor] | None:
+        return self.deployed
+
+
 @dataclass(frozen=True)
 class MethodSpec:
     name: str
@@ -179,6 +232,20 @@ _task_vector_method("merge-lora", "LoRA + closed-form merge, no perturbation (me
 _task_vector_method("noise-lora", "LoRA + closed-form merge + Gaussian-noise perturbation (ablation)", "lora", "gaussian", True)
 _task_vector_method("seq-lora", "sequential LoRA: each task's adapter folded in with alpha = 1", "lora", "none", False)
 _task_vector_method("seq-full", "sequential full fine-tuning", "full", "none", False)
+for _rule, _description, _lam in (
+    ("magmax", "MagMax: sequential LoRA; deployed = theta_0 + lam * per-element max-|tau| of the task vectors", 0.5),
+    ("ties", "TIES: sequential LoRA; deployed = theta_0 + lam * TIES(trim keep, elect sign, disjoint mean) of the "
+             "per-task updates", 1.0),
+    ("dare", "DARE: sequential LoRA; deployed = theta_0 + lam * sum of per-task updates with entries dropped (drop) "
+             "and rescaled", 1.0),
+):
+    register_method(MethodSpec(
+        _rule, _description,
+        (lambda rule: lambda config, targets: SequentialMergeMethod(rule, config, targets, rule))(_rule),
+        LORA_KEYS | {"task_merge.lam"} | ({"task_merge.keep"} if _rule == "ties" else set())
+        | ({"task_merge.drop"} if _rule == "dare" else set()),
+        {"task_merge": {"lam": _lam}},
+    ))
 _task_vector_method("avg-lora", "continual model averaging: each task's LoRA update folded in with alpha_t = 1/t",
                     "lora", "none", True, alpha_rule="average")
 _task_vector_method("task-arithmetic", "task arithmetic: each task's LoRA update folded in with fixed lambda "
