@@ -173,3 +173,35 @@ def test_evaluation_restores_the_training_weights():
     with learner.deployed_weights():
         assert (learner.model.backbone.weight == 0).all()
     assert torch.equal(learner.model.backbone.weight, before)
+
+
+def test_simplecil_head_rows_are_normalised_class_means_and_backbone_frozen(tmp_path):
+    import torch
+
+    from perturbmerge.backbones import build_backbone
+    from perturbmerge.data import get_benchmark
+
+    from helpers import request
+
+    run = _run("simplecil", tmp_path)
+    assert run["alphas"] is None and all(log["train_loss_last_epoch"] is None for log in run["task_logs"])
+    # brute force: nearest normalised class mean under cosine similarity, random-init MLP (seed 0)
+    stream = get_benchmark("digits").load(request(0, 3))
+    torch.manual_seed(0)
+    backbone = build_backbone("mlp", 0).module.eval()
+    with torch.no_grad():
+        prototypes = []
+        for task in stream.tasks:
+            x, y = task.train.tensors
+            f = backbone(x)
+            prototypes += [f[y == c].mean(0) for c in range(task.label_offset, task.label_offset + task.num_classes)]
+        protos = torch.nn.functional.normalize(torch.stack(prototypes), dim=1)
+        x = torch.cat([t.test.tensors[0] for t in stream.tasks])
+        y = torch.cat([t.test.tensors[1] for t in stream.tasks])
+        predicted = (torch.nn.functional.normalize(backbone(x), dim=1) @ protos.T).argmax(1)
+    assert run["final_acc"] == pytest.approx(100.0 * float((predicted == y).double().mean()), abs=1e-9)
+
+
+def test_joint_trains_once_on_every_class(tmp_path):
+    run = _run("joint", tmp_path)
+    assert run["num_tasks"] == 1 and len(run["classes_per_task"][0]) == 10

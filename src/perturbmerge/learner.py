@@ -157,7 +157,7 @@ class ContinualLearner:
                    disable=not self.progress, leave=False)
         losses = []
         start = time.perf_counter()
-        for epoch in range(self.epochs):
+        for epoch in range(self.epochs if self.method.trains else 0):
             self.model.train()
             for inputs, labels in self.loader(task.train, self.batch_size, shuffle=True, epoch=epoch):
                 batch = (move_to(inputs, self.device), (labels - task.label_offset).to(self.device))
@@ -168,7 +168,8 @@ class ContinualLearner:
                 bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
         bar.close()
         self.model.eval()
-        log = {"task": task.index, "train_loss_last_epoch": sum(losses[-steps_per_epoch:]) / steps_per_epoch,
+        log = {"task": task.index,
+               "train_loss_last_epoch": sum(losses[-steps_per_epoch:]) / steps_per_epoch if losses else None,
                "train_time_s": time.perf_counter() - start}
         log.update(self.method.end_task(self, task))
         self._emit("end_task", task=task.index, log=log)

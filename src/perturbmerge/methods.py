@@ -37,6 +37,7 @@ class Method:
 
     name = "method"
     merges = False
+    trains = True  # False: the learner runs no optimisation steps (e.g. prototype classifiers)
 
     def check_backbone(self, backbone: "torch.nn.Module") -> None:
         """Fail before any output is written if the method cannot work on this backbone."""
@@ -196,6 +197,42 @@ class SequentialMergeMethod(TaskVectorMethod):
         return self.deployed
 
 
+class SimpleCIL(Method):
+    """SimpleCIL (Zhou et al., 2023): frozen pretrained backbone, one prototype per class (the mean feature of its
+    training data), cosine classifier. Head rows are the L2-normalised prototypes with zero bias: for a feature f,
+    f·p/‖p‖ = ‖f‖·cos(f, p), and ‖f‖ is the same for every class, so the arg-max is the cosine classifier's."""
+
+    name = "simplecil"
+    trains = False
+
+    def __init__(self) -> None:
+        self.sums: dict[int, torch.Tensor] = {}  # head position -> feature sum (domain-incremental: all domains)
+        self.counts: dict[int, int] = {}
+
+    def begin_task(self, learner: "ContinualLearner", task: "Task") -> None:
+        learner.prepare_head(task)
+
+    @torch.no_grad()
+    def end_task(self, learner: "ContinualLearner", task: "Task") -> dict[str, Any]:
+        model = learner.model.eval()
+        for inputs, labels in learner.local_batches(task.train, learner.eval_batch_size):
+            features = model.backbone(inputs).double()
+            for label in labels.unique().tolist():
+                chosen = features[labels == label]
+                position = label + task.label_offset  # global head position (shared across domains)
+                self.sums[position] = self.sums.get(position, 0) + chosen.sum(0)
+                self.counts[position] = self.counts.get(position, 0) + chosen.shape[0]
+        block = model.head.blocks[learner.head_block]
+        positions = [task.label_offset + row for row in range(block.out_features)]
+        for row, position in enumerate(positions):
+            if position in self.sums:
+                prototype = self.sums[position] / self.counts[position]
+                block.weight[row] = (prototype / prototype.norm().clamp(min=1e-12)).to(block.weight.dtype)
+        block.bias.zero_()
+        block.requires_grad_(False)
+        return {"prototype_counts": [self.counts.get(position, 0) for position in positions]}
+
+
 @dataclass(frozen=True)
 class MethodSpec:
     name: str
@@ -203,6 +240,7 @@ class MethodSpec:
     build: Callable[[RunConfig, list[str]], Method]  # (config, backbone's default LoRA targets) -> method
     keys: frozenset[str]  # config keys the method reads beyond COMMON_KEYS
     defaults: dict[str, Any] = field(default_factory=dict)  # config defaults of this method (below the user's)
+    joint: bool = False  # trains once on the union of all tasks (an upper bound, not a continual method)
 
 
 METHODS: dict[str, MethodSpec] = {}
@@ -246,6 +284,13 @@ for _rule, _description, _lam in (
         | ({"task_merge.drop"} if _rule == "dare" else set()),
         {"task_merge": {"lam": _lam}},
     ))
+register_method(MethodSpec("simplecil", "SimpleCIL: frozen backbone, class-mean prototypes, cosine classifier (no training)",
+                           lambda config, targets: SimpleCIL(), frozenset()))
+register_method(MethodSpec(
+    "joint", "joint training on all tasks' data at once with LoRA (upper bound; NOT continual)",
+    lambda config, targets: TaskVectorMethod("joint", config, "lora", "none", False, targets), LORA_KEYS,
+    joint=True,
+))
 _task_vector_method("avg-lora", "continual model averaging: each task's LoRA update folded in with alpha_t = 1/t",
                     "lora", "none", True, alpha_rule="average")
 _task_vector_method("task-arithmetic", "task arithmetic: each task's LoRA update folded in with fixed lambda "

@@ -18,7 +18,7 @@ from . import __version__
 from .backbones import get_backbone_spec
 from .config import RunConfig, build_config, load_yaml, parse_set
 from .data import TaskStream, get_benchmark
-from .data.base import LoadRequest
+from .data.base import LoadRequest, joint_stream
 from .errors import UserError
 from .heads import ContinualClassifier
 from .io import atomic_write_json, package_versions
@@ -146,6 +146,8 @@ def run_experiment(config: RunConfig, out_dir: str | Path | None = None, progres
     backbone = backbone_spec.build(config.seed)
     if backbone.frozen_prefix is not None:
         stream = cache_prefix_outputs(stream, backbone.frozen_prefix, device, progress, backbone_name)
+    if method_spec.joint:
+        stream = joint_stream(stream)
     method = method_spec.build(config, backbone.lora_targets)
     method.check_backbone(backbone.module)
     out_path = Path(out_dir) if out_dir is not None else None

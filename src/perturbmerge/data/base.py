@@ -139,3 +139,17 @@ def class_incremental_tasks(
         )
         offset += len(group)
     return tasks
+
+
+def joint_stream(stream: TaskStream) -> TaskStream:
+    """All tasks as one: the union of their training and test data, every class in one head block
+    (labels are already global head positions). For the `joint` upper bound."""
+    from torch.utils.data import ConcatDataset
+
+    first = stream.tasks[0]
+    names = stream.class_names
+    task = Task(0, list(names), 0, ConcatDataset([t.train for t in stream.tasks]),
+                ConcatDataset([t.test for t in stream.tasks]))
+    assert first.label_offset == 0
+    return TaskStream(stream.benchmark, stream.scenario, stream.backbone, [task], stream.collate,
+                      {**stream.info, "joint_of_tasks": len(stream.tasks)})
