@@ -98,3 +98,13 @@ def test_evaluation_batches_go_by_length_and_cover_every_example():
     assert [b[0]["input_ids"].shape[1] for b in batches] == [2, 6, 7]  # padded to each batch's longest
     shuffled = [int(label) for _, labels in learner.loader(dataset, 3, shuffle=True) for label in labels]
     assert sorted(shuffled) == list(range(7))
+
+
+def test_evaluation_and_fisher_passes_do_not_touch_the_global_rng():
+    learner = make_learner("seq-lora", tasks=2)
+    learner.train_task(learner.stream.tasks[0])
+    state = torch.get_rng_state()
+    learner.evaluate(learner.stream.tasks[:1])
+    for _ in learner.local_batches(learner.stream.tasks[0].train, 16):
+        pass
+    assert torch.equal(torch.get_rng_state(), state)

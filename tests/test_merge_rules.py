@@ -205,3 +205,38 @@ def test_simplecil_head_rows_are_normalised_class_means_and_backbone_frozen(tmp_
 def test_joint_trains_once_on_every_class(tmp_path):
     run = _run("joint", tmp_path)
     assert run["num_tasks"] == 1 and len(run["classes_per_task"][0]) == 10
+
+
+def test_ewc_lora_without_penalty_is_seq_lora_and_penalty_changes_training(tmp_path):
+    seq_run = _run("seq-lora", tmp_path)
+    free = _run("ewc-lora", tmp_path, "ewc_lambda=0")
+    assert free["accuracy_matrix"] == seq_run["accuracy_matrix"]
+    strong = _run("ewc-lora", tmp_path / "strong", "ewc_lambda=1e6")
+    # a huge penalty keeps later task vectors small
+    assert strong["task_logs"][2]["task_vector_norm"] < 0.5 * free["task_logs"][2]["task_vector_norm"]
+
+
+def test_differentiable_task_vector_matches_peft_delta_and_has_gradients():
+    import torch
+
+    from conftest import tiny_bert
+    from perturbmerge.adaptation import LoraAdaptation
+
+    adaptation = LoraAdaptation(rank=2, alpha=4, dropout=0.0, targets=["key"])
+    adaptation.attach(tiny_bert())
+    with torch.no_grad():
+        for p in adaptation.trainable_parameters():
+            p.normal_()
+    live = adaptation.differentiable_task_vector()
+    detached = adaptation.task_vector()
+    total = sum(v.sum() for v in live.values())
+    total.backward()
+    assert all(torch.equal(live[k].detach(), detached[k]) for k in live)
+    assert all(p.grad is not None for p in adaptation.trainable_parameters())
+
+
+def test_cofima_keeps_part_of_each_later_update(tmp_path):
+    run = _run("cofima", tmp_path)
+    kept = [log["kept_fraction_of_update"] for log in run["task_logs"]]
+    assert kept[0] == pytest.approx(1.0)
+    assert all(0.0 < k < 1.0 for k in kept[1:])

@@ -86,6 +86,10 @@ class LoraAdaptation:
         """θ̂_{t-1} in merge space: the (frozen) base weights under the adapter."""
         return {k: layer.get_base_layer().weight.detach() for k, layer in self.layers.items()}
 
+    def differentiable_task_vector(self) -> dict[str, torch.Tensor]:
+        """ΔW = scale·B A per adapted matrix, with gradients to A and B (for penalties on ΔW)."""
+        return {k: layer.get_delta_weight(ADAPTER) for k, layer in self.layers.items()}
+
     def task_vector(self) -> dict[str, torch.Tensor]:
         """ΔW = scale·B A per adapted matrix (shaped like W), at branch scale 1."""
         with torch.no_grad():

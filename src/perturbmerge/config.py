@@ -73,6 +73,7 @@ class RunConfig:
     fisher: FisherSettings = field(default_factory=FisherSettings)
     data: DataSettings = field(default_factory=DataSettings)
     task_merge: TaskMergeSettings = field(default_factory=TaskMergeSettings)
+    ewc_lambda: float = 100.0  # ewc-lora: penalty strength λ in (λ/2) Σ F ⊙ (W − W*)²
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -242,4 +243,5 @@ def validate(c: RunConfig) -> None:
     _require(finite(c.task_merge.lam) and c.task_merge.lam >= 0, f"task_merge.lam must be >= 0, got {c.task_merge.lam}")
     _require(0.0 < c.task_merge.keep <= 1.0, f"task_merge.keep must be in (0, 1], got {c.task_merge.keep}; e.g. 0.2")
     _require(0.0 <= c.task_merge.drop < 1.0, f"task_merge.drop must be in [0, 1), got {c.task_merge.drop}; e.g. 0.5")
+    _require(finite(c.ewc_lambda) and c.ewc_lambda >= 0, f"ewc_lambda must be >= 0, got {c.ewc_lambda}")
     _require(c.fisher.batch_size >= 1, f"fisher.batch_size must be >= 1, got {c.fisher.batch_size}")

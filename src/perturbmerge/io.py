@@ -55,8 +55,23 @@ def machine_description() -> str:
     return f"{platform.machine()} {device}, Python {platform.python_version()}, torch {torch.__version__}"
 
 
+def _git_commit() -> str:
+    """The source checkout's commit (with '+dirty' for local changes), or 'unknown' outside a git checkout."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[2]
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (commit + ("+dirty" if dirty else "")) if commit else "unknown"
+
+
 def package_versions() -> dict[str, str]:
-    versions = {"python": platform.python_version()}
+    versions = {"python": platform.python_version(), "git_commit": _git_commit()}
     for name in ("perturbmerge", "torch", "transformers", "peft", "numpy", "scikit-learn", "safetensors"):
         try:
             versions[name] = metadata.version(name)

@@ -81,7 +81,10 @@ class ContinualLearner:
                               collate_fn=self.stream.collate)
         lengths = getattr(dataset, "lengths", None)
         order = sorted(range(len(dataset)), key=lengths.__getitem__) if lengths is not None else None
-        return DataLoader(dataset, batch_size=batch_size, sampler=order, collate_fn=self.stream.collate)
+        # An explicit generator: without one, every DataLoader iteration draws from the global torch RNG, so
+        # an extra evaluation or Fisher pass would change the next task's LoRA initialisation.
+        return DataLoader(dataset, batch_size=batch_size, sampler=order, collate_fn=self.stream.collate,
+                          generator=torch.Generator().manual_seed(0))
 
     def local_batches(self, dataset: Dataset, batch_size: int) -> Iterator[Batch]:
         """Batches on the device with labels relative to the current head block (the task's own logits)."""

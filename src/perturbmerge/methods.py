@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from .adaptation import FullAdaptation, LoraAdaptation, resolve_lora_targets
 from .config import RunConfig
 from .errors import TrainingDiverged, UserError, did_you_mean
-from .merge import RunningMergeState, add_scaled, dare, decide_alpha, magmax, task_arithmetic, ties
+from .merge import (RunningMergeState, add_scaled, dare, decide_alpha, ewc_penalty, fisher_weighted_interpolation,
+                    magmax, task_arithmetic, ties)
 from .perturb import PerturbationSchedule
 
 if TYPE_CHECKING:
@@ -197,6 +198,68 @@ class SequentialMergeMethod(TaskVectorMethod):
         return self.deployed
 
 
+class FisherWeightedMethod(TaskVectorMethod):
+    """Sequential LoRA whose fold-in is Fisher-weighted per element instead of a scalar α.
+
+    cofima (CoFiMA, Marouf et al., 2024): θ̂_t = (S_{t−1} ⊙ θ̂_{t−1} + F_t ⊙ θ*_t) / (S_{t−1} + F_t), S_t = Σ_{i≤t} F_i
+        (θ̂_1 = θ*_1; where S_{t−1} + F_t = 0 the plain mean).
+    ewc-lora (online EWC, Kirkpatrick et al., 2017): θ̂_t = θ*_t, and training adds (λ/2) Σ S_{t−1} ⊙ ΔW² — the
+        penalty (λ/2) Σ F ⊙ (W − W*)² with W* the weights before the task, since W − W* is the adapter's ΔW.
+    """
+
+    def __init__(self, name: str, config: RunConfig, lora_targets: list[str], rule: str) -> None:
+        super().__init__(name, config, "lora", "none", False, lora_targets)
+        self.rule = rule
+        self.fisher_sum: dict[str, torch.Tensor] | None = None
+
+    def train_step(self, learner: "ContinualLearner", batch: tuple[Any, torch.Tensor]) -> float:
+        if self.rule != "ewc" or self.fisher_sum is None or self.config.ewc_lambda == 0:
+            return super().train_step(learner, batch)
+        inputs, labels = batch
+        loss = F.cross_entropy(learner.task_logits(self.adaptation.features(inputs)), labels)
+        deltas = self.adaptation.differentiable_task_vector()
+        penalty = ewc_penalty(deltas, {k: torch.zeros_like(v) for k, v in deltas.items()},
+                              {k: self.fisher_sum[k].to(deltas[k]) for k in deltas}, self.config.ewc_lambda)
+        total = loss + penalty
+        if not torch.isfinite(total):
+            raise TrainingDiverged(
+                f"non-finite loss at task {learner.task.index + 1}, step {learner.step}; lower lr or ewc_lambda")
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        self.optimizer.step()
+        return loss.item()
+
+    def end_task(self, learner: "ContinualLearner", task: "Task") -> dict[str, Any]:
+        c = self.config
+        task_vector = {k: v.double() for k, v in self.adaptation.task_vector().items()}
+        previous = {k: v.double().clone() for k, v in self.adaptation.merged_weights().items()}
+        fisher = self.adaptation.fisher(
+            learner.local_batches(task.train, c.fisher.batch_size), learner.task_logits,
+            c.fisher.max_samples, learner.progress, f"task {task.index + 1} Fisher",
+        )
+        fisher = {k: v.double() for k, v in fisher.items()}
+        optimum = {k: previous[k] + task_vector[k] for k in task_vector}
+        log: dict[str, Any] = {"task_vector_norm": _sum_norm_sq(task_vector) ** 0.5,
+                               "fisher_mass": float(sum(float(f.sum()) for f in fisher.values()))}
+        if self.rule == "cofima" and self.fisher_sum is not None:
+            merged = fisher_weighted_interpolation(previous, optimum, self.fisher_sum, fisher)
+        else:
+            merged = optimum
+        self.fisher_sum = fisher if self.fisher_sum is None else {k: self.fisher_sum[k] + fisher[k] for k in fisher}
+        backbone = self.adaptation.fold(1.0)
+        params = dict(backbone.named_parameters())
+        with torch.no_grad():
+            for k, value in merged.items():
+                params[k].copy_(value.to(params[k].dtype))
+        learner.model.backbone = backbone
+        log["kept_fraction_of_update"] = (
+            float(sum(float(((merged[k] - previous[k]) * task_vector[k]).sum()) for k in merged))
+            / max(_sum_norm_sq(task_vector), 1e-300))  # 1 = whole task vector, 0 = none (projection)
+        self.adaptation = None
+        self.optimizer = None
+        return log
+
+
 class SimpleCIL(Method):
     """SimpleCIL (Zhou et al., 2023): frozen pretrained backbone, one prototype per class (the mean feature of its
     training data), cosine classifier. Head rows are the L2-normalised prototypes with zero bias: for a feature f,
@@ -284,6 +347,16 @@ for _rule, _description, _lam in (
         | ({"task_merge.drop"} if _rule == "dare" else set()),
         {"task_merge": {"lam": _lam}},
     ))
+register_method(MethodSpec(
+    "cofima", "CoFiMA: sequential LoRA; element-wise Fisher-weighted interpolation of consecutive models",
+    lambda config, targets: FisherWeightedMethod("cofima", config, targets, "cofima"),
+    LORA_KEYS | {"fisher.max_samples", "fisher.batch_size"},
+))
+register_method(MethodSpec(
+    "ewc-lora", "online EWC on the LoRA-merged weights: (ewc_lambda/2) sum F (W - W*)^2 added to the loss",
+    lambda config, targets: FisherWeightedMethod("ewc-lora", config, targets, "ewc"),
+    LORA_KEYS | {"fisher.max_samples", "fisher.batch_size", "ewc_lambda"},
+))
 register_method(MethodSpec("simplecil", "SimpleCIL: frozen backbone, class-mean prototypes, cosine classifier (no training)",
                            lambda config, targets: SimpleCIL(), frozenset()))
 register_method(MethodSpec(
