@@ -5,6 +5,7 @@ import gzip
 import io
 import json
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -76,9 +77,9 @@ def test_mnist_fashion_splits(tmp_path, monkeypatch, num_tasks):
 
 
 def test_font_rendering_is_seeded_and_centred():
-    from PIL import ImageFont  # noqa: F401  (Pillow ships with matplotlib)
+    import matplotlib
 
-    fonts = sorted(__import__("pathlib").Path(__import__("matplotlib").get_data_path()).glob("fonts/ttf/DejaVuSans*.ttf"))
+    fonts = sorted(Path(matplotlib.get_data_path()).glob("fonts/ttf/DejaVuSans*.ttf"))
     assert fonts, "matplotlib ships DejaVu fonts"
     a, labels = images.render_font_digits(fonts[:2], 3, np.random.RandomState(0))
     b, _ = images.render_font_digits(fonts[:2], 3, np.random.RandomState(0))

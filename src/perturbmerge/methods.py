@@ -110,14 +110,22 @@ class TaskVectorMethod(Method):
         self.draws[sign] += 1
         features = self.adaptation.features(inputs, sign * self.config.epsilon, self.perturbation, self.noise_generator)
         loss = F.cross_entropy(learner.task_logits(features), labels)
-        if not torch.isfinite(loss):
-            raise TrainingDiverged(
-                f"non-finite loss at task {learner.task.index + 1}, step {learner.step}; lower lr (now {self.config.lr})"
-            )
+        return self._optimise(learner, loss, loss, f"lower lr (now {self.config.lr})")
+
+    def _optimise(self, learner: "ContinualLearner", objective: torch.Tensor, reported: torch.Tensor, hint: str) -> float:
+        """One optimiser step on `objective`; a non-finite objective stops the run naming the task and step."""
+        if not torch.isfinite(objective):
+            raise TrainingDiverged(f"non-finite loss at task {learner.task.index + 1}, step {learner.step}; {hint}")
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        objective.backward()
         self.optimizer.step()
-        return loss.item()
+        return reported.item()
+
+    def _task_fisher(self, learner: "ContinualLearner", task: "Task") -> dict[str, torch.Tensor]:
+        """Diagonal empirical Fisher of the current task at θ*_t, in merge space (unperturbed, eval mode)."""
+        c = self.config.fisher
+        return self.adaptation.fisher(learner.local_batches(task.train, c.batch_size), learner.task_logits,
+                                      c.max_samples, learner.progress, f"task {task.index + 1} Fisher")
 
     def end_task(self, learner: "ContinualLearner", task: "Task") -> dict[str, Any]:
         """Fisher at θ*_t (unperturbed, eval mode) → α_t → fold θ̂_t = θ̂_{t-1} + α_t Δ_t."""
@@ -132,10 +140,7 @@ class TaskVectorMethod(Method):
             alpha = decide_alpha(self.alpha_rule, 0.0, 0.0, 0.0, task.index + 1, c.fixed_alpha).alpha
             log.update(alpha=alpha, alpha_raw=None, alpha_simplified=None, alpha_fallback=False)
         elif self.merges:
-            fisher = self.adaptation.fisher(
-                learner.local_batches(task.train, c.fisher.batch_size), learner.task_logits,
-                c.fisher.max_samples, learner.progress, f"task {task.index + 1} Fisher",
-            )
+            fisher = self._task_fisher(learner, task)
             previous = self.adaptation.merged_weights()
             dtype = self.merge_state.dtype  # θ*_t = θ̂_{t-1} + Δ_t formed in the sums' precision (α_1 = 1 exactly)
             optimum = {k: previous[k].to(dtype) + task_vector[k].to(dtype) for k in task_vector}
@@ -220,24 +225,12 @@ class FisherWeightedMethod(TaskVectorMethod):
         deltas = self.adaptation.differentiable_task_vector()
         penalty = ewc_penalty(deltas, {k: torch.zeros_like(v) for k, v in deltas.items()},
                               {k: self.fisher_sum[k].to(deltas[k]) for k in deltas}, self.config.ewc_lambda)
-        total = loss + penalty
-        if not torch.isfinite(total):
-            raise TrainingDiverged(
-                f"non-finite loss at task {learner.task.index + 1}, step {learner.step}; lower lr or ewc_lambda")
-        self.optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        self.optimizer.step()
-        return loss.item()
+        return self._optimise(learner, loss + penalty, loss, "lower lr or ewc_lambda")
 
     def end_task(self, learner: "ContinualLearner", task: "Task") -> dict[str, Any]:
-        c = self.config
         task_vector = {k: v.double() for k, v in self.adaptation.task_vector().items()}
         previous = {k: v.double().clone() for k, v in self.adaptation.merged_weights().items()}
-        fisher = self.adaptation.fisher(
-            learner.local_batches(task.train, c.fisher.batch_size), learner.task_logits,
-            c.fisher.max_samples, learner.progress, f"task {task.index + 1} Fisher",
-        )
-        fisher = {k: v.double() for k, v in fisher.items()}
+        fisher = {k: v.double() for k, v in self._task_fisher(learner, task).items()}
         optimum = {k: previous[k] + task_vector[k] for k in task_vector}
         log: dict[str, Any] = {"task_vector_norm": _sum_norm_sq(task_vector) ** 0.5,
                                "fisher_mass": float(sum(float(f.sum()) for f in fisher.values()))}
