@@ -115,8 +115,6 @@ class EfficientNetTail(EvalModeModule):
     def __init__(self, net: nn.Module, num_blocks: int) -> None:
         super().__init__()
         self.blocks = nn.ModuleList(net._blocks[len(net._blocks) - num_blocks:])
-        _plain_pointwise_convs(self.blocks)
-        _plain_pointwise_convs(net)
         self.conv_head = net._conv_head
         self.bn_head = net._bn1
         self.act = net._swish
@@ -149,6 +147,7 @@ def _efficientnet_lite0(seed: int) -> Backbone:
     state = torch.load(weights, map_location="cpu", weights_only=True)  # tensors only: never unpickle code
     net.load_state_dict(state)
     net.eval()
+    _plain_pointwise_convs(net)
     prefix_blocks = len(net._blocks) - EFFICIENTNET_TRAINED_BLOCKS
     return Backbone(
         EfficientNetTail(net, EFFICIENTNET_TRAINED_BLOCKS), net._conv_head.out_channels,

@@ -17,7 +17,7 @@ from typing import Any, Mapping, Sequence
 from .config import RunConfig
 from .errors import UserError
 from .io import machine_description
-from .methods import COMMON_KEYS, get_method
+from .methods import get_method, unused_keys
 from .report import table_lines, write_report
 
 DEFAULT_METHODS = ("pm-lora", "merge-lora", "seq-lora")
@@ -75,8 +75,7 @@ def _finished_run(run_dir: Path, config: RunConfig) -> dict[str, Any] | None:
 
 def check_keys_apply_to_any(methods: Sequence[str], explicit: set[str]) -> None:
     """A key the user set that none of the compared methods reads is an error."""
-    used = set(COMMON_KEYS).union(*(get_method(m).keys for m in methods))
-    unused = sorted(k for k in explicit if k not in used and not k.startswith("data."))
+    unused = unused_keys([get_method(m) for m in methods], explicit)
     if unused:
         raise UserError(f"none of the methods {', '.join(methods)} uses {', '.join(unused)}; remove it")
 
@@ -95,8 +94,6 @@ def run_comparison(
     """Run (or reuse) every (method, seed) and write the report; return the summary dict."""
     from .runner import resolve_config, run_experiment
 
-    for method in methods:
-        get_method(method)
     configs: list[RunConfig] = []
     explicit: set[str] = set()
     for method in methods:

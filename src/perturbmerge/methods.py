@@ -58,6 +58,11 @@ class Method:
         return None
 
 
+def _total(tensors: dict[str, torch.Tensor]) -> float:
+    """Σ of every element (e.g. the Fisher mass Σ F_t)."""
+    return float(sum(float(t.sum()) for t in tensors.values()))
+
+
 def _sum_norm_sq(tensors: dict[str, torch.Tensor]) -> float:
     return float(sum(float(t.double().pow(2).sum()) for t in tensors.values()))
 
@@ -121,6 +126,13 @@ class TaskVectorMethod(Method):
         self.optimizer.step()
         return reported.item()
 
+    def _fold_into_learner(self, learner: "ContinualLearner", alpha: float) -> "torch.nn.Module":
+        """Fold the task's adapter in with coefficient α; the learner's backbone becomes the plain result."""
+        learner.model.backbone = self.adaptation.fold(alpha)
+        self.adaptation = None
+        self.optimizer = None
+        return learner.model.backbone
+
     def _task_fisher(self, learner: "ContinualLearner", task: "Task") -> dict[str, torch.Tensor]:
         """Diagonal empirical Fisher of the current task at θ*_t, in merge space (unperturbed, eval mode)."""
         c = self.config.fisher
@@ -148,10 +160,8 @@ class TaskVectorMethod(Method):
             decision = self.merge_state.decide(previous, task_vector, fisher, self.alpha_rule, c.fixed_alpha)
             alpha = decision.alpha
             log.update(alpha=alpha, alpha_raw=decision.raw, alpha_simplified=decision.simplified,
-                       alpha_fallback=decision.fallback, fisher_mass=float(sum(float(f.sum()) for f in fisher.values())))
-        learner.model.backbone = self.adaptation.fold(alpha)
-        self.adaptation = None
-        self.optimizer = None
+                       alpha_fallback=decision.fallback, fisher_mass=_total(fisher))
+        self._fold_into_learner(learner, alpha)
         return log
 
 
@@ -179,9 +189,7 @@ class SequentialMergeMethod(TaskVectorMethod):
         if self.pretrained is None:
             self.pretrained = {k: v.double().cpu().clone() for k, v in self.adaptation.merged_weights().items()}
         log: dict[str, Any] = {"task_vector_norm": _sum_norm_sq(delta) ** 0.5}
-        learner.model.backbone = self.adaptation.fold(1.0)
-        self.adaptation = None
-        self.optimizer = None
+        self._fold_into_learner(learner, 1.0)
         self.cumulative = delta if self.cumulative is None else {k: self.cumulative[k] + delta[k] for k in delta}
         if self.rule == "magmax":
             self.vectors.append(self.cumulative)
@@ -233,23 +241,19 @@ class FisherWeightedMethod(TaskVectorMethod):
         fisher = {k: v.double() for k, v in self._task_fisher(learner, task).items()}
         optimum = {k: previous[k] + task_vector[k] for k in task_vector}
         log: dict[str, Any] = {"task_vector_norm": _sum_norm_sq(task_vector) ** 0.5,
-                               "fisher_mass": float(sum(float(f.sum()) for f in fisher.values()))}
+                               "fisher_mass": _total(fisher)}
         if self.rule == "cofima" and self.fisher_sum is not None:
             merged = fisher_weighted_interpolation(previous, optimum, self.fisher_sum, fisher)
         else:
             merged = optimum
         self.fisher_sum = fisher if self.fisher_sum is None else {k: self.fisher_sum[k] + fisher[k] for k in fisher}
-        backbone = self.adaptation.fold(1.0)
-        params = dict(backbone.named_parameters())
+        params = dict(self._fold_into_learner(learner, 1.0).named_parameters())
         with torch.no_grad():
             for k, value in merged.items():
                 params[k].copy_(value.to(params[k].dtype))
-        learner.model.backbone = backbone
         log["kept_fraction_of_update"] = (
-            float(sum(float(((merged[k] - previous[k]) * task_vector[k]).sum()) for k in merged))
+            _total({k: (merged[k] - previous[k]) * task_vector[k] for k in merged})
             / max(_sum_norm_sq(task_vector), 1e-300))  # 1 = whole task vector, 0 = none (projection)
-        self.adaptation = None
-        self.optimizer = None
         return log
 
 
@@ -369,10 +373,15 @@ def get_method(name: str) -> MethodSpec:
     return METHODS[name]
 
 
+def unused_keys(specs: list[MethodSpec], explicit_keys: set[str]) -> list[str]:
+    """Keys the user set that none of `specs` reads (data.* keys belong to the benchmark and are checked there)."""
+    used = set(COMMON_KEYS).union(*(spec.keys for spec in specs))
+    return sorted(k for k in explicit_keys if k not in used and not k.startswith("data."))
+
+
 def check_keys_apply(spec: MethodSpec, explicit_keys: set[str]) -> None:
     """A key the user set that this method never reads is an error (config must match code)."""
-    unused = sorted(k for k in explicit_keys
-                    if k not in COMMON_KEYS and k not in spec.keys and not k.startswith("data."))
+    unused = unused_keys([spec], explicit_keys)
     if unused:
         raise UserError(
             f"method '{spec.name}' does not use {', '.join(unused)}; remove it or pick a method that does "

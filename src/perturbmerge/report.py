@@ -34,11 +34,18 @@ def group_by_method(runs: Iterable[Mapping[str, Any]]) -> dict[str, list[Mapping
     return {method: sorted(group, key=lambda r: r["seed"]) for method, group in groups.items()}
 
 
+def _as_array(nested: Sequence) -> np.ndarray:
+    """Nested lists of floats with None (e.g. above the accuracy matrix's diagonal) → float array with NaN."""
+    if isinstance(nested, (list, tuple)):
+        return np.array([_as_array(item) for item in nested], dtype=float)
+    return np.array(np.nan if nested is None else nested, dtype=float)
+
+
 def _per_task_mean_std(rows: Sequence[Sequence[float | None] | None]) -> tuple[np.ndarray, np.ndarray] | None:
     rows = [r for r in rows if r is not None]
     if not rows:
         return None
-    array = np.array([[np.nan if v is None else v for v in row] for row in rows], dtype=float)
+    array = _as_array(rows)
     std = array.std(axis=0, ddof=1) if len(rows) > 1 else np.zeros(array.shape[1])
     return array.mean(axis=0), std
 
@@ -132,8 +139,7 @@ def plot_accuracy_matrices(runs: Sequence[Mapping[str, Any]], path: Path) -> Non
     groups = group_by_method(runs)
     fig, axes = plt.subplots(1, len(groups), figsize=(3.4 * len(groups), 3.2), squeeze=False)
     for ax, (method, group) in zip(axes[0], groups.items()):
-        matrix = np.array([[[np.nan if v is None else v for v in row] for row in r["accuracy_matrix"]]
-                           for r in group], dtype=float).mean(axis=0)  # NaN above the diagonal stays NaN
+        matrix = _as_array([r["accuracy_matrix"] for r in group]).mean(axis=0)  # NaN above the diagonal stays NaN
         image = ax.imshow(matrix, vmin=0, vmax=100, cmap="viridis")
         size = matrix.shape[0]
         if size <= 10:

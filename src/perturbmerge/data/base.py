@@ -101,11 +101,38 @@ def class_order(num_classes: int, seed: int) -> list[int]:
     return np.random.RandomState(seed).permutation(num_classes).tolist()
 
 
-def task_class_groups(num_classes: int, num_tasks: int, seed: int) -> list[np.ndarray]:
-    """The seed's class order cut into `num_tasks` near-equal consecutive groups (class indices)."""
+def task_class_groups(num_classes: int, num_tasks: int, seed: int, order: list[int] | None = None) -> list[np.ndarray]:
+    """The class order (`order`, else the seed's) cut into `num_tasks` near-equal consecutive groups."""
     if num_tasks > num_classes:
         raise UserError(f"{num_tasks} tasks need at least {num_tasks} classes, the data has {num_classes}; lower --tasks")
-    return np.array_split(np.array(class_order(num_classes, seed)), num_tasks)
+    return np.array_split(np.array(class_order(num_classes, seed) if order is None else order), num_tasks)
+
+
+def tasks_from_groups(
+    groups: list[np.ndarray],
+    class_names: list[str],
+    train_labels: np.ndarray,
+    test_labels: np.ndarray,
+    make_dataset: Callable[[str, np.ndarray, np.ndarray], Dataset],
+) -> list[Task]:
+    """Class-incremental tasks, one per group of class indices; labels become global head positions.
+
+    `make_dataset(split, indices, head_positions)` builds the 'train' or 'test' dataset of the examples at
+    `indices` (positions in that split's label array, in their original order).
+    """
+    position = np.empty(len(class_names), dtype=np.int64)
+    position[np.concatenate(groups)] = np.arange(len(class_names))
+    tasks, offset = [], 0
+    for index, group in enumerate(groups):
+        datasets = []
+        for split, labels in (("train", train_labels), ("test", test_labels)):
+            picks = np.flatnonzero(np.isin(labels, group))
+            if len(picks) == 0:
+                raise UserError(f"task {index} has no {split} samples (classes {group.tolist()}); check the data")
+            datasets.append(make_dataset(split, picks, position[labels[picks]]))
+        tasks.append(Task(index, [class_names[c] for c in group], offset, *datasets))
+        offset += len(group)
+    return tasks
 
 
 def class_incremental_tasks(
@@ -117,28 +144,12 @@ def class_incremental_tasks(
     num_tasks: int,
     seed: int,
 ) -> list[Task]:
-    """Split classes (in the seed's order) into `num_tasks` near-equal groups; relabel to head positions."""
-    groups = task_class_groups(len(class_names), num_tasks, seed)
-    position = np.empty(len(class_names), dtype=np.int64)
-    position[np.concatenate(groups)] = np.arange(len(class_names))
-    tasks, offset = [], 0
-    for index, group in enumerate(groups):
-        members_train = np.isin(train_y, group)
-        members_test = np.isin(test_y, group)
-        for name, count in (("training", members_train.sum()), ("test", members_test.sum())):
-            if count == 0:
-                raise UserError(f"task {index} has no {name} samples (classes {group.tolist()}); check the data")
-        tasks.append(
-            Task(
-                index=index,
-                class_names=[class_names[c] for c in group],
-                label_offset=offset,
-                train=TensorDataset(train_x[members_train], torch.from_numpy(position[train_y[members_train]])),
-                test=TensorDataset(test_x[members_test], torch.from_numpy(position[test_y[members_test]])),
-            )
-        )
-        offset += len(group)
-    return tasks
+    """Tensor data split by class (in the seed's order) into `num_tasks` near-equal groups."""
+    inputs = {"train": train_x, "test": test_x}
+    return tasks_from_groups(
+        task_class_groups(len(class_names), num_tasks, seed), class_names, train_y, test_y,
+        lambda split, picks, positions: TensorDataset(inputs[split][picks], torch.from_numpy(positions)),
+    )
 
 
 def joint_stream(stream: TaskStream) -> TaskStream:

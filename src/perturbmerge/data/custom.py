@@ -21,7 +21,7 @@ from torch.utils.data import TensorDataset
 from tqdm.auto import tqdm
 
 from ..errors import UserError
-from .base import CUSTOM_PREFIXES, BenchmarkSpec, LoadRequest, Task, TaskStream, class_order
+from .base import CUSTOM_PREFIXES, BenchmarkSpec, LoadRequest, Task, TaskStream, task_class_groups, tasks_from_groups
 from .text import TokenizedDataset, make_pad_collate
 
 SPLIT_SEED = 0
@@ -46,12 +46,10 @@ def split_per_class(labels: np.ndarray, class_names: Sequence[str], test_fractio
     return np.concatenate(train), np.concatenate(test)
 
 
-def ordered_groups(class_names: Sequence[str], request: LoadRequest) -> list[list[int]]:
+def ordered_groups(class_names: list[str], request: LoadRequest) -> list[np.ndarray]:
     """Class indices cut into `num_tasks` groups, in `data.class_order` or the seed's order."""
-    if request.num_tasks > len(class_names):
-        raise UserError(f"{request.num_tasks} tasks need at least {request.num_tasks} classes, the data has "
-                        f"{len(class_names)}; lower --tasks")
     given = request.data.class_order
+    order = None
     if given is not None:
         unknown = [c for c in given if c not in class_names]
         missing = [c for c in class_names if c not in given]
@@ -60,23 +58,15 @@ def ordered_groups(class_names: Sequence[str], request: LoadRequest) -> list[lis
             raise UserError(f"data.class_order {problem}; list every class exactly once "
                             f"(classes: {', '.join(class_names[:10])}{', …' if len(class_names) > 10 else ''})")
         order = [class_names.index(c) for c in given]
-    else:
-        order = class_order(len(class_names), request.seed)
-    return [group.tolist() for group in np.array_split(np.array(order), request.num_tasks)]
+    return task_class_groups(len(class_names), request.num_tasks, request.seed, order)
 
 
-def build_tasks(groups: list[list[int]], class_names: Sequence[str], labels: np.ndarray, train_idx: np.ndarray,
+def build_tasks(groups: list[np.ndarray], class_names: list[str], labels: np.ndarray, train_idx: np.ndarray,
                 test_idx: np.ndarray, make_dataset) -> list[Task]:
-    """Class-incremental tasks; `make_dataset(indices, head_positions)` builds one split's dataset."""
-    position = np.empty(len(class_names), dtype=np.int64)
-    position[np.concatenate(groups)] = np.arange(len(class_names))
-    tasks, offset = [], 0
-    for index, group in enumerate(groups):
-        picks = [idx[np.isin(labels[idx], group)] for idx in (train_idx, test_idx)]
-        tasks.append(Task(index, [class_names[c] for c in group], offset,
-                          *(make_dataset(p, position[labels[p]]) for p in picks)))
-        offset += len(group)
-    return tasks
+    """Tasks over one labelled collection split by index; `make_dataset(indices, head_positions)`."""
+    split_indices = {"train": train_idx, "test": test_idx}
+    return tasks_from_groups(groups, class_names, labels[train_idx], labels[test_idx],
+                             lambda split, picks, positions: make_dataset(split_indices[split][picks], positions))
 
 
 # ---- csv:PATH -------------------------------------------------------------------------------------------
