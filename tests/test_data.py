@@ -112,3 +112,42 @@ def test_wordnet_fetch_and_load(tmp_path):
         train = {tuple(ids) for ids in task.train.ids}
         assert sum(tuple(ids) in train for ids in task.test.ids) <= 4  # distinct definitions, rare equal tokens
     assert np.unique(np.concatenate([t.train.labels.numpy() for t in stream.tasks])).tolist() == list(range(20))
+
+
+def test_validation_split_is_carved_from_train_per_class_and_test_is_never_read():
+    import torch
+
+    from perturbmerge.data.base import validation_stream
+    from perturbmerge.data import get_benchmark
+
+    from helpers import request
+
+    stream = get_benchmark("digits").load(request(0, 3))
+    carved = validation_stream(stream, 0.25)
+    again = validation_stream(stream, 0.25)
+    for task, new, repeat in zip(stream.tasks, carved.tasks, again.tasks):
+        x, y = task.train.tensors
+        tx, ty = new.train.tensors
+        vx, vy = new.test.tensors
+        assert len(ty) + len(vy) == len(y)
+        for label in y.unique().tolist():
+            n = int((y == label).sum())
+            assert int((vy == label).sum()) == min(max(1, round(0.25 * n)), n - 1)
+        # disjoint and exhaustive: every training row lands in exactly one side
+        rows = {tuple(r.tolist()) for r in torch.cat([tx, vx])}
+        assert len(rows) == len({tuple(r.tolist()) for r in x}) and not any(
+            torch.equal(a, b) for a in vx[:5] for b in tx)
+        assert not any(torch.equal(a, b) for a in vx[:5] for b in task.test.tensors[0])  # test rows absent
+        assert torch.equal(repeat.test.tensors[0], vx)  # fixed seed: same split every time
+
+
+def test_validation_fraction_key_is_accepted_everywhere_and_checked(tmp_path):
+    from perturbmerge.errors import UserError
+    from perturbmerge.runner import resolve_config, run_experiment
+
+    config, _ = resolve_config({"benchmark": "digits", "tasks": 2, "epochs": 1}, None,
+                               ["data.validation_fraction=0.2"])
+    results = run_experiment(config, progress=False)
+    assert results["final_acc"] >= 0 and results["config"]["data"]["validation_fraction"] == 0.2
+    with pytest.raises(UserError, match="validation_fraction"):
+        resolve_config({"benchmark": "digits"}, None, ["data.validation_fraction=1.5"])

@@ -120,6 +120,32 @@ def test_full_parameter_fisher_matches_per_sample_autograd(mlp):
         torch.testing.assert_close(fisher[k], total[k] / 10, rtol=1e-10, atol=1e-14)
 
 
+def test_full_parameter_fisher_on_padded_text_matches_per_sample_autograd():
+    """Per-sample vmap through a transformers encoder with ragged padding (pm-full / ewc-full on text)."""
+    backbone = tiny_bert().double().eval()
+    adaptation = FullAdaptation()
+    adaptation.attach(backbone)
+    head = nn.Linear(16, 3).double()
+    inputs = tiny_text_batch(n=6)
+    labels = torch.tensor([0, 1, 2, 0, 1, 2])
+    fisher = adaptation.fisher(_batches(inputs, labels, 4, lambda a, s: {k: v[s] for k, v in a.items()}), head,
+                               None, False, "test")
+    loop = _loop_fisher(backbone, dict(backbone.named_parameters()), head, inputs, labels, _take_dict)
+    for k in loop:
+        torch.testing.assert_close(fisher[k], loop[k], rtol=1e-8, atol=1e-14)
+
+
+def test_text_backbone_ignores_padding():
+    backbone = tiny_bert().double().eval()
+    inputs = tiny_text_batch(n=6)
+    with torch.no_grad():
+        batched = backbone(inputs)
+        for i in range(6):
+            length = int(inputs["attention_mask"][i].sum())
+            alone = backbone({k: v[i : i + 1, :length] for k, v in inputs.items()})
+            torch.testing.assert_close(batched[i : i + 1], alone, rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.parametrize("positions", [1, 3, 9])
 @pytest.mark.parametrize("gram", [True, False])
 def test_both_squared_sum_routes_equal_explicit_per_sample_gradients(positions, gram):

@@ -240,3 +240,27 @@ def test_cofima_keeps_part_of_each_later_update(tmp_path):
     kept = [log["kept_fraction_of_update"] for log in run["task_logs"]]
     assert kept[0] == pytest.approx(1.0)
     assert all(0.0 < k < 1.0 for k in kept[1:])
+
+
+def test_ewc_full_without_penalty_is_seq_full_and_penalty_shrinks_updates(tmp_path):
+    seq_run = _run("seq-full", tmp_path)
+    free = _run("ewc-full", tmp_path, "ewc_lambda=0")
+    assert free["accuracy_matrix"] == seq_run["accuracy_matrix"]
+    strong = _run("ewc-full", tmp_path / "strong", "ewc_lambda=1e6")
+    assert strong["task_logs"][2]["task_vector_norm"] < 0.5 * free["task_logs"][2]["task_vector_norm"]
+
+
+def test_full_differentiable_task_vector_is_displacement_with_gradients():
+    import torch
+    from torch import nn
+
+    from perturbmerge.adaptation import FullAdaptation
+
+    adaptation = FullAdaptation()
+    module = adaptation.attach(nn.Linear(3, 2))
+    with torch.no_grad():
+        module.weight.add_(1.5)
+    live = adaptation.differentiable_task_vector()
+    assert torch.allclose(live["weight"], torch.full((2, 3), 1.5)) and torch.equal(live["bias"], torch.zeros(2))
+    sum(v.pow(2).sum() for v in live.values()).backward()
+    assert torch.allclose(module.weight.grad, torch.full((2, 3), 3.0))

@@ -148,6 +148,10 @@ class FullAdaptation:
     def merged_weights(self) -> dict[str, torch.Tensor]:
         return self.anchor
 
+    def differentiable_task_vector(self) -> dict[str, torch.Tensor]:
+        """θ − θ̂ per parameter, with gradients to θ (for penalties on the update)."""
+        return {n: p - self.anchor[n] for n, p in self.backbone.named_parameters()}
+
     def task_vector(self) -> dict[str, torch.Tensor]:
         return {n: p.detach() - self.anchor[n] for n, p in self.backbone.named_parameters()}
 

@@ -55,8 +55,14 @@ class HFEncoderBackbone(nn.Module):
         self.model = model
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        hidden = self.model(**inputs).last_hidden_state
-        mask = inputs["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        padding = inputs["attention_mask"]
+        # The 4-D additive mask is passed ready-made: transformers returns it as-is, whereas from a 2-D mask it
+        # decides whether a mask is needed by reading the mask's values, which per-sample vmap (the full-weight
+        # Fisher) cannot trace.
+        dtype = self.model.get_input_embeddings().weight.dtype
+        additive = (1.0 - padding[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
+        hidden = self.model(**{**inputs, "attention_mask": additive}).last_hidden_state
+        mask = padding.unsqueeze(-1).to(hidden.dtype)
         return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
 
 

@@ -35,10 +35,14 @@ class FisherSettings:
 
 @dataclass
 class DataSettings:
-    """Settings of the bring-your-own-data benchmarks (csv:PATH, folder:PATH)."""
+    """Data settings. test_fraction and class_order apply to the bring-your-own-data benchmarks (csv:PATH,
+    folder:PATH); validation_fraction to every benchmark."""
 
     test_fraction: float = 0.2  # held out per class, by a fixed split seed
     class_order: list[str] | None = None  # explicit class order, cut into --tasks groups; None: seeded order
+    # > 0: hold out this fraction of each task's training examples per class and evaluate on them instead of the
+    # test split (for tuning; the test split is then never read). 0: evaluate on the test split.
+    validation_fraction: float = 0.0
 
 
 @dataclass
@@ -238,6 +242,9 @@ def validate(c: RunConfig) -> None:
     _require(c.fisher.max_samples is None or c.fisher.max_samples >= 1, f"fisher.max_samples must be >= 1 or null, got {c.fisher.max_samples}")
     _require(0.0 < c.data.test_fraction < 1.0,
              f"data.test_fraction must be in (0, 1), got {c.data.test_fraction}; e.g. --set data.test_fraction=0.2")
+    _require(0.0 <= c.data.validation_fraction < 1.0,
+             f"data.validation_fraction must be in [0, 1), got {c.data.validation_fraction}; "
+             f"e.g. --set data.validation_fraction=0.2 (0 evaluates on the test split)")
     _require(c.data.class_order is None or len(set(c.data.class_order)) == len(c.data.class_order),
              "data.class_order names a class twice; list each class once")
     _require(finite(c.task_merge.lam) and c.task_merge.lam >= 0, f"task_merge.lam must be >= 0, got {c.task_merge.lam}")

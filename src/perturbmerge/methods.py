@@ -216,12 +216,14 @@ class FisherWeightedMethod(TaskVectorMethod):
 
     cofima (CoFiMA, Marouf et al., 2024): θ̂_t = (S_{t−1} ⊙ θ̂_{t−1} + F_t ⊙ θ*_t) / (S_{t−1} + F_t), S_t = Σ_{i≤t} F_i
         (θ̂_1 = θ*_1; where S_{t−1} + F_t = 0 the plain mean).
-    ewc-lora (online EWC, Kirkpatrick et al., 2017): θ̂_t = θ*_t, and training adds (λ/2) Σ S_{t−1} ⊙ ΔW² — the
-        penalty (λ/2) Σ F ⊙ (W − W*)² with W* the weights before the task, since W − W* is the adapter's ΔW.
+    ewc-lora / ewc-full (online EWC, Kirkpatrick et al., 2017): θ̂_t = θ*_t, and training adds
+        (λ/2) Σ S_{t−1} ⊙ Δ² — the penalty (λ/2) Σ F ⊙ (θ − θ*)² with θ* the weights before the task, since θ − θ*
+        is the task's update Δ (the adapter's ΔW for LoRA, every backbone parameter for full).
     """
 
-    def __init__(self, name: str, config: RunConfig, lora_targets: list[str], rule: str) -> None:
-        super().__init__(name, config, "lora", "none", False, lora_targets)
+    def __init__(self, name: str, config: RunConfig, lora_targets: list[str], rule: str,
+                 adaptation: str = "lora") -> None:
+        super().__init__(name, config, adaptation, "none", False, lora_targets)
         self.rule = rule
         self.fisher_sum: dict[str, torch.Tensor] | None = None
 
@@ -353,6 +355,15 @@ register_method(MethodSpec(
     "ewc-lora", "online EWC on the LoRA-merged weights: (ewc_lambda/2) sum F (W - W*)^2 added to the loss",
     lambda config, targets: FisherWeightedMethod("ewc-lora", config, targets, "ewc"),
     LORA_KEYS | {"fisher.max_samples", "fisher.batch_size", "ewc_lambda"},
+))
+register_method(MethodSpec(
+    "ewc-full", "online EWC with full fine-tuning: (ewc_lambda/2) sum F (theta - theta*)^2 over every backbone "
+                "parameter added to the loss",
+    lambda config, targets: FisherWeightedMethod("ewc-full", config, targets, "ewc", adaptation="full"),
+    frozenset({"fisher.max_samples", "fisher.batch_size", "ewc_lambda"}),
+    # EWC estimates F from a sample of the task; per-sample gradients of every backbone weight (word embeddings
+    # included) cost ~0.1 s per example on MiniLM/CPU, so 256 examples per task by default.
+    {"fisher": {"max_samples": 256}},
 ))
 register_method(MethodSpec("simplecil", "SimpleCIL: frozen backbone, class-mean prototypes, cosine classifier (no training)",
                            lambda config, targets: SimpleCIL(), frozenset()))

@@ -18,7 +18,7 @@ from . import __version__
 from .backbones import get_backbone_spec
 from .config import RunConfig, build_config, load_yaml, parse_set
 from .data import TaskStream, get_benchmark
-from .data.base import LoadRequest, joint_stream
+from .data.base import GENERIC_DATA_KEYS, LoadRequest, joint_stream, validation_stream
 from .errors import UserError
 from .heads import ContinualClassifier
 from .io import atomic_write_json, package_versions
@@ -52,7 +52,7 @@ def resolve_config(
         config.tasks = spec.default_tasks  # recorded resolved, so results say how many tasks ran
     if check_method_keys:
         check_keys_apply(get_method(config.method), explicit)
-    unused_data = sorted(k for k in explicit if k.startswith("data.") and k.split(".", 1)[1] not in spec.data_keys)
+    unused_data = sorted(k for k in explicit if k.startswith("data.") and k.split(".", 1)[1] not in spec.data_keys | GENERIC_DATA_KEYS)
     if unused_data:
         raise UserError(f"benchmark '{spec.name}' does not use {', '.join(unused_data)}; remove it "
                         f"(data.* keys apply to csv:PATH and folder:PATH)")
@@ -142,6 +142,8 @@ def run_experiment(config: RunConfig, out_dir: str | Path | None = None, progres
                         f"(default: {benchmark.backbone})")
     # Everything that can fail on bad input happens before the output folder exists.
     stream = benchmark.load(LoadRequest(config.seed, num_tasks, config.data_dir, backbone_name, config.data))
+    if config.data.validation_fraction > 0:
+        stream = validation_stream(stream, config.data.validation_fraction)
     seed_everything(config.seed)
     backbone = backbone_spec.build(config.seed)
     if backbone.frozen_prefix is not None:

@@ -164,3 +164,43 @@ def joint_stream(stream: TaskStream) -> TaskStream:
     assert first.label_offset == 0
     return TaskStream(stream.benchmark, stream.scenario, stream.backbone, [task], stream.collate,
                       {**stream.info, "joint_of_tasks": len(stream.tasks)})
+
+
+GENERIC_DATA_KEYS = frozenset({"validation_fraction"})  # data.* keys every benchmark accepts
+VALIDATION_SEED = 0  # fixed: the validation split does not change with the run seed
+
+
+def _labels_and_subset(dataset: Dataset) -> tuple[torch.Tensor, Callable[[torch.Tensor], Dataset]]:
+    """The dataset's labels, and a function that builds the sub-dataset at given indices (same type)."""
+    from .text import TokenizedDataset
+
+    if isinstance(dataset, TensorDataset):
+        return dataset.tensors[-1], lambda idx: TensorDataset(*(t[idx] for t in dataset.tensors))
+    if isinstance(dataset, TokenizedDataset):
+        return dataset.labels, lambda idx: TokenizedDataset([dataset.ids[i] for i in idx.tolist()], dataset.labels[idx])
+    raise TypeError(f"cannot split a {type(dataset).__name__} into train and validation")
+
+
+def validation_stream(stream: TaskStream, fraction: float) -> TaskStream:
+    """Carve a validation split from each task's training data — round(fraction·n_c), at least 1 and at most
+    n_c − 1, of every class c, chosen by a fixed seed — and make it the task's evaluation data. The test split
+    is dropped, so tuning on this stream never reads it."""
+    import dataclasses
+
+    generator = torch.Generator().manual_seed(VALIDATION_SEED)
+    tasks = []
+    for task in stream.tasks:
+        labels, subset = _labels_and_subset(task.train)
+        held_out = []
+        for label in labels.unique(sorted=True).tolist():
+            members = torch.nonzero(labels == label).flatten()
+            if len(members) < 2:
+                raise UserError(f"task {task.index + 1}: class at head position {label} has {len(members)} training "
+                                f"example(s), too few to carve a validation split; set data.validation_fraction=0")
+            count = min(max(1, round(fraction * len(members))), len(members) - 1)
+            held_out.append(members[torch.randperm(len(members), generator=generator)[:count]])
+        validation = torch.cat(held_out).sort().values
+        keep = torch.ones(len(labels), dtype=torch.bool)
+        keep[validation] = False
+        tasks.append(dataclasses.replace(task, train=subset(torch.nonzero(keep).flatten()), test=subset(validation)))
+    return dataclasses.replace(stream, tasks=tasks, info={**stream.info, "evaluated_on": f"validation ({fraction})"})
