@@ -47,14 +47,22 @@ def test_rerun_skips_finished_runs(comparison, capsys):
     assert {p: p.stat().st_mtime_ns for p in comparison.glob("runs/*/results.json")} == stamp
 
 
-def test_unfinished_run_is_redone(comparison, tmp_path):
+@pytest.mark.parametrize("lost", ["results", "results-and-checkpoints"])
+def test_unfinished_run_is_resumed_or_redone(comparison, tmp_path, lost):
     out = tmp_path / "copy"
     shutil.copytree(comparison, out)
-    (out / "runs" / "seq-lora-seed1" / "results.json").unlink()  # as if killed before it finished
+    run = out / "runs" / "seq-lora-seed1"
+    (run / "results.json").unlink()  # as if killed after its last checkpoint
+    if lost == "results-and-checkpoints":
+        shutil.rmtree(run / "checkpoints")  # as if killed before its first checkpoint
     assert main(["compare", "--methods", "pm-lora,seq-lora", "--seeds", "0,1", "--out", str(out)] + FAST) == 0
-    redone = json.loads((out / "runs" / "seq-lora-seed1" / "results.json").read_text())
+    again = json.loads((run / "results.json").read_text())
     original = json.loads((comparison / "runs" / "seq-lora-seed1" / "results.json").read_text())
-    assert redone["accuracy_matrix"] == original["accuracy_matrix"]  # deterministic on CPU
+    assert again["accuracy_matrix"] == original["accuracy_matrix"]  # deterministic on CPU
+    if lost == "results":
+        assert again["resumed_from"] == {"task": 1, "epoch": 1, "batch": 0, "done": True}
+    else:
+        assert again["resumed_from"] is None
 
 
 def test_changed_config_is_refused(comparison, capsys):
@@ -110,7 +118,7 @@ def test_mean_std_and_bold_best():
 
 
 def test_config_from_an_older_version_matches_when_new_keys_are_at_default():
-    from perturbmerge.compare import _config_differences
+    from perturbmerge.config import config_differences as _config_differences
     from perturbmerge.config import RunConfig
 
     new = RunConfig().to_dict()

@@ -265,17 +265,3 @@ def test_csv_with_local_hf_encoder_end_to_end(tmp_path):
                  "--quiet", "--set", "epochs=1", f"backbone=hf:{tmp_path / 'enc'}"]) == 0
     results = json.loads((out / "results.json").read_text())
     assert "bert encoder" in results["backbone"] and len(results["alphas"]) == 2
-
-
-@pytest.mark.parametrize("argv, message", [
-    (["--benchmark", "digits", "--set", "backbone=minilm"], "takes text inputs but benchmark 'digits' gives vector"),
-    (["--benchmark", "digits", "--set", "backbone=resnet"], "unknown backbone 'resnet'"),
-    (["--benchmark", "digits", "--set", "backbone=hf:/nonexistent"], "has no config.json"),
-    (["--benchmark", "digits", "--set", "data.test_fraction=0.3"], "benchmark 'digits' does not use data.test_fraction"),
-    (["--benchmark", "csv:"], "needs a path"),
-    (["--benchmark", "folder:/nonexistent/dir"], "image folder '/nonexistent/dir' not found"),
-])
-def test_backbone_and_data_key_errors(tmp_path, capsys, argv, message):
-    out = tmp_path / "out"
-    assert main(["run", "--method", "pm-lora", "--out", str(out), "--quiet"] + argv) == 2
-    assert message in capsys.readouterr().err and not out.exists()

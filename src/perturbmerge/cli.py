@@ -41,10 +41,17 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .compare import DEFAULT_METHODS, run_comparison, summary_text
-    from .report import write_report
-    from .runner import resolve_config, run_experiment
+    from .runner import resolve_config, resume_run, run_experiment
 
     overrides = {**_overrides(args), "method": args.method, "seed": args.seed}
+    if args.force and not args.resume:
+        raise UserError("--force only applies with --resume DIR; drop --force")
+    if args.resume:
+        if args.out:
+            raise UserError("--resume DIR writes into DIR; drop --out")
+        given = {k: v for k, v in overrides.items() if v is not None}
+        results = resume_run(args.resume, given, args.config, _sets(args), args.force, progress=not args.quiet)
+        return _finish_run(args, results, args.resume)
     config, explicit = resolve_config(overrides, args.config, _sets(args), check_method_keys=False)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     if "method" not in explicit:
@@ -57,7 +64,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     config, _ = resolve_config(overrides, args.config, _sets(args))
     out = args.out or f"runs/{config.benchmark}-{config.method}-seed{config.seed}-{stamp}"
     results = run_experiment(config, out, progress=not args.quiet)
-    write_report(out, [results], "report.md", args.command_line, {(config.method, config.seed): out},
+    return _finish_run(args, results, out)
+
+
+def _finish_run(args: argparse.Namespace, results: dict[str, Any], out: str) -> int:
+    from .report import write_report
+
+    write_report(out, [results], "report.md", args.command_line, {(results["method"], results["seed"]): out},
                  machine_description())
     print("\n".join(_summary_lines(results)))
     print(f"  results: {out}/results.json, report: {out}/report.md")
@@ -142,6 +155,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--method", help="method name (see `perturbmerge methods`); default: the 3-method comparison")
     run.add_argument("--seed", type=int, help="seed: class order, init, data order, perturbation draws")
     run.add_argument("--out", help="output folder (must be new or empty); default runs/<benchmark>-<method>-seed<N>-<time>")
+    run.add_argument("--resume", metavar="DIR", help="continue the interrupted run in DIR from its last checkpoint "
+                                                     "(its own config; options given again must match it)")
+    run.add_argument("--force", action="store_true", help="with --resume: continue despite a changed config or "
+                                                          "versions (the result is then not bit-identical)")
     run.set_defaults(func=cmd_run)
     compare = sub.add_parser("compare", help="run several methods x seeds; write summary.json and summary.md with plots")
     _add_run_options(compare)

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from .config import RunConfig
+from .config import RunConfig, config_differences
 from .errors import UserError
 from .io import machine_description
 from .methods import get_method, unused_keys
@@ -38,35 +38,35 @@ def parse_list(text: str, what: str, cast=str) -> list[Any]:
     return values
 
 
-def _config_differences(old: Mapping[str, Any], new: Mapping[str, Any], defaults: Mapping[str, Any] | None = None,
-                        prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ. A key missing from `old` (a run from a version before the key existed)
-    matches when `new` has it at its default."""
-    defaults = RunConfig().to_dict() if defaults is None else defaults
-    keys = []
-    for key in sorted(set(old) | set(new)):
-        a, b, d = old.get(key), new.get(key), defaults.get(key)
-        if key not in old and b == d:
-            continue
-        if isinstance(a, Mapping) and isinstance(b, Mapping):
-            keys += _config_differences(a, b, d if isinstance(d, Mapping) else {}, f"{prefix}{key}.")
-        elif a != b:
-            keys.append(f"{prefix}{key}")
-    return keys
+def _resumable(run_dir: Path, config: RunConfig) -> bool:
+    """An interrupted run of the same config under this version, with a checkpoint to continue from."""
+    from .checkpoint import latest_checkpoint
+    from .runner import RUN_CONFIG, VERSION_KEYS, _versions
+
+    try:
+        saved = json.loads((run_dir / RUN_CONFIG).read_text())
+    except (OSError, ValueError):
+        return False
+    same_versions = all(saved.get("versions", {}).get(k) == _versions().get(k) for k in VERSION_KEYS)
+    return (same_versions and not config_differences(saved.get("config", {}), config.to_dict())
+            and latest_checkpoint(run_dir) is not None)
 
 
-def _finished_run(run_dir: Path, config: RunConfig) -> dict[str, Any] | None:
-    """The results of a finished run with the same config; None if unfinished; error if the config differs."""
+def _finished_run(run_dir: Path, config: RunConfig) -> dict[str, Any] | str | None:
+    """The results of a finished run with the same config; "resume" for an interrupted one that can continue
+    from its checkpoint; None if there is nothing to reuse; error if a finished run's config differs."""
     results_file = run_dir / "results.json"
     if not results_file.is_file():
         if run_dir.exists():
-            shutil.rmtree(run_dir)  # killed before it finished: start it again
+            if _resumable(run_dir, config):
+                return "resume"
+            shutil.rmtree(run_dir)  # killed before its first checkpoint, or another config: start it again
         return None
     try:
         results = json.loads(results_file.read_text())
     except (OSError, ValueError):
         raise UserError(f"{results_file} is unreadable; delete {run_dir} to run it again") from None
-    differing = _config_differences(results.get("config", {}), config.to_dict())
+    differing = config_differences(results.get("config", {}), config.to_dict())
     if differing:
         raise UserError(f"{run_dir} was run with a different config ({', '.join(differing)}); "
                         f"use a new --out or delete that folder")
@@ -116,7 +116,11 @@ def run_comparison(
             run_dir = out / "runs" / f"{config.method}-seed{config.seed}"
             label = f"[{index}/{len(configs)}] {config.method} seed {config.seed}"
             results = _finished_run(run_dir, config)
-            if results is None:
+            if results == "resume":
+                if progress:
+                    print(f"{label}: interrupted earlier, resuming from its checkpoint", file=sys.stderr, flush=True)
+                results = run_experiment(config, run_dir, progress=progress, resume=True)
+            elif results is None:
                 if progress:
                     print(f"{label}: running", file=sys.stderr, flush=True)
                 results = run_experiment(config, run_dir, progress=progress)

@@ -55,6 +55,14 @@ class TaskMergeSettings:
 
 
 @dataclass
+class CheckpointSettings:
+    """Checkpoints in the run folder (docs/reliability.md); they do not change results."""
+
+    enabled: bool = True  # after every task, and every `every_steps` optimiser steps
+    every_steps: int = 200  # 0: only after each task
+
+
+@dataclass
 class RunConfig:
     benchmark: str = "wordnet"
     backbone: str | None = None  # None: the benchmark's default
@@ -77,10 +85,51 @@ class RunConfig:
     fisher: FisherSettings = field(default_factory=FisherSettings)
     data: DataSettings = field(default_factory=DataSettings)
     task_merge: TaskMergeSettings = field(default_factory=TaskMergeSettings)
-    ewc_lambda: float = 100.0  # ewc-lora: penalty strength λ in (λ/2) Σ F ⊙ (W − W*)²
+    ewc_lambda: float = 100.0  # ewc-lora / ewc-full: penalty strength λ in (λ/2) Σ F ⊙ (θ − θ*)²
+    checkpoint: CheckpointSettings = field(default_factory=CheckpointSettings)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+RESULT_NEUTRAL_KEYS = frozenset({"checkpoint"})  # settings that cannot change a run's results
+
+
+def config_differences(old: Mapping[str, Any], new: Mapping[str, Any], defaults: Mapping[str, Any] | None = None,
+                       prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ (result-neutral keys ignored). A key missing from `old` (a run from a
+    version before the key existed) matches when `new` has it at its default."""
+    defaults = RunConfig().to_dict() if defaults is None else defaults
+    keys = []
+    for key in sorted(set(old) | set(new)):
+        if not prefix and key in RESULT_NEUTRAL_KEYS:
+            continue
+        a, b, d = old.get(key), new.get(key), defaults.get(key)
+        if key not in old and b == d:
+            continue
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            keys += config_differences(a, b, d if isinstance(d, Mapping) else {}, f"{prefix}{key}.")
+        elif a != b:
+            keys.append(f"{prefix}{key}")
+    return keys
+
+
+def nested(dotted: Mapping[str, Any]) -> dict[str, Any]:
+    """{'a.b': 1} -> {'a': {'b': 1}}."""
+    tree: dict[str, Any] = {}
+    for key, value in dotted.items():
+        *parents, last = key.split(".")
+        node = tree
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return tree
+
+
+def get_dotted(config: Mapping[str, Any], key: str) -> Any:
+    for part in key.split("."):
+        config = config[part]
+    return config
 
 
 def all_keys(cls: type = RunConfig, prefix: str = "") -> list[str]:
@@ -242,6 +291,8 @@ def validate(c: RunConfig) -> None:
     _require(c.fisher.max_samples is None or c.fisher.max_samples >= 1, f"fisher.max_samples must be >= 1 or null, got {c.fisher.max_samples}")
     _require(0.0 < c.data.test_fraction < 1.0,
              f"data.test_fraction must be in (0, 1), got {c.data.test_fraction}; e.g. --set data.test_fraction=0.2")
+    _require(c.checkpoint.every_steps >= 0,
+             f"checkpoint.every_steps must be >= 0, got {c.checkpoint.every_steps}; 0 checkpoints only after each task")
     _require(0.0 <= c.data.validation_fraction < 1.0,
              f"data.validation_fraction must be in [0, 1), got {c.data.validation_fraction}; "
              f"e.g. --set data.validation_fraction=0.2 (0 evaluates on the test split)")

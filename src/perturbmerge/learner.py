@@ -9,16 +9,18 @@ evaluation and the accuracy matrix.
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
-
+import dataclasses
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from .checkpoint import rng_state, save_checkpoint, set_rng_state
 from .heads import ContinualClassifier
 
 if TYPE_CHECKING:
@@ -57,6 +59,8 @@ class ContinualLearner:
         device: torch.device,
         progress: bool = True,
         callbacks: list[Callable[[str, "ContinualLearner", dict[str, Any]], None]] | None = None,
+        checkpoint_dir: str | Path | None = None,
+        checkpoint_every: int = 0,
     ) -> None:
         self.model = model.to(device)
         self.method = method
@@ -69,6 +73,12 @@ class ContinualLearner:
         self.task: Task | None = None
         self.head_block = 0
         self.step = 0
+        # Checkpoints (docs/reliability.md): after every task and every `checkpoint_every` optimiser steps.
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        self.checkpoint_every = checkpoint_every
+        self.checkpoint_meta_fn: Callable[[], dict[str, Any]] = dict  # extra JSON-able facts (config, versions)
+        self.result = LearnerResult([], [])
+        self._head_at_task_start: list[int] = []
 
     # ---- data -------------------------------------------------------------------------------------------
     def loader(self, dataset: Dataset, batch_size: int, shuffle: bool = False, epoch: int = 0) -> DataLoader:
@@ -89,6 +99,7 @@ class ContinualLearner:
     def local_batches(self, dataset: Dataset, batch_size: int) -> Iterator[Batch]:
         """Batches on the device with labels relative to the current head block (the task's own logits)."""
         for inputs, labels in self.loader(dataset, batch_size):
+            self._emit("local_batch", task=self.task.index)
             yield move_to(inputs, self.device), (labels - self.task.label_offset).to(self.device)
 
     # ---- head -------------------------------------------------------------------------------------------
@@ -150,25 +161,41 @@ class ContinualLearner:
         for callback in self.callbacks:
             callback(event, self, info)
 
-    def train_task(self, task: "Task") -> dict[str, Any]:
+    def train_task(self, task: "Task", resume: dict[str, Any] | None = None) -> dict[str, Any]:
+        """begin_task → epochs of train_step → end_task. `resume`: a checkpoint taken inside this task."""
         self.task = task
         self.model.train()
+        self._head_at_task_start = [block.out_features for block in self.model.head.blocks]
         self.method.begin_task(self, task)
+        losses: list[float] = []
+        first_epoch, skip = 0, 0
+        if resume is not None:  # same structure as when the checkpoint was taken; now its values
+            self.model.load_state_dict(resume["model"])
+            self.method.load_state_dict(resume["method"], self.device)
+            losses = list(resume["losses"])
+            first_epoch, skip = resume["position"]["epoch"], resume["position"]["batch"]
+            set_rng_state(resume["rng"])
         self._emit("begin_task", task=task.index)
         steps_per_epoch = -(-len(task.train) // self.batch_size)
-        bar = tqdm(total=self.epochs * steps_per_epoch, desc=f"task {task.index + 1}/{len(self.stream.tasks)}",
-                   disable=not self.progress, leave=False)
-        losses = []
+        bar = tqdm(total=self.epochs * steps_per_epoch, initial=first_epoch * steps_per_epoch + skip,
+                   desc=f"task {task.index + 1}/{len(self.stream.tasks)}", disable=not self.progress, leave=False)
         start = time.perf_counter()
-        for epoch in range(self.epochs if self.method.trains else 0):
+        for epoch in range(first_epoch, self.epochs if self.method.trains else 0):
             self.model.train()
-            for inputs, labels in self.loader(task.train, self.batch_size, shuffle=True, epoch=epoch):
+            for batch_index, (inputs, labels) in enumerate(self.loader(task.train, self.batch_size, shuffle=True,
+                                                                       epoch=epoch)):
+                if epoch == first_epoch and batch_index < skip:
+                    continue  # done before the checkpoint (the epoch's order is fixed by its seed)
                 batch = (move_to(inputs, self.device), (labels - task.label_offset).to(self.device))
                 loss = self.method.train_step(self, batch)
                 losses.append(loss)
                 self.step += 1
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+                self._emit("train_step", task=task.index, step=self.step)
+                if self.checkpoint_every and self.step % self.checkpoint_every == 0:
+                    self.save_checkpoint({"task": task.index, "epoch": epoch, "batch": batch_index + 1,
+                                          "done": False}, losses)
         bar.close()
         self.model.eval()
         log = {"task": task.index,
@@ -178,14 +205,51 @@ class ContinualLearner:
         self._emit("end_task", task=task.index, log=log)
         return log
 
-    def run(self) -> LearnerResult:
+    def run(self, resume: dict[str, Any] | None = None) -> LearnerResult:
+        """All tasks; after each, row t of the accuracy matrix. `resume`: a checkpoint's state to continue from."""
         tasks = self.stream.tasks
-        result = LearnerResult([], [])
-        for t, task in enumerate(tasks):
-            log = self.train_task(task)
+        self.result = LearnerResult([], [])
+        first, inside = 0, None
+        if resume is not None:
+            self.result = LearnerResult(**resume["result"])
+            self.step = resume["step"]
+            for size in resume["head_blocks"]:
+                self.model.head.add_block(size)
+            self.model.to(self.device)
+            if resume["position"]["done"]:
+                self.model.load_state_dict(resume["model"])
+                self.method.load_state_dict(resume["method"], self.device)
+                set_rng_state(resume["rng"])
+                first = resume["position"]["task"] + 1
+            else:
+                first, inside = resume["position"]["task"], resume
+        for t in range(first, len(tasks)):
+            log = self.train_task(tasks[t], inside)
+            inside = None
             per_task, overall = self.evaluate(tasks[: t + 1])
-            result.accuracy_matrix.append(per_task + [None] * (len(tasks) - t - 1))
-            result.acc_all_seen.append(overall)
-            result.task_logs.append(log)
+            self.result.accuracy_matrix.append(per_task + [None] * (len(tasks) - t - 1))
+            self.result.acc_all_seen.append(overall)
+            self.result.task_logs.append(log)
             self._emit("evaluated", task=t, accuracies=per_task, acc_all_seen=overall)
-        return result
+            self.save_checkpoint({"task": t, "epoch": self.epochs, "batch": 0, "done": True}, [])
+        return self.result
+
+    # ---- checkpoints ------------------------------------------------------------------------------------
+    def save_checkpoint(self, position: dict[str, Any], losses: list[float]) -> None:
+        """Everything needed to continue from `position` bit-identically (see checkpoint.py)."""
+        if self.checkpoint_dir is None:
+            return
+        head = [block.out_features for block in self.model.head.blocks]
+        state = {
+            **self.checkpoint_meta_fn(),
+            "position": position,
+            "step": self.step,
+            "result": dataclasses.asdict(self.result),
+            "losses": losses,
+            "head_blocks": head if position["done"] else self._head_at_task_start,
+            "model": self.model.state_dict(),
+            "method": self.method.state_dict(),
+            "rng": rng_state(),
+        }
+        save_checkpoint(self.checkpoint_dir, state, before_commit=lambda: self._emit("checkpoint_staged"))
+        self._emit("checkpoint_saved", position=position)

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 COMMON_KEYS = frozenset(
     {"benchmark", "method", "seed", "tasks", "epochs", "batch_size", "eval_batch_size", "lr", "head_lr",
-     "weight_decay", "device", "data_dir", "backbone"}
+     "weight_decay", "device", "data_dir", "backbone", "checkpoint.enabled", "checkpoint.every_steps"}
 )
 LORA_KEYS = frozenset({"lora.rank", "lora.alpha", "lora.dropout", "lora.targets"})
 PERTURB_KEYS = frozenset({"epsilon", "p0"})
@@ -56,6 +56,14 @@ class Method:
         """Weights (backbone parameter name → tensor) of the model that is evaluated, when they differ from
         the ones training continues from; None when they are the same."""
         return None
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything of the method's own that a checkpoint must hold (nested dicts/lists of tensors and plain
+        values); the model's weights are saved by the learner. Called at task ends and between optimiser steps."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any], device: torch.device) -> None:
+        """Restore `state_dict()`; called after `begin_task` when resuming inside a task."""
 
 
 def _total(tensors: dict[str, torch.Tensor]) -> float:
@@ -139,6 +147,32 @@ class TaskVectorMethod(Method):
         return self.adaptation.fisher(learner.local_batches(task.train, c.batch_size), learner.task_logits,
                                       c.max_samples, learner.progress, f"task {task.index + 1} Fisher")
 
+    def state_dict(self) -> dict[str, Any]:
+        full = isinstance(self.adaptation, FullAdaptation)
+        return {
+            "merge": {"fisher_sum": self.merge_state.fisher_sum,
+                      "weighted_optimum_sum": self.merge_state.weighted_optimum_sum,
+                      "num_tasks": self.merge_state.num_tasks},
+            "schedule": self.schedule.state(),
+            "noise": self.noise_generator.get_state(),
+            "draws": self.draws,
+            "optimizer": self.optimizer.state_dict() if self.optimizer is not None else None,
+            "anchor": self.adaptation.anchor if full else None,  # θ̂_{t-1} of full fine-tuning
+        }
+
+    def load_state_dict(self, state: dict[str, Any], device: torch.device) -> None:
+        merge = state["merge"]
+        self.merge_state.fisher_sum = {k: v.to(device) for k, v in merge["fisher_sum"].items()}
+        self.merge_state.weighted_optimum_sum = {k: v.to(device) for k, v in merge["weighted_optimum_sum"].items()}
+        self.merge_state.num_tasks = merge["num_tasks"]
+        self.schedule.set_state(state["schedule"])
+        self.noise_generator.set_state(state["noise"])
+        self.draws = dict(state["draws"])
+        if state["optimizer"] is not None:
+            self.optimizer.load_state_dict(state["optimizer"])
+        if state["anchor"] is not None:
+            self.adaptation.anchor = {k: v.to(device) for k, v in state["anchor"].items()}
+
     def end_task(self, learner: "ContinualLearner", task: "Task") -> dict[str, Any]:
         """Fisher at θ*_t (unperturbed, eval mode) → α_t → fold θ̂_t = θ̂_{t-1} + α_t Δ_t."""
         c = self.config
@@ -210,6 +244,16 @@ class SequentialMergeMethod(TaskVectorMethod):
     def deployed_weights(self) -> dict[str, torch.Tensor] | None:
         return self.deployed
 
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "pretrained": self.pretrained, "vectors": self.vectors,
+                "cumulative": self.cumulative, "deployed": self.deployed, "dare": self.dare_generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any], device: torch.device) -> None:
+        super().load_state_dict(state, device)
+        self.pretrained, self.vectors = state["pretrained"], list(state["vectors"])
+        self.cumulative, self.deployed = state["cumulative"], state["deployed"]
+        self.dare_generator.set_state(state["dare"])
+
 
 class FisherWeightedMethod(TaskVectorMethod):
     """Sequential LoRA whose fold-in is Fisher-weighted per element instead of a scalar α.
@@ -226,6 +270,14 @@ class FisherWeightedMethod(TaskVectorMethod):
         super().__init__(name, config, adaptation, "none", False, lora_targets)
         self.rule = rule
         self.fisher_sum: dict[str, torch.Tensor] | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "fisher_sum": self.fisher_sum}
+
+    def load_state_dict(self, state: dict[str, Any], device: torch.device) -> None:
+        super().load_state_dict(state, device)
+        fisher_sum = state["fisher_sum"]
+        self.fisher_sum = None if fisher_sum is None else {k: v.to(device) for k, v in fisher_sum.items()}
 
     def train_step(self, learner: "ContinualLearner", batch: tuple[Any, torch.Tensor]) -> float:
         if self.rule != "ewc" or self.fisher_sum is None or self.config.ewc_lambda == 0:
@@ -273,6 +325,12 @@ class SimpleCIL(Method):
 
     def begin_task(self, learner: "ContinualLearner", task: "Task") -> None:
         learner.prepare_head(task)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"sums": self.sums, "counts": self.counts}
+
+    def load_state_dict(self, state: dict[str, Any], device: torch.device) -> None:
+        self.sums, self.counts = dict(state["sums"]), dict(state["counts"])
 
     @torch.no_grad()
     def end_task(self, learner: "ContinualLearner", task: "Task") -> dict[str, Any]:

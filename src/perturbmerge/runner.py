@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import random
 import shutil
 import time
@@ -16,7 +17,8 @@ from tqdm.auto import tqdm
 
 from . import __version__
 from .backbones import get_backbone_spec
-from .config import RunConfig, build_config, load_yaml, parse_set
+from .checkpoint import latest_checkpoint, load_checkpoint
+from .config import RunConfig, build_config, config_differences, get_dotted, load_yaml, nested, parse_set
 from .data import TaskStream, get_benchmark
 from .data.base import GENERIC_DATA_KEYS, LoadRequest, joint_stream, validation_stream
 from .errors import UserError
@@ -127,8 +129,20 @@ def cache_prefix_outputs(stream: TaskStream, prefix: torch.nn.Module, device: to
     return dataclasses.replace(stream, tasks=tasks)
 
 
-def run_experiment(config: RunConfig, out_dir: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
-    """Run one (benchmark, method, seed); return the results dict and write `out_dir/results.json` if given."""
+RUN_CONFIG = "run_config.json"  # written when a run starts: the resolved config and versions (for --resume)
+VERSION_KEYS = ("perturbmerge", "torch")  # a checkpoint resumes bit-identically only under the same versions
+
+
+def _versions() -> dict[str, str]:
+    return {**package_versions(), "perturbmerge": __version__}
+
+
+def run_experiment(config: RunConfig, out_dir: str | Path | None = None, progress: bool = True,
+                   callbacks: list | None = None, resume: bool = False) -> dict[str, Any]:
+    """Run one (benchmark, method, seed); return the results dict and write `out_dir/results.json` if given.
+
+    With `out_dir`, checkpoints go to `out_dir/checkpoints/` (config key `checkpoint`); `resume=True` continues
+    from the latest one there (use `resume_run`, which also checks config and versions)."""
     benchmark = get_benchmark(config.benchmark)
     method_spec = get_method(config.method)
     num_tasks = config.tasks or benchmark.default_tasks
@@ -141,7 +155,8 @@ def run_experiment(config: RunConfig, out_dir: str | Path | None = None, progres
                         f"'{benchmark.name}' gives {benchmark.modality}; pick a {benchmark.modality} backbone "
                         f"(default: {benchmark.backbone})")
     # Everything that can fail on bad input happens before the output folder exists.
-    stream = benchmark.load(LoadRequest(config.seed, num_tasks, config.data_dir, backbone_name, config.data))
+    stream = benchmark.load(LoadRequest(config.seed, num_tasks, config.data_dir, backbone_name, config.data,
+                                         progress))
     if config.data.validation_fraction > 0:
         stream = validation_stream(stream, config.data.validation_fraction)
     seed_everything(config.seed)
@@ -153,14 +168,28 @@ def run_experiment(config: RunConfig, out_dir: str | Path | None = None, progres
     method = method_spec.build(config, backbone.lora_targets)
     method.check_backbone(backbone.module)
     out_path = Path(out_dir) if out_dir is not None else None
-    created = _prepare_out_dir(out_path) if out_path is not None else False
+    state = None
+    if resume:
+        folder = latest_checkpoint(out_path)
+        state = load_checkpoint(folder) if folder is not None else None  # none yet: start from the beginning
+        created = False
+    else:
+        created = _prepare_out_dir(out_path) if out_path is not None else False
+        if out_path is not None:
+            atomic_write_json(out_path / RUN_CONFIG, {"config": config.to_dict(), "versions": _versions()})
+    elapsed_before = state["elapsed_s"] if state is not None else 0.0
     try:
         model = ContinualClassifier(backbone.module, backbone.feature_dim)
+        keep = out_path is not None and config.checkpoint.enabled
         learner = ContinualLearner(
             model, method, stream, epochs=config.epochs, batch_size=config.batch_size,
             eval_batch_size=config.eval_batch_size, seed=config.seed, device=device, progress=progress,
+            callbacks=callbacks, checkpoint_dir=out_path if keep else None,
+            checkpoint_every=config.checkpoint.every_steps,
         )
-        outcome = learner.run()
+        learner.checkpoint_meta_fn = lambda: {"config": config.to_dict(), "versions": _versions(),
+                                              "elapsed_s": elapsed_before + time.perf_counter() - start}
+        outcome = learner.run(resume=state)
         results = {
             "benchmark": config.benchmark,
             "method": config.method,
@@ -169,21 +198,63 @@ def run_experiment(config: RunConfig, out_dir: str | Path | None = None, progres
             "num_tasks": len(stream.tasks),
             "classes_per_task": [task.class_names for task in stream.tasks],
             "backbone": backbone.description,
+            "evaluated_on": stream.info.get("evaluated_on", "test"),
             "accuracy_matrix": outcome.accuracy_matrix,
             "acc_all_seen": outcome.acc_all_seen,
             **summarise(outcome.accuracy_matrix, outcome.acc_all_seen),
             "alphas": [log.get("alpha") for log in outcome.task_logs] if method.merges else None,
             "alpha_simplified": [log.get("alpha_simplified") for log in outcome.task_logs] if method.merges else None,
             "task_logs": outcome.task_logs,
-            "wall_time_s": time.perf_counter() - start,
+            "wall_time_s": elapsed_before + time.perf_counter() - start,
+            "resumed_from": (state["position"] if state is not None else "start") if resume else None,
             "device": str(device),
             "config": config.to_dict(),
-            "versions": {**package_versions(), "perturbmerge": __version__},
+            "versions": _versions(),
         }
         if out_path is not None:
             atomic_write_json(out_path / "results.json", results)
         return results
     except BaseException:
-        if created and out_path is not None:
+        # A run that has a checkpoint is kept for --resume; one that never got that far is removed.
+        if created and out_path is not None and latest_checkpoint(out_path) is None:
             shutil.rmtree(out_path, ignore_errors=True)
         raise
+
+
+def resume_run(run_dir: str | Path, overrides: Mapping[str, Any] | None = None, config_file: str | Path | None = None,
+               sets: Sequence[str] = (), force: bool = False, progress: bool = True,
+               callbacks: list | None = None) -> dict[str, Any]:
+    """Continue the run in `run_dir` from its latest checkpoint (from the start if it has none).
+
+    Keys the user gives again must match the run's config, and the checkpoint must come from the same
+    perturbmerge and torch versions; otherwise the resume is refused naming the keys, unless `force`."""
+    run_dir = Path(run_dir)
+    saved_file = run_dir / RUN_CONFIG
+    if (run_dir / "results.json").is_file():
+        raise UserError(f"run '{run_dir}' already finished (results.json exists); nothing to resume")
+    if not saved_file.is_file():
+        raise UserError(f"'{run_dir}' is not a perturbmerge run folder (no {RUN_CONFIG}); give the --out folder "
+                        f"of a run that was interrupted")
+    try:
+        saved = json.loads(saved_file.read_text())
+        config, _ = build_config([saved["config"]], [])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"{saved_file} is unreadable ({exc.__class__.__name__}); the run cannot be resumed, "
+                        f"start a new one") from None
+    problems = []
+    if overrides or config_file is not None or sets:
+        given, explicit = resolve_config(overrides, config_file, sets, check_method_keys=False)
+        changed = [k for k in config_differences(saved["config"], given.to_dict()) if k in explicit]
+        problems += [f"{k} ({get_dotted(saved['config'], k)!r} -> {get_dotted(given.to_dict(), k)!r})" for k in changed]
+        config, _ = build_config([saved["config"]], [nested({k: get_dotted(given.to_dict(), k) for k in explicit})])
+    folder = latest_checkpoint(run_dir)
+    if folder is not None:
+        checkpoint_versions = load_checkpoint(folder).get("versions", {})
+        problems += [f"{name} {checkpoint_versions.get(name)} -> {_versions().get(name)}" for name in VERSION_KEYS
+                     if checkpoint_versions.get(name) != _versions().get(name)]
+    if problems and not force:
+        raise UserError(f"run '{run_dir}' differs from this resume: {'; '.join(problems)}; drop those options "
+                        f"(the run's own config is used) or pass --force to continue anyway")
+    if problems:
+        atomic_write_json(saved_file, {**saved, "config": config.to_dict(), "forced_changes": problems})
+    return run_experiment(config, run_dir, progress=progress, callbacks=callbacks, resume=True)

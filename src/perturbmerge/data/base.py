@@ -55,6 +55,7 @@ class LoadRequest:
     data_dir: str | None
     backbone: str
     data: Any  # config.DataSettings
+    progress: bool = True  # progress bars for slow loading (e.g. decoding images)
 
 
 @dataclass(frozen=True)

@@ -139,17 +139,22 @@ def list_image_folder(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
             raise UserError(f"class folder '{folder}' holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}); "
                             f"add images or remove the folder")
         items += [(p, c) for p in files]
+    inside = root.resolve()
+    for path, _ in items:  # a link may point anywhere; read nothing outside the folder the user named
+        if not path.resolve().is_relative_to(inside):
+            raise UserError(f"image '{path}' links outside the image folder '{root}'; copy the file in or remove "
+                            f"the link")
     return [d.name for d in class_dirs], items
 
 
-def load_folder(root: Path, request: LoadRequest, progress: bool = True) -> TaskStream:
+def load_folder(root: Path, request: LoadRequest) -> TaskStream:
     class_names, items = list_image_folder(root)
     labels = np.array([c for _, c in items])
     train_idx, test_idx = split_per_class(labels, class_names, request.data.test_fraction)
     groups = ordered_groups(class_names, request)
     images = torch.from_numpy(np.stack([
         decode_image(path) for path, _ in tqdm(items, desc="decoding images", unit="img", leave=False,
-                                               disable=not progress)]))
+                                               disable=not request.progress)]))
     tasks = build_tasks(groups, class_names, labels, train_idx, test_idx,
                         lambda picks, positions: TensorDataset(images[picks], torch.from_numpy(positions)))
     return TaskStream(f"folder:{root}", "class-incremental", request.backbone, tasks,

@@ -1,0 +1,123 @@
+"""Every user-facing bad input: exit code 2, one line on stderr naming the problem (and the fix), and no file
+left behind. One table; each row is (id, what the user types — built by a setup function — and the message)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from perturbmerge.cli import main
+
+from test_own_data import make_image_folder
+
+Setup = Callable[[Path], list[str]]
+
+
+def flags(*argv: str) -> Setup:
+    return lambda tmp: list(argv)
+
+
+def csv_file(content: str, *argv: str) -> Setup:
+    def setup(tmp: Path) -> list[str]:
+        (tmp / "data.csv").write_text(content)
+        return ["--benchmark", f"csv:{tmp / 'data.csv'}", *argv]
+    return setup
+
+
+def image_folder(mutate: Callable[[Path], None], *argv: str) -> Setup:
+    def setup(tmp: Path) -> list[str]:
+        make_image_folder(tmp / "imgs", classes=2, per_class=3)
+        mutate(tmp / "imgs")
+        return ["--benchmark", f"folder:{tmp / 'imgs'}", "--tasks", "2", *argv]
+    return setup
+
+
+def link_outside(root: Path) -> None:
+    (root.parent / "secret.png").write_bytes((root / "kind0" / "1.png").read_bytes())
+    (root / "kind0" / "escape.png").symlink_to(root.parent / "secret.png")
+
+
+def out_under_a_file(tmp: Path) -> list[str]:
+    (tmp / "a-file").write_text("x")
+    return ["--out", str(tmp / "a-file" / "run")]
+
+
+def out_is_a_file(tmp: Path) -> list[str]:
+    (tmp / "taken").write_text("x")
+    return ["--out", str(tmp / "taken")]
+
+
+TWO_CLASSES = "text,label\na,x\nb,x\nc,y\nd,y\n"
+
+BAD_INPUTS: list[tuple[str, Setup, str]] = [
+    # numbers out of range
+    ("epsilon", flags("--set", "epsilon=-1"), "epsilon must be a finite number >= 0"),
+    ("p0", flags("--set", "p0=1.5"), "p0 must be in [0, 1]"),
+    ("rank", flags("--set", "lora.rank=0"), "lora.rank must be >= 1"),
+    ("lr-zero", flags("--set", "lr=0"), "lr must be a positive number"),
+    ("lr-text", flags("--set", "lr=abc"), "lr must be float"),
+    ("epochs", flags("--set", "epochs=0"), "epochs must be >= 1"),
+    ("batch-size", flags("--set", "batch_size=-2"), "batch_size must be >= 1"),
+    ("tasks-zero", flags("--tasks", "0"), "tasks must be >= 1"),
+    ("fisher-samples", flags("--set", "fisher.max_samples=0"), "fisher.max_samples must be >= 1"),
+    ("validation-fraction", flags("--set", "data.validation_fraction=1.5"), "data.validation_fraction must be in [0, 1)"),
+    ("checkpoint-steps", flags("--set", "checkpoint.every_steps=-1"), "checkpoint.every_steps must be >= 0"),
+    ("set-syntax", flags("--set", "epochs"), "--set expects key=value"),
+    # unknown names, with the closest one suggested
+    ("method", flags("--method", "pm-lroa"), "unknown method 'pm-lroa' (did you mean 'pm-lora'?)"),
+    ("benchmark", flags("--benchmark", "digit"), "unknown benchmark 'digit' (did you mean 'digits'?)"),
+    ("backbone", flags("--set", "backbone=resnet"), "unknown backbone 'resnet'"),
+    ("config-key", flags("--set", "epslion=0.3"), "unknown config key 'epslion' (did you mean 'epsilon'?)"),
+    ("nested-key", flags("--set", "lora.rnak=4"), "did you mean 'lora.rank'"),
+    ("alpha-rule", flags("--set", "alpha_rule=closedform"), "did you mean 'closed_form'"),
+    # keys and parts that do not fit together
+    ("key-not-used", flags("--method", "seq-lora", "--set", "epsilon=0.3"), "method 'seq-lora' does not use epsilon"),
+    ("lora-key-full", flags("--method", "pm-full", "--set", "lora.rank=4"), "does not use lora.rank"),
+    ("lora-target", flags("--set", "lora.targets=nope"), "match no Linear/Conv module of the backbone; available: "),
+    ("modality", flags("--set", "backbone=minilm"), "takes text inputs but benchmark 'digits' gives vector"),
+    ("data-key", flags("--set", "data.test_fraction=0.3"), "benchmark 'digits' does not use data.test_fraction"),
+    ("hf-path", flags("--set", "backbone=hf:/nonexistent"), "has no config.json"),
+    ("too-many-tasks", flags("--tasks", "11"), "11 tasks need at least 11 classes"),
+    # files and folders
+    ("config-missing", flags("--config", "/nonexistent.yaml"), "config file '/nonexistent.yaml' not found"),
+    ("data-missing", flags("--benchmark", "wordnet", "--data-dir", "/nonexistent/data"),
+     "perturbmerge data fetch wordnet"),
+    ("csv-path", flags("--benchmark", "csv:"), "needs a path"),
+    ("csv-missing", flags("--benchmark", "csv:/nonexistent.csv"), "not found"),
+    ("csv-columns", csv_file("text,category\na,b\n"), "needs a header with columns text,label"),
+    ("csv-one-example", csv_file("text,label\na,x\nb,x\nc,y\n"), "class 'y' has 1 example"),
+    ("csv-fewer-classes", csv_file(TWO_CLASSES, "--tasks", "3"), "3 tasks need at least 3 classes"),
+    ("csv-class-order", csv_file(TWO_CLASSES, "--tasks", "2", "--set", "data.class_order=x,z"),
+     "names unknown classes"),
+    ("folder-missing", flags("--benchmark", "folder:/nonexistent/dir"), "image folder '/nonexistent/dir' not found"),
+    ("corrupt-image", image_folder(lambda root: (root / "kind1" / "broken.png").write_bytes(b"\x89PNG no")),
+     "broken.png' cannot be decoded"),
+    ("link-outside", image_folder(link_outside), "links outside the image folder"),
+    ("empty-class", image_folder(lambda root: (root / "empty").mkdir()), "holds no images"),
+    ("out-not-writable", out_under_a_file, "is not writable"),
+    ("out-is-a-file", out_is_a_file, "exists and is not a folder"),
+    # a run that goes wrong: stops at once, names the task and step, and leaves nothing (no checkpoint yet)
+    ("non-finite-loss", flags("--set", "lr=1e30", "head_lr=1e30"), "non-finite loss at task 1, step"),
+    # resume targets
+    ("resume-not-a-run", lambda tmp: ["--resume", str(tmp)], "is not a perturbmerge run folder"),
+    ("force-without-resume", flags("--force"), "--force only applies with --resume"),
+]
+
+
+@pytest.mark.parametrize("setup,message", [row[1:] for row in BAD_INPUTS], ids=[row[0] for row in BAD_INPUTS])
+def test_bad_input_exits_2_with_one_line_and_leaves_no_files(setup, message, tmp_path, capsys):
+    argv = setup(tmp_path)
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    command = ["run", "--benchmark", "digits", "--method", "pm-lora", "--quiet"]
+    if "--out" not in argv and "--resume" not in argv:
+        command += ["--out", str(tmp_path / "out")]
+    assert main(command + argv) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert err.count("\n") == 1 and err.startswith("perturbmerge: error: ")
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # nothing written
+
+
+def test_the_table_is_large():
+    assert len(BAD_INPUTS) >= 25 and len({row[0] for row in BAD_INPUTS}) == len(BAD_INPUTS)
