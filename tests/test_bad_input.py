@@ -63,6 +63,8 @@ BAD_INPUTS: list[tuple[str, Setup, str]] = [
     ("fisher-samples", flags("--set", "fisher.max_samples=0"), "fisher.max_samples must be >= 1"),
     ("validation-fraction", flags("--set", "data.validation_fraction=1.5"), "data.validation_fraction must be in [0, 1)"),
     ("checkpoint-steps", flags("--set", "checkpoint.every_steps=-1"), "checkpoint.every_steps must be >= 0"),
+    ("precision", flags("--set", "precision=fp16"), "precision must be one of fp32, bf16, got 'fp16'"),
+    ("grad-accumulation", flags("--set", "grad_accumulation=0"), "grad_accumulation must be in [1, batch_size="),
     ("set-syntax", flags("--set", "epochs"), "--set expects key=value"),
     # unknown names, with the closest one suggested
     ("method", flags("--method", "pm-lroa"), "unknown method 'pm-lroa' (did you mean 'pm-lora'?)"),

@@ -108,3 +108,33 @@ def test_evaluation_and_fisher_passes_do_not_touch_the_global_rng():
     for _ in learner.local_batches(learner.stream.tasks[0].train, 16):
         pass
     assert torch.equal(torch.get_rng_state(), state)
+
+
+def _digits_run(tmp_path, name, *sets):
+    import json
+
+    from perturbmerge.cli import main
+
+    out = tmp_path / name
+    assert main(["run", "--benchmark", "digits", "--method", "pm-lora", "--tasks", "3", "--out", str(out), "--quiet",
+                 "--set", "epochs=2", "checkpoint.enabled=false", *sets]) == 0
+    return json.loads((out / "results.json").read_text())
+
+
+def test_gradient_accumulation_equals_the_whole_batch(tmp_path):
+    """4 micro-batches per step, each weighted by its share: the same update up to float summation order."""
+    whole = _digits_run(tmp_path, "whole")
+    parts = _digits_run(tmp_path, "parts", "grad_accumulation=4")
+    assert parts["alphas"] == pytest.approx(whole["alphas"], rel=1e-6)
+    for a, b in zip(whole["task_logs"], parts["task_logs"]):
+        assert b["train_loss_last_epoch"] == pytest.approx(a["train_loss_last_epoch"], rel=1e-6)
+    for row_a, row_b in zip(whole["accuracy_matrix"], parts["accuracy_matrix"]):
+        assert row_b == pytest.approx(row_a, abs=0.5)
+
+
+def test_bf16_autocast_runs_and_stays_close(tmp_path):
+    fp32 = _digits_run(tmp_path, "fp32")
+    bf16 = _digits_run(tmp_path, "bf16", "precision=bf16")
+    assert bf16["config"]["precision"] == "bf16"
+    assert bf16["final_acc"] == pytest.approx(fp32["final_acc"], abs=10.0)  # bf16 rounding: close, not equal
+    assert all(0.0 <= a <= 1.0 for a in bf16["alphas"])

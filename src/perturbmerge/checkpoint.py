@@ -149,6 +149,17 @@ def load_checkpoint(folder: str | Path) -> dict[str, Any]:
         raise UserError(f"checkpoint '{folder}' is inconsistent ({exc!r} missing or malformed); {fix}") from None
 
 
+def checkpoint_versions(folder: str | Path) -> dict[str, Any]:
+    """The package versions a checkpoint was written with, from its state.json alone (no tensors read)."""
+    try:
+        document = json.loads((Path(folder) / "state.json").read_text())
+        pairs = dict((key, value) for key, value in document["state"]["__dict__"])
+        return join_tensors(pairs.get("versions", {"__dict__": []}), {})
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"checkpoint '{folder}' has no readable state.json ({exc.__class__.__name__}); resume from "
+                        f"a checkpoint written by perturbmerge, or start a new run") from None
+
+
 def _fsync(path: Path) -> None:
     with open(path, "rb") as handle:
         os.fsync(handle.fileno())

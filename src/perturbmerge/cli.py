@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 import time
@@ -31,6 +32,12 @@ def _command_line(argv: Sequence[str] | None) -> str:
     return "perturbmerge " + shlex.join(sys.argv[1:] if argv is None else list(argv))
 
 
+def _single_process(what: str) -> None:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UserError(f"{what} runs one process; under torchrun give one method: "
+                        f"`perturbmerge run --method NAME ...`")
+
+
 def _sets(args: argparse.Namespace) -> list[str]:
     return [s for group in args.set for s in group]
 
@@ -56,6 +63,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     if "method" not in explicit:
         # No method named: the default comparison of P&M against its ablations on one seed.
+        _single_process("the default comparison (run without --method)")
         out = args.out or f"runs/{config.benchmark}-compare-seed{config.seed}-{stamp}"
         summary = run_comparison(DEFAULT_METHODS, [config.seed], out, overrides, args.config, _sets(args),
                                  progress=not args.quiet, markdown_name="report.md", command=args.command_line)
@@ -70,6 +78,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _finish_run(args: argparse.Namespace, results: dict[str, Any], out: str) -> int:
     from .report import write_report
 
+    if int(os.environ.get("RANK", "0")) != 0:  # several processes: rank 0 reports
+        return 0
+
     write_report(out, [results], "report.md", args.command_line, {(results["method"], results["seed"]): out},
                  machine_description())
     print("\n".join(_summary_lines(results)))
@@ -80,6 +91,7 @@ def _finish_run(args: argparse.Namespace, results: dict[str, Any], out: str) -> 
 def cmd_compare(args: argparse.Namespace) -> int:
     from .compare import parse_list, run_comparison, summary_text
 
+    _single_process("compare")
     methods = parse_list(args.methods, "methods")
     seeds = parse_list(args.seeds, "seeds", int)
     summary = run_comparison(methods, seeds, args.out, _overrides(args), args.config, _sets(args),

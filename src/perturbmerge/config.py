@@ -43,6 +43,8 @@ class DataSettings:
     # > 0: hold out this fraction of each task's training examples per class and evaluate on them instead of the
     # test split (for tuning; the test split is then never read). 0: evaluate on the test split.
     validation_fraction: float = 0.0
+    # paper image benchmarks: random-resized-crop + flip on training batches (their default: true)
+    augment: bool = False
 
 
 @dataclass
@@ -87,11 +89,14 @@ class RunConfig:
     task_merge: TaskMergeSettings = field(default_factory=TaskMergeSettings)
     ewc_lambda: float = 100.0  # ewc-lora / ewc-full: penalty strength λ in (λ/2) Σ F ⊙ (θ − θ*)²
     checkpoint: CheckpointSettings = field(default_factory=CheckpointSettings)
+    precision: str = "fp32"  # "bf16": autocast forward passes in bfloat16 (GPU); the Fisher pass stays fp32
+    grad_accumulation: int = 1  # micro-batches per optimiser step (batch_size stays the global batch)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
+PRECISIONS = ("fp32", "bf16")
 RESULT_NEUTRAL_KEYS = frozenset({"checkpoint"})  # settings that cannot change a run's results
 
 
@@ -291,6 +296,10 @@ def validate(c: RunConfig) -> None:
     _require(c.fisher.max_samples is None or c.fisher.max_samples >= 1, f"fisher.max_samples must be >= 1 or null, got {c.fisher.max_samples}")
     _require(0.0 < c.data.test_fraction < 1.0,
              f"data.test_fraction must be in (0, 1), got {c.data.test_fraction}; e.g. --set data.test_fraction=0.2")
+    _require(c.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}, got '{c.precision}'"
+             f"{did_you_mean(c.precision, PRECISIONS)}")
+    _require(1 <= c.grad_accumulation <= c.batch_size,
+             f"grad_accumulation must be in [1, batch_size={c.batch_size}], got {c.grad_accumulation}")
     _require(c.checkpoint.every_steps >= 0,
              f"checkpoint.every_steps must be >= 0, got {c.checkpoint.every_steps}; 0 checkpoints only after each task")
     _require(0.0 <= c.data.validation_fraction < 1.0,

@@ -11,16 +11,17 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from .checkpoint import rng_state, save_checkpoint, set_rng_state
+from .distributed import World
 from .heads import ContinualClassifier
 
 if TYPE_CHECKING:
@@ -28,6 +29,13 @@ if TYPE_CHECKING:
     from .methods import Method
 
 Batch = tuple[Any, torch.Tensor]
+
+
+def _rows(inputs: Any, index: slice) -> Any:
+    """Rows of a batch's inputs (a tensor or a dict of tensors)."""
+    if isinstance(inputs, dict):
+        return {k: v[index] for k, v in inputs.items()}
+    return inputs[index]
 
 
 def move_to(inputs: Any, device: torch.device) -> Any:
@@ -61,6 +69,9 @@ class ContinualLearner:
         callbacks: list[Callable[[str, "ContinualLearner", dict[str, Any]], None]] | None = None,
         checkpoint_dir: str | Path | None = None,
         checkpoint_every: int = 0,
+        grad_accumulation: int = 1,
+        precision: str = "fp32",
+        world: World | None = None,
     ) -> None:
         self.model = model.to(device)
         self.method = method
@@ -79,6 +90,8 @@ class ContinualLearner:
         self.checkpoint_meta_fn: Callable[[], dict[str, Any]] = dict  # extra JSON-able facts (config, versions)
         self.result = LearnerResult([], [])
         self._head_at_task_start: list[int] = []
+        self.grad_accumulation, self.precision = grad_accumulation, precision
+        self.world = world or World()
 
     # ---- data -------------------------------------------------------------------------------------------
     def loader(self, dataset: Dataset, batch_size: int, shuffle: bool = False, epoch: int = 0) -> DataLoader:
@@ -96,11 +109,70 @@ class ContinualLearner:
         return DataLoader(dataset, batch_size=batch_size, sampler=order, collate_fn=self.stream.collate,
                           generator=torch.Generator().manual_seed(0))
 
-    def local_batches(self, dataset: Dataset, batch_size: int) -> Iterator[Batch]:
-        """Batches on the device with labels relative to the current head block (the task's own logits)."""
+    def local_batches(self, dataset: Dataset, batch_size: int, limit: int | None = None) -> Iterator[Batch]:
+        """This process's rows of the batches of `dataset` (or of a fixed random subset of `limit` examples), on
+        the device, with labels relative to the current head block (the task's own logits)."""
+        if limit is not None and limit < len(dataset):
+            chosen = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0))[:limit]
+            dataset = Subset(dataset, sorted(chosen.tolist()))
+            lengths = getattr(dataset.dataset, "lengths", None)
+            if lengths is not None:
+                dataset.lengths = [lengths[i] for i in dataset.indices]
         for inputs, labels in self.loader(dataset, batch_size):
+            rows = self.world.shard(len(labels))
+            inputs, labels = _rows(inputs, rows), labels[rows]
+            if not len(labels):
+                continue
             self._emit("local_batch", task=self.task.index)
             yield move_to(inputs, self.device), (labels - self.task.label_offset).to(self.device)
+
+    def local_count(self, count: int) -> int:
+        """How many of `count` examples this process sees (rows rank, rank + size, … of each batch)."""
+        return len(range(count)[self.world.shard(count)]) if self.world.size > 1 else count
+
+    # ---- one optimiser step: shards, micro-batches, precision, cross-process sums ------------------------------
+    def batch_parts(self, batch: Batch) -> list[tuple[Batch, float]]:
+        """This process's rows of a global batch, cut into `grad_accumulation` micro-batches, each with its share
+        of the global batch (the weight of its mean loss in the global mean)."""
+        inputs, labels = batch
+        total = len(labels)
+        if self.world.size == 1 and self.grad_accumulation == 1:
+            return [(batch, 1.0)]
+        rows = self.world.shard(total)
+        inputs, labels = _rows(inputs, rows), labels[rows]
+        parts = []
+        for chunk in torch.arange(len(labels)).tensor_split(self.grad_accumulation):
+            if len(chunk):
+                index = slice(int(chunk[0]), int(chunk[-1]) + 1)
+                parts.append(((_rows(inputs, index), labels[index]), len(chunk) / total))
+        return parts
+
+    def autocast(self):
+        """bf16 autocast for forward passes when precision is bf16 (the Fisher pass stays in fp32)."""
+        if self.precision == "bf16":
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return nullcontext()
+
+    def sum_gradients(self, parameters: list[torch.nn.Parameter]) -> None:
+        """Sum the gradients over processes (each already weighted by its share of the global batch)."""
+        if self.world.size == 1:
+            return
+        for p in parameters:
+            if p.grad is None:  # this process had no rows in the batch
+                p.grad = torch.zeros_like(p)
+            self.world.sum_(p.grad)
+
+    def sum_scalar(self, value: float) -> float:
+        if self.world.size == 1:
+            return value
+        return float(self.world.sum_(torch.tensor(value, dtype=torch.float64, device=self.device)))
+
+    def mean_over_processes(self, per_process_means: dict[str, torch.Tensor], local: int,
+                            total: int) -> dict[str, torch.Tensor]:
+        """Global mean from each process's mean over its `local` of `total` examples: Σ_r local_r · mean_r / total."""
+        if self.world.size == 1:
+            return per_process_means
+        return {k: self.world.sum_(v * local) / total for k, v in per_process_means.items()}
 
     # ---- head -------------------------------------------------------------------------------------------
     def prepare_head(self, task: "Task") -> list[torch.nn.Parameter]:
@@ -149,9 +221,16 @@ class ContinualLearner:
         for task in tasks:
             correct, total = 0, 0
             for inputs, labels in self.loader(task.test, self.eval_batch_size):
-                predictions = self.model(move_to(inputs, self.device)).argmax(-1).cpu()
+                rows = self.world.shard(len(labels))
+                inputs, labels = _rows(inputs, rows), labels[rows]
+                if not len(labels):
+                    continue
+                with self.autocast():
+                    predictions = self.model(move_to(inputs, self.device)).argmax(-1).cpu()
                 correct += int((predictions == labels).sum())
                 total += int(labels.numel())
+            if self.world.size > 1:  # every example counted once, whatever the shard sizes
+                correct, total = (int(v) for v in self.world.sum_(torch.tensor([correct, total], device=self.device)))
             per_task.append(100.0 * correct / total)
             correct_all, total_all = correct_all + correct, total_all + total
         return per_task, 100.0 * correct_all / total_all
@@ -186,6 +265,9 @@ class ContinualLearner:
                                                                        epoch=epoch)):
                 if epoch == first_epoch and batch_index < skip:
                     continue  # done before the checkpoint (the epoch's order is fixed by its seed)
+                if self.stream.train_augment is not None:  # seeded per (run, task, epoch, batch): resumable
+                    inputs = self.stream.train_augment(inputs, torch.Generator().manual_seed(
+                        self.seed * 1_000_003 + task.index * 1009 + epoch * 100_003 + batch_index + 1))
                 batch = (move_to(inputs, self.device), (labels - task.label_offset).to(self.device))
                 loss = self.method.train_step(self, batch)
                 losses.append(loss)

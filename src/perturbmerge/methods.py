@@ -26,7 +26,8 @@ if TYPE_CHECKING:
 
 COMMON_KEYS = frozenset(
     {"benchmark", "method", "seed", "tasks", "epochs", "batch_size", "eval_batch_size", "lr", "head_lr",
-     "weight_decay", "device", "data_dir", "backbone", "checkpoint.enabled", "checkpoint.every_steps"}
+     "weight_decay", "device", "data_dir", "backbone", "checkpoint.enabled", "checkpoint.every_steps",
+     "precision", "grad_accumulation"}
 )
 LORA_KEYS = frozenset({"lora.rank", "lora.alpha", "lora.dropout", "lora.targets"})
 PERTURB_KEYS = frozenset({"epsilon", "p0"})
@@ -118,21 +119,39 @@ class TaskVectorMethod(Method):
         self.draws = {-1: 0, 0: 0, 1: 0}
 
     def train_step(self, learner: "ContinualLearner", batch: tuple[Any, torch.Tensor]) -> float:
-        inputs, labels = batch
-        sign = self.schedule.draw() if self.perturbation != "none" else 0
+        sign = self.schedule.draw() if self.perturbation != "none" else 0  # one draw per optimiser step
         self.draws[sign] += 1
+        return self._optimise(learner, batch, lambda chunk: self.objective(learner, chunk, sign))
+
+    def objective(self, learner: "ContinualLearner", batch: tuple[Any, torch.Tensor],
+                  sign: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(objective to minimise, task loss to report) on a batch, at θ + sign·ε·Δ."""
+        inputs, labels = batch
         features = self.adaptation.features(inputs, sign * self.config.epsilon, self.perturbation, self.noise_generator)
         loss = F.cross_entropy(learner.task_logits(features), labels)
-        return self._optimise(learner, loss, loss, f"lower lr (now {self.config.lr})")
+        return loss, loss
 
-    def _optimise(self, learner: "ContinualLearner", objective: torch.Tensor, reported: torch.Tensor, hint: str) -> float:
-        """One optimiser step on `objective`; a non-finite objective stops the run naming the task and step."""
-        if not torch.isfinite(objective):
-            raise TrainingDiverged(f"non-finite loss at task {learner.task.index + 1}, step {learner.step}; {hint}")
+    def _optimise(self, learner: "ContinualLearner", batch: tuple[Any, torch.Tensor],
+                  objective_of: Callable[[tuple[Any, torch.Tensor]], tuple[torch.Tensor, torch.Tensor]]) -> float:
+        """One optimiser step on the batch's mean objective. The batch may be split into this process's shard
+        (multi-process) and into micro-batches (grad_accumulation); each part's gradient is weighted by its share
+        of the global batch, and the parts' gradients are summed (across processes too) before the step.
+        A non-finite objective stops the run naming the task and step."""
         self.optimizer.zero_grad(set_to_none=True)
-        objective.backward()
+        reported = 0.0
+        for chunk, weight in learner.batch_parts(batch):
+            with learner.autocast():
+                objective, loss = objective_of(chunk)
+            if not torch.isfinite(objective):
+                raise TrainingDiverged(f"non-finite loss at task {learner.task.index + 1}, step {learner.step}; "
+                                       f"lower lr (now {self.config.lr}){self.divergence_hint}")
+            (objective if weight == 1.0 else objective * weight).backward()
+            reported += loss.item() * weight
+        learner.sum_gradients([p for group in self.optimizer.param_groups for p in group["params"]])
         self.optimizer.step()
-        return reported.item()
+        return learner.sum_scalar(reported)
+
+    divergence_hint = ""
 
     def _fold_into_learner(self, learner: "ContinualLearner", alpha: float) -> "torch.nn.Module":
         """Fold the task's adapter in with coefficient α; the learner's backbone becomes the plain result."""
@@ -144,8 +163,10 @@ class TaskVectorMethod(Method):
     def _task_fisher(self, learner: "ContinualLearner", task: "Task") -> dict[str, torch.Tensor]:
         """Diagonal empirical Fisher of the current task at θ*_t, in merge space (unperturbed, eval mode)."""
         c = self.config.fisher
-        return self.adaptation.fisher(learner.local_batches(task.train, c.batch_size), learner.task_logits,
-                                      c.max_samples, learner.progress, f"task {task.index + 1} Fisher")
+        total = len(task.train) if c.max_samples is None else min(c.max_samples, len(task.train))
+        fisher = self.adaptation.fisher(learner.local_batches(task.train, c.batch_size, limit=total),
+                                        learner.task_logits, None, learner.progress, f"task {task.index + 1} Fisher")
+        return learner.mean_over_processes(fisher, learner.local_count(total), total)
 
     def state_dict(self) -> dict[str, Any]:
         full = isinstance(self.adaptation, FullAdaptation)
@@ -279,15 +300,17 @@ class FisherWeightedMethod(TaskVectorMethod):
         fisher_sum = state["fisher_sum"]
         self.fisher_sum = None if fisher_sum is None else {k: v.to(device) for k, v in fisher_sum.items()}
 
-    def train_step(self, learner: "ContinualLearner", batch: tuple[Any, torch.Tensor]) -> float:
+    def objective(self, learner: "ContinualLearner", batch: tuple[Any, torch.Tensor],
+                  sign: int) -> tuple[torch.Tensor, torch.Tensor]:
+        objective, loss = super().objective(learner, batch, sign)
         if self.rule != "ewc" or self.fisher_sum is None or self.config.ewc_lambda == 0:
-            return super().train_step(learner, batch)
-        inputs, labels = batch
-        loss = F.cross_entropy(learner.task_logits(self.adaptation.features(inputs)), labels)
+            return objective, loss
         deltas = self.adaptation.differentiable_task_vector()
         penalty = ewc_penalty(deltas, {k: torch.zeros_like(v) for k, v in deltas.items()},
                               {k: self.fisher_sum[k].to(deltas[k]) for k in deltas}, self.config.ewc_lambda)
-        return self._optimise(learner, loss + penalty, loss, "lower lr or ewc_lambda")
+        return objective + penalty, loss
+
+    divergence_hint = " or ewc_lambda"
 
     def end_task(self, learner: "ContinualLearner", task: "Task") -> dict[str, Any]:
         task_vector = {k: v.double() for k, v in self.adaptation.task_vector().items()}
@@ -335,15 +358,21 @@ class SimpleCIL(Method):
     @torch.no_grad()
     def end_task(self, learner: "ContinualLearner", task: "Task") -> dict[str, Any]:
         model = learner.model.eval()
-        for inputs, labels in learner.local_batches(task.train, learner.eval_batch_size):
-            features = model.backbone(inputs).double()
-            for label in labels.unique().tolist():
-                chosen = features[labels == label]
-                position = label + task.label_offset  # global head position (shared across domains)
-                self.sums[position] = self.sums.get(position, 0) + chosen.sum(0)
-                self.counts[position] = self.counts.get(position, 0) + chosen.shape[0]
         block = model.head.blocks[learner.head_block]
         positions = [task.label_offset + row for row in range(block.out_features)]
+        sums = torch.zeros(len(positions), block.in_features,
+                           dtype=torch.float64, device=learner.device)
+        counts = torch.zeros(len(positions), dtype=torch.float64, device=learner.device)
+        for inputs, labels in learner.local_batches(task.train, learner.eval_batch_size):
+            features = model.backbone(inputs).double()
+            sums.index_add_(0, labels, features)
+            counts.index_add_(0, labels, torch.ones_like(labels, dtype=torch.float64))
+        learner.world.sum_(sums)  # prototypes over every process's shard
+        learner.world.sum_(counts)
+        for row, position in enumerate(positions):  # global head positions (shared across domains)
+            if counts[row] > 0:
+                self.sums[position] = self.sums.get(position, 0) + sums[row]
+                self.counts[position] = self.counts.get(position, 0) + int(counts[row])
         for row, position in enumerate(positions):
             if position in self.sums:
                 prototype = self.sums[position] / self.counts[position]

@@ -17,9 +17,10 @@ from tqdm.auto import tqdm
 
 from . import __version__
 from .backbones import get_backbone_spec
-from .checkpoint import latest_checkpoint, load_checkpoint
+from .checkpoint import checkpoint_versions, latest_checkpoint, load_checkpoint
 from .config import RunConfig, build_config, config_differences, get_dotted, load_yaml, nested, parse_set
 from .data import TaskStream, get_benchmark
+from .distributed import init_world
 from .data.base import GENERIC_DATA_KEYS, LoadRequest, joint_stream, validation_stream
 from .errors import UserError
 from .heads import ContinualClassifier
@@ -150,6 +151,8 @@ def run_experiment(config: RunConfig, out_dir: str | Path | None = None, progres
     start = time.perf_counter()
     backbone_name = config.backbone or benchmark.backbone
     backbone_spec = get_backbone_spec(backbone_name)
+    if backbone_spec.check is not None:
+        backbone_spec.check()
     if backbone_spec.modality != benchmark.modality:
         raise UserError(f"backbone '{backbone_name}' takes {backbone_spec.modality} inputs but benchmark "
                         f"'{benchmark.name}' gives {benchmark.modality}; pick a {benchmark.modality} backbone "
@@ -162,30 +165,35 @@ def run_experiment(config: RunConfig, out_dir: str | Path | None = None, progres
     seed_everything(config.seed)
     backbone = backbone_spec.build(config.seed)
     if backbone.frozen_prefix is not None:
+        if stream.train_augment is not None:
+            raise UserError(f"backbone '{backbone_name}' caches its frozen prefix's outputs, which augmentation "
+                            f"would change every epoch; set data.augment=false or use another backbone")
         stream = cache_prefix_outputs(stream, backbone.frozen_prefix, device, progress, backbone_name)
     if method_spec.joint:
         stream = joint_stream(stream)
     method = method_spec.build(config, backbone.lora_targets)
     method.check_backbone(backbone.module)
     out_path = Path(out_dir) if out_dir is not None else None
-    state = None
+    world = init_world(device)  # several processes under torchrun; only rank 0 writes files
+    writes = out_path is not None and world.is_main
+    progress = progress and world.is_main
+    state, created = None, False
     if resume:
         folder = latest_checkpoint(out_path)
         state = load_checkpoint(folder) if folder is not None else None  # none yet: start from the beginning
-        created = False
-    else:
-        created = _prepare_out_dir(out_path) if out_path is not None else False
-        if out_path is not None:
-            atomic_write_json(out_path / RUN_CONFIG, {"config": config.to_dict(), "versions": _versions()})
+    elif writes:
+        created = _prepare_out_dir(out_path)
+        atomic_write_json(out_path / RUN_CONFIG, {"config": config.to_dict(), "versions": _versions()})
     elapsed_before = state["elapsed_s"] if state is not None else 0.0
     try:
         model = ContinualClassifier(backbone.module, backbone.feature_dim)
-        keep = out_path is not None and config.checkpoint.enabled
+        keep = writes and config.checkpoint.enabled
         learner = ContinualLearner(
             model, method, stream, epochs=config.epochs, batch_size=config.batch_size,
             eval_batch_size=config.eval_batch_size, seed=config.seed, device=device, progress=progress,
             callbacks=callbacks, checkpoint_dir=out_path if keep else None,
-            checkpoint_every=config.checkpoint.every_steps,
+            checkpoint_every=config.checkpoint.every_steps, grad_accumulation=config.grad_accumulation,
+            precision=config.precision, world=world,
         )
         learner.checkpoint_meta_fn = lambda: {"config": config.to_dict(), "versions": _versions(),
                                               "elapsed_s": elapsed_before + time.perf_counter() - start}
@@ -208,10 +216,11 @@ def run_experiment(config: RunConfig, out_dir: str | Path | None = None, progres
             "wall_time_s": elapsed_before + time.perf_counter() - start,
             "resumed_from": (state["position"] if state is not None else "start") if resume else None,
             "device": str(device),
+            "processes": world.size,
             "config": config.to_dict(),
             "versions": _versions(),
         }
-        if out_path is not None:
+        if writes:
             atomic_write_json(out_path / "results.json", results)
         return results
     except BaseException:
@@ -237,21 +246,24 @@ def resume_run(run_dir: str | Path, overrides: Mapping[str, Any] | None = None, 
                         f"of a run that was interrupted")
     try:
         saved = json.loads(saved_file.read_text())
-        config, _ = build_config([saved["config"]], [])
+        saved["config"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise UserError(f"{saved_file} is unreadable ({exc.__class__.__name__}); the run cannot be resumed, "
                         f"start a new one") from None
-    problems = []
+    # Versions first: a run written by another version may not even have the same config keys.
+    folder = latest_checkpoint(run_dir)
+    written_by = checkpoint_versions(folder) if folder is not None else saved.get("versions", {})
+    problems = [f"{name} {written_by.get(name)} -> {_versions().get(name)}" for name in VERSION_KEYS
+                if written_by.get(name) != _versions().get(name)]
+    if problems and not force:
+        raise UserError(f"run '{run_dir}' was written by other versions ({'; '.join(problems)}); resume it with "
+                        f"those versions, or pass --force to continue anyway (not bit-identical)")
+    config, _ = build_config([saved["config"]], [])
     if overrides or config_file is not None or sets:
         given, explicit = resolve_config(overrides, config_file, sets, check_method_keys=False)
         changed = [k for k in config_differences(saved["config"], given.to_dict()) if k in explicit]
         problems += [f"{k} ({get_dotted(saved['config'], k)!r} -> {get_dotted(given.to_dict(), k)!r})" for k in changed]
         config, _ = build_config([saved["config"]], [nested({k: get_dotted(given.to_dict(), k) for k in explicit})])
-    folder = latest_checkpoint(run_dir)
-    if folder is not None:
-        checkpoint_versions = load_checkpoint(folder).get("versions", {})
-        problems += [f"{name} {checkpoint_versions.get(name)} -> {_versions().get(name)}" for name in VERSION_KEYS
-                     if checkpoint_versions.get(name) != _versions().get(name)]
     if problems and not force:
         raise UserError(f"run '{run_dir}' differs from this resume: {'; '.join(problems)}; drop those options "
                         f"(the run's own config is used) or pass --force to continue anyway")

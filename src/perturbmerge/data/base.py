@@ -37,6 +37,8 @@ class TaskStream:
     tasks: list[Task]
     collate: Callable[[list[Any]], Any] | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    # (training inputs, generator) -> augmented inputs; applied to training batches only (data.augment)
+    train_augment: Callable[[Any, torch.Generator], Any] | None = None
 
     @property
     def class_names(self) -> list[str]:
@@ -164,7 +166,7 @@ def joint_stream(stream: TaskStream) -> TaskStream:
                 ConcatDataset([t.test for t in stream.tasks]))
     assert first.label_offset == 0
     return TaskStream(stream.benchmark, stream.scenario, stream.backbone, [task], stream.collate,
-                      {**stream.info, "joint_of_tasks": len(stream.tasks)})
+                      {**stream.info, "joint_of_tasks": len(stream.tasks)}, stream.train_augment)
 
 
 GENERIC_DATA_KEYS = frozenset({"validation_fraction"})  # data.* keys every benchmark accepts

@@ -114,12 +114,13 @@ def load_csv(path: Path, request: LoadRequest) -> TaskStream:
 
 
 # ---- folder:PATH ----------------------------------------------------------------------------------------
-def decode_image(path: Path) -> np.ndarray:
+def decode_image(path: Path, size: int = IMAGE_SIZE) -> np.ndarray:
+    """RGB uint8 [3, size, size] (bilinear resize); a file that does not decode is named in the error."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as image:
-            image = image.convert("RGB").resize((IMAGE_SIZE, IMAGE_SIZE), Image.BILINEAR)
+            image = image.convert("RGB").resize((size, size), Image.BILINEAR)
             return np.asarray(image, dtype=np.uint8).transpose(2, 0, 1).copy()
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise UserError(f"image '{path}' cannot be decoded ({type(exc).__name__}); replace or remove it") from None
@@ -147,18 +148,26 @@ def list_image_folder(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
     return [d.name for d in class_dirs], items
 
 
+def decode_images(paths: Sequence[Path], request: LoadRequest) -> torch.Tensor:
+    """uint8 [N, 3, S, S] at the side length the backbone takes (64 for EfficientNet-Lite0, 224 for ViT-B/16)."""
+    from ..backbones import get_backbone_spec
+
+    size = get_backbone_spec(request.backbone).image_size
+    return torch.from_numpy(np.stack([
+        decode_image(path, size) for path in tqdm(paths, desc="decoding images", unit="img", leave=False,
+                                                  disable=not request.progress)]))
+
+
 def load_folder(root: Path, request: LoadRequest) -> TaskStream:
     class_names, items = list_image_folder(root)
     labels = np.array([c for _, c in items])
     train_idx, test_idx = split_per_class(labels, class_names, request.data.test_fraction)
     groups = ordered_groups(class_names, request)
-    images = torch.from_numpy(np.stack([
-        decode_image(path) for path, _ in tqdm(items, desc="decoding images", unit="img", leave=False,
-                                               disable=not request.progress)]))
+    images = decode_images([path for path, _ in items], request)
     tasks = build_tasks(groups, class_names, labels, train_idx, test_idx,
                         lambda picks, positions: TensorDataset(images[picks], torch.from_numpy(positions)))
     return TaskStream(f"folder:{root}", "class-incremental", request.backbone, tasks,
-                      info={"examples": len(items), "classes": len(class_names), "image_size": IMAGE_SIZE})
+                      info={"examples": len(items), "classes": len(class_names), "image_size": images.shape[-1]})
 
 
 def _custom_spec(kind: str, path_text: str) -> BenchmarkSpec:
