@@ -26,7 +26,7 @@ def _cases():
 
 
 @pytest.mark.parametrize("family", ["mlp", "bert", "conv"])
-@pytest.mark.parametrize("alpha", [0.0, 0.37, 1.0])
+@pytest.mark.parametrize("alpha", [0.0, 0.37, 1.0, "per-module"])
 def test_fold_equals_explicit_weights(family, alpha):
     backbone, inputs, targets = _cases()[family]
     backbone.eval()
@@ -38,11 +38,13 @@ def test_fold_equals_explicit_weights(family, alpha):
         for p in adaptation.trainable_parameters():
             p.normal_(0, 0.2)
     deltas = adaptation.task_vector()
+    if alpha == "per-module":  # each adapted matrix its own α
+        alpha = {key: 0.1 + 0.8 * i / len(deltas) for i, key in enumerate(sorted(deltas))}
     folded = adaptation.fold(alpha)
     explicit = dict(plain.named_parameters())
     with torch.no_grad():
         for key, delta in deltas.items():
-            explicit[key].add_(alpha * delta)
+            explicit[key].add_((alpha[key] if isinstance(alpha, dict) else alpha) * delta)
     assert type(folded) is type(plain)
     assert not any(isinstance(m, LoraLayer) for m in folded.modules())
     assert not any("lora" in n for n, _ in folded.named_parameters())

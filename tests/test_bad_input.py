@@ -65,6 +65,9 @@ BAD_INPUTS: list[tuple[str, Setup, str]] = [
     ("checkpoint-steps", flags("--set", "checkpoint.every_steps=-1"), "checkpoint.every_steps must be >= 0"),
     ("precision", flags("--set", "precision=fp16"), "precision must be one of fp32, bf16, got 'fp16'"),
     ("grad-accumulation", flags("--set", "grad_accumulation=0"), "grad_accumulation must be in [1, batch_size="),
+    ("fisher-kind", flags("--set", "fisher.kind=true-ish"), "fisher.kind must be empirical or sampled"),
+    ("module-alpha-rule", flags("--set", "alpha_granularity=module", "alpha_rule=average"),
+     "alpha_granularity=module needs alpha_rule closed_form or simplified"),
     ("set-syntax", flags("--set", "epochs"), "--set expects key=value"),
     # unknown names, with the closest one suggested
     ("method", flags("--method", "pm-lroa"), "unknown method 'pm-lroa' (did you mean 'pm-lora'?)"),

@@ -161,3 +161,30 @@ def test_state_dict_round_trip():
     restored = RunningMergeState()
     restored.load_state_dict(state.state_dict(), state.num_tasks)
     assert restored.alpha_terms(prev, delta) == state.alpha_terms(prev, delta)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_per_module_alpha_is_each_modules_argmin_with_the_others_fixed(seed):
+    """α_k from the running sums equals a dense 1-D search of the quadratic over θ̂_k = θ̂_{t-1,k} + α_k Δ_k."""
+    prev, delta, fishers, optima = random_problem(4, seed)
+    state = RunningMergeState()
+    for fisher, optimum in zip(fishers, optima):
+        state.update(fisher, optimum)
+    decisions = state.decide_per_module(prev, delta, fishers[-1], "closed_form")
+    assert set(decisions) == set(SHAPES)
+    for key in SHAPES:
+        only = {k: (v if k == key else torch.zeros_like(v)) for k, v in delta.items()}  # other modules stay put
+        expected = dense_argmin(prev, only, fishers, optima)
+        assert decisions[key].raw == pytest.approx(expected, abs=1e-6)
+        assert decisions[key].alpha == pytest.approx(min(1.0, max(0.0, expected)), abs=1e-6)
+
+
+def test_per_module_alpha_of_a_single_module_is_the_model_alpha():
+    prev, delta, fishers, optima = random_problem(3, 5)
+    key = "a.weight"
+    state = RunningMergeState()
+    for fisher, optimum in zip(fishers, optima):
+        state.update({key: fisher[key]}, {key: optimum[key]})
+    one = state.decide_per_module({key: prev[key]}, {key: delta[key]}, {key: fishers[-1][key]})[key]
+    whole = state.decide({key: prev[key]}, {key: delta[key]}, {key: fishers[-1][key]})
+    assert one.raw == pytest.approx(whole.raw, rel=1e-12)

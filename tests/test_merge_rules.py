@@ -264,3 +264,46 @@ def test_full_differentiable_task_vector_is_displacement_with_gradients():
     assert torch.allclose(live["weight"], torch.full((2, 3), 1.5)) and torch.equal(live["bias"], torch.zeros(2))
     sum(v.pow(2).sum() for v in live.values()).backward()
     assert torch.allclose(module.weight.grad, torch.full((2, 3), 3.0))
+
+
+def test_pm_lora_with_per_module_alpha(tmp_path):
+    run = _run("pm-lora", tmp_path, "alpha_granularity=module")
+    logs = run["task_logs"]
+    assert set(logs[1]["alpha_per_module"]) == {"fc1.weight", "fc2.weight"}
+    for log in logs:
+        values = list(log["alpha_per_module"].values())
+        assert all(0.0 <= a <= 1.0 for a in values) and log["alpha"] == pytest.approx(sum(values) / len(values))
+    assert logs[0]["alpha_per_module"] == {"fc1.weight": 1.0, "fc2.weight": 1.0}
+
+
+@pytest.mark.parametrize("sets", [["fisher.kind=sampled"], ["fisher.logits=seen"], ["fisher.kind=sampled", "fisher.logits=seen"]])
+def test_fisher_options_change_the_fisher_and_alpha(tmp_path, sets):
+    base = _run("pm-lora", tmp_path / "base")
+    other = _run("pm-lora", tmp_path / "other", *sets)
+    assert other["task_logs"][1]["fisher_mass"] != base["task_logs"][1]["fisher_mass"]
+    assert other["alphas"][0] == 1.0 and all(0.0 <= a <= 1.0 for a in other["alphas"])
+    assert other["alphas"][1:] != base["alphas"][1:]
+
+
+def test_true_fisher_labels_are_draws_from_the_models_predictive_distribution():
+    import torch
+
+    from perturbmerge.config import RunConfig
+    from perturbmerge.methods import TaskVectorMethod
+
+    method = TaskVectorMethod("pm-lora", RunConfig(), "lora", "none", True, ["fc1"])
+
+    class Identity:
+        @staticmethod
+        def features(inputs):
+            return inputs
+
+    method.adaptation = Identity()
+    logits = torch.tensor([[4.0, 0.0, 0.0], [0.0, 0.0, 9.0]]).repeat(500, 1)
+    drawn = torch.cat([labels for _, labels in method._model_sampled_labels(
+        [(logits, torch.zeros(1000, dtype=torch.long))], lambda x: x, torch.Generator().manual_seed(0))])
+    expected = torch.multinomial(logits.double().softmax(-1), 1, generator=torch.Generator().manual_seed(0)).squeeze(1)
+    assert torch.equal(drawn, expected)
+    first = drawn[0::2]  # p(class 0) = e⁴ / (e⁴ + 2) ≈ 0.965
+    assert 0.94 < float((first == 0).double().mean()) < 0.99
+    assert float((drawn[1::2] == 2).double().mean()) > 0.99  # p(class 2) = e⁹ / (e⁹ + 2) ≈ 0.9998

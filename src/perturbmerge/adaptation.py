@@ -117,10 +117,11 @@ class LoraAdaptation:
 
         return layer_weight_fisher(self.layers, batches, per_sample_loss, max_samples, progress, description)
 
-    def fold(self, alpha: float) -> nn.Module:
-        """W ← W + α·scale·B A (PEFT safe merge with the branch scale set to α); return the plain backbone."""
-        for layer in self.layers.values():
-            layer.set_scale(ADAPTER, alpha)
+    def fold(self, alpha: float | dict[str, float]) -> nn.Module:
+        """W ← W + α·scale·B A (PEFT safe merge with the branch scale set to α; a dict gives each adapted matrix
+        its own α); return the plain backbone."""
+        for key, layer in self.layers.items():
+            layer.set_scale(ADAPTER, alpha[key] if isinstance(alpha, dict) else alpha)
         backbone = self.peft_model.merge_and_unload(safe_merge=True)
         self.peft_model, self.layers = None, {}
         return backbone
@@ -178,11 +179,11 @@ class FullAdaptation:
             self.backbone, list(self.anchor), batches, sample_loss, max_samples, progress, description
         )
 
-    def fold(self, alpha: float) -> nn.Module:
-        """θ ← θ̂ + α(θ − θ̂)."""
+    def fold(self, alpha: float | dict[str, float]) -> nn.Module:
+        """θ ← θ̂ + α(θ − θ̂) (a dict gives each parameter its own α)."""
         with torch.no_grad():
             for n, p in self.backbone.named_parameters():
-                p.copy_(self.anchor[n] + alpha * (p - self.anchor[n]))
+                p.copy_(self.anchor[n] + (alpha[n] if isinstance(alpha, dict) else alpha) * (p - self.anchor[n]))
         backbone, self.backbone, self.anchor = self.backbone, None, {}
         return backbone
 

@@ -29,8 +29,10 @@ class LoraSettings:
 
 @dataclass
 class FisherSettings:
-    max_samples: int | None = None  # None: the whole training set of the task
+    max_samples: int | None = None  # None: the whole training set of the task (else a fixed random subset)
     batch_size: int = 64
+    kind: str = "empirical"  # "sampled": the true Fisher, labels drawn from the model's predictive distribution
+    logits: str = "task"  # "seen": the loss over every seen class's logits, not the current task's only
 
 
 @dataclass
@@ -89,6 +91,7 @@ class RunConfig:
     task_merge: TaskMergeSettings = field(default_factory=TaskMergeSettings)
     ewc_lambda: float = 100.0  # ewc-lora / ewc-full: penalty strength λ in (λ/2) Σ F ⊙ (θ − θ*)²
     checkpoint: CheckpointSettings = field(default_factory=CheckpointSettings)
+    alpha_granularity: str = "model"  # "module": one closed-form α per adapted matrix (the paper's ablation)
     precision: str = "fp32"  # "bf16": autocast forward passes in bfloat16 (GPU); the Fisher pass stays fp32
     grad_accumulation: int = 1  # micro-batches per optimiser step (batch_size stays the global batch)
 
@@ -296,6 +299,13 @@ def validate(c: RunConfig) -> None:
     _require(c.fisher.max_samples is None or c.fisher.max_samples >= 1, f"fisher.max_samples must be >= 1 or null, got {c.fisher.max_samples}")
     _require(0.0 < c.data.test_fraction < 1.0,
              f"data.test_fraction must be in (0, 1), got {c.data.test_fraction}; e.g. --set data.test_fraction=0.2")
+    _require(c.fisher.kind in ("empirical", "sampled"),
+             f"fisher.kind must be empirical or sampled, got '{c.fisher.kind}'")
+    _require(c.fisher.logits in ("task", "seen"), f"fisher.logits must be task or seen, got '{c.fisher.logits}'")
+    _require(c.alpha_granularity in ("model", "module"), f"alpha_granularity must be model or module, got "
+             f"'{c.alpha_granularity}'; e.g. --set alpha_granularity=module")
+    _require(c.alpha_granularity == "model" or c.alpha_rule in ("closed_form", "simplified"),
+             f"alpha_granularity=module needs alpha_rule closed_form or simplified, got '{c.alpha_rule}'")
     _require(c.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}, got '{c.precision}'"
              f"{did_you_mean(c.precision, PRECISIONS)}")
     _require(1 <= c.grad_accumulation <= c.batch_size,

@@ -181,15 +181,17 @@ class RunningMergeState:
                 self.weighted_optimum_sum[key] = weighted
         self.num_tasks += 1
 
-    def alpha_terms(self, prev_merged: TensorDict, task_vector: TensorDict) -> tuple[float, float]:
-        """(numerator, denominator) of α_t* from the running sums (call after `update` with task t)."""
+    def alpha_terms(self, prev_merged: TensorDict, task_vector: TensorDict,
+                    keys: Sequence[str] | None = None) -> tuple[float, float]:
+        """(numerator, denominator) of α_t* from the running sums (call after `update` with task t), summed over
+        every tensor, or over `keys` only."""
         if not self.num_tasks:
             raise RuntimeError("RunningMergeState.update must be called with the current task first")
         _check_keys(task_vector, self.fisher_sum, "the running Fisher sum")
         numerator = torch.zeros((), dtype=torch.float64)
         denominator = torch.zeros((), dtype=torch.float64)
-        for key, delta in task_vector.items():
-            delta = delta.detach().to(self.dtype)
+        for key in task_vector if keys is None else keys:
+            delta = task_vector[key].detach().to(self.dtype)
             s = self.fisher_sum[key]
             residual = prev_merged[key].detach().to(self.dtype) * s - self.weighted_optimum_sum[key]
             numerator -= (delta * residual).sum().double().cpu()
@@ -208,6 +210,29 @@ class RunningMergeState:
         numerator, denominator = self.alpha_terms(prev_merged, task_vector)
         simplified_numerator = _weighted_dot(task_vector, task_vector, current_fisher)
         return decide_alpha(rule, numerator, denominator, simplified_numerator, self.num_tasks, fixed_alpha)
+
+    def decide_per_module(
+        self,
+        prev_merged: TensorDict,
+        task_vector: TensorDict,
+        current_fisher: TensorDict,
+        rule: str = "closed_form",
+    ) -> dict[str, AlphaDecision]:
+        """One α per merge-space tensor k (the paper's per-module ablation): the same closed form restricted to k,
+
+            α_{t,k}* = − Σ_{i∈k} Δ_i (θ̂_{t-1,i} S_{t,i} − M_{t,i}) / Σ_{i∈k} S_{t,i} Δ_i²,
+
+        the argmin of the quadratic surrogate over θ̂_k = θ̂_{t-1,k} + α_k Δ_k with every other tensor fixed (the
+        surrogate is a sum over tensors, so the per-tensor minima are independent)."""
+        if rule not in ("closed_form", "simplified"):
+            raise UserError(f"per-module alpha needs alpha_rule closed_form or simplified, not '{rule}'")
+        decisions = {}
+        for key in task_vector:
+            numerator, denominator = self.alpha_terms(prev_merged, task_vector, [key])
+            one = {key: task_vector[key]}
+            simplified = _weighted_dot(one, one, {key: current_fisher[key]})
+            decisions[key] = decide_alpha(rule, numerator, denominator, simplified, self.num_tasks)
+        return decisions
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Flat tensors for safetensors: 'S.<key>' and 'M.<key>'."""

@@ -31,7 +31,8 @@ COMMON_KEYS = frozenset(
 )
 LORA_KEYS = frozenset({"lora.rank", "lora.alpha", "lora.dropout", "lora.targets"})
 PERTURB_KEYS = frozenset({"epsilon", "p0"})
-MERGE_KEYS = frozenset({"alpha_rule", "fixed_alpha", "fisher.max_samples", "fisher.batch_size"})
+FISHER_KEYS = frozenset({"fisher.max_samples", "fisher.batch_size", "fisher.kind", "fisher.logits"})
+MERGE_KEYS = frozenset({"alpha_rule", "fixed_alpha", "alpha_granularity"}) | FISHER_KEYS
 
 
 class Method:
@@ -153,7 +154,7 @@ class TaskVectorMethod(Method):
 
     divergence_hint = ""
 
-    def _fold_into_learner(self, learner: "ContinualLearner", alpha: float) -> "torch.nn.Module":
+    def _fold_into_learner(self, learner: "ContinualLearner", alpha: float | dict[str, float]) -> "torch.nn.Module":
         """Fold the task's adapter in with coefficient α; the learner's backbone becomes the plain result."""
         learner.model.backbone = self.adaptation.fold(alpha)
         self.adaptation = None
@@ -161,12 +162,37 @@ class TaskVectorMethod(Method):
         return learner.model.backbone
 
     def _task_fisher(self, learner: "ContinualLearner", task: "Task") -> dict[str, torch.Tensor]:
-        """Diagonal empirical Fisher of the current task at θ*_t, in merge space (unperturbed, eval mode)."""
+        """Diagonal Fisher of the current task at θ*_t, in merge space (unperturbed, eval mode).
+
+        fisher.logits: 'task' — the loss over the current task's logits (the masked training loss, default);
+        'seen' — over every seen class's logits, labels as global head positions.
+        fisher.kind: 'empirical' — gradients of the loss at the true labels (default, pm-method.md §2);
+        'sampled' — at labels drawn from the model's predictive distribution (one draw per example, seeded per
+        task): the true Fisher information."""
         c = self.config.fisher
         total = len(task.train) if c.max_samples is None else min(c.max_samples, len(task.train))
-        fisher = self.adaptation.fisher(learner.local_batches(task.train, c.batch_size, limit=total),
-                                        learner.task_logits, None, learner.progress, f"task {task.index + 1} Fisher")
+        batches = learner.local_batches(task.train, c.batch_size, limit=total)
+        logits_fn = learner.task_logits
+        if c.logits == "seen":
+            logits_fn = learner.model.head
+            batches = ((inputs, labels + task.label_offset) for inputs, labels in batches)
+        if c.kind == "sampled":
+            batches = self._model_sampled_labels(batches, logits_fn, torch.Generator().manual_seed(
+                self.config.seed * 7_919 + task.index))
+        fisher = self.adaptation.fisher(batches, logits_fn, None, learner.progress, f"task {task.index + 1} Fisher")
         return learner.mean_over_processes(fisher, learner.local_count(total), total)
+
+    def _model_sampled_labels(self, batches, logits_fn, generator: torch.Generator):
+        """The batches with labels replaced by draws y ~ softmax(logits) of the current model."""
+        for inputs, _ in batches:
+            with torch.no_grad():
+                probabilities = logits_fn(self.adaptation.features(inputs)).double().softmax(-1).cpu()
+            labels = torch.multinomial(probabilities, 1, generator=generator).squeeze(1)
+            yield inputs, labels.to(self._device_of(inputs))
+
+    @staticmethod
+    def _device_of(inputs: Any) -> torch.device:
+        return next(iter(inputs.values())).device if isinstance(inputs, dict) else inputs.device
 
     def state_dict(self) -> dict[str, Any]:
         full = isinstance(self.adaptation, FullAdaptation)
@@ -216,6 +242,11 @@ class TaskVectorMethod(Method):
             alpha = decision.alpha
             log.update(alpha=alpha, alpha_raw=decision.raw, alpha_simplified=decision.simplified,
                        alpha_fallback=decision.fallback, fisher_mass=_total(fisher))
+            if c.alpha_granularity == "module":  # one α per adapted matrix; the log's alpha is their mean
+                per_module = self.merge_state.decide_per_module(previous, task_vector, fisher, self.alpha_rule)
+                alpha = {k: d.alpha for k, d in per_module.items()}
+                log.update(alpha=sum(alpha.values()) / len(alpha), alpha_model_level=decision.alpha,
+                           alpha_per_module=alpha)
         self._fold_into_learner(learner, alpha)
         return log
 
@@ -436,18 +467,18 @@ for _rule, _description, _lam in (
 register_method(MethodSpec(
     "cofima", "CoFiMA: sequential LoRA; element-wise Fisher-weighted interpolation of consecutive models",
     lambda config, targets: FisherWeightedMethod("cofima", config, targets, "cofima"),
-    LORA_KEYS | {"fisher.max_samples", "fisher.batch_size"},
+    LORA_KEYS | FISHER_KEYS,
 ))
 register_method(MethodSpec(
     "ewc-lora", "online EWC on the LoRA-merged weights: (ewc_lambda/2) sum F (W - W*)^2 added to the loss",
     lambda config, targets: FisherWeightedMethod("ewc-lora", config, targets, "ewc"),
-    LORA_KEYS | {"fisher.max_samples", "fisher.batch_size", "ewc_lambda"},
+    LORA_KEYS | FISHER_KEYS | {"ewc_lambda"},
 ))
 register_method(MethodSpec(
     "ewc-full", "online EWC with full fine-tuning: (ewc_lambda/2) sum F (theta - theta*)^2 over every backbone "
                 "parameter added to the loss",
     lambda config, targets: FisherWeightedMethod("ewc-full", config, targets, "ewc", adaptation="full"),
-    frozenset({"fisher.max_samples", "fisher.batch_size", "ewc_lambda"}),
+    FISHER_KEYS | {"ewc_lambda"},
     # EWC estimates F from a sample of the task; per-sample gradients of every backbone weight (word embeddings
     # included) cost ~0.1 s per example on MiniLM/CPU, so 256 examples per task by default.
     {"fisher": {"max_samples": 256}},
