@@ -221,3 +221,83 @@ def test_missing_vit_b16_weights_fail_before_any_data_is_read(tmp_path, capsys, 
                  str(tmp_path / "o"), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "google/vit-base-patch16-224 is not in the local Hugging Face cache" in err and "imagenet-r" not in err
+
+
+# ---- timm (optional extra) ------------------------------------------------------------------------------------
+# timm needs torchvision, which has no CPU wheel on this machine, so these tests stand in a minimal module with the
+# parts of timm's VisionTransformer the glue relies on: create_model(arch, pretrained, num_classes), a fused
+# `attn.qkv` Linear per block, `num_features`, `pretrained_cfg`, pooled features from forward().
+class _FakeTimmViT(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.patch_embed = torch.nn.Conv2d(3, 16, 8, 8)
+        self.blocks = torch.nn.ModuleList()
+        for _ in range(2):
+            block = torch.nn.Module()
+            block.attn = torch.nn.Module()
+            block.attn.qkv = torch.nn.Linear(16, 48)
+            block.attn.proj = torch.nn.Linear(16, 16)
+            self.blocks.append(block)
+        self.num_features = 16
+        self.pretrained_cfg = {"input_size": (3, 32, 32), "mean": (0.5, 0.5, 0.5), "std": (0.25, 0.25, 0.25)}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.patch_embed(x).flatten(2).transpose(1, 2)
+        for block in self.blocks:
+            q, k, v = block.attn.qkv(tokens).chunk(3, dim=-1)
+            tokens = tokens + block.attn.proj((q @ k.transpose(1, 2) / 4).softmax(-1) @ v)
+        return tokens.mean(1)
+
+
+@pytest.fixture
+def fake_timm(tmp_path, monkeypatch) -> Path:
+    import sys
+    import types
+
+    from safetensors.torch import save_file
+
+    module = types.ModuleType("timm")
+    module.create_model = lambda architecture, pretrained, num_classes: _FakeTimmViT()
+    monkeypatch.setitem(sys.modules, "timm", module)
+    torch.manual_seed(0)
+    folder = tmp_path / "timm-vit"
+    folder.mkdir()
+    save_file(_FakeTimmViT().state_dict(), str(folder / "model.safetensors"))
+    (folder / "config.json").write_text(json.dumps({"architecture": "vit_fake", "num_classes": 0,
+                                                    "pretrained_cfg": {"input_size": [3, 32, 32]}}))
+    return folder
+
+
+def test_timm_backbone_puts_lora_on_the_fused_qkv_and_runs_end_to_end(fake_timm, tmp_path):
+    from perturbmerge.backbones import get_backbone_spec
+
+    spec = get_backbone_spec(f"timm:{fake_timm}")
+    assert spec.modality == "image" and spec.image_size == 32
+    backbone = spec.build(0)
+    assert backbone.lora_targets == ["qkv"] and backbone.feature_dim == 16
+    for c in range(4):
+        for i in range(3):
+            _png(tmp_path / "imgs" / f"class{c}" / f"{i}.png", 10 * c + i)
+    out = tmp_path / "run"
+    assert main(["run", "--benchmark", f"folder:{tmp_path / 'imgs'}", "--method", "pm-lora", "--tasks", "2", "--out",
+                 str(out), "--quiet", "--set", f"backbone=timm:{fake_timm}", "epochs=1", "batch_size=4"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert "LoRA on ['qkv']" in results["backbone"] and len(results["alphas"]) == 2
+
+
+def test_timm_errors(tmp_path, monkeypatch, capsys):
+    import sys
+
+    (tmp_path / "empty").mkdir()
+    assert main(["run", "--benchmark", "digits", "--out", str(tmp_path / "o"), "--quiet", "--set",
+                 f"backbone=timm:{tmp_path / 'empty'}"]) == 2
+    assert "needs a timm checkpoint folder with config.json and model.safetensors" in capsys.readouterr().err
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"architecture": "vit_fake"}')
+    (folder / "model.safetensors").write_bytes(b"")
+    monkeypatch.setitem(sys.modules, "timm", None)  # not installed
+    from perturbmerge.backbones import build_backbone
+
+    with pytest.raises(UserError, match=r"needs timm; install the extra with `pip install 'perturbmerge\[timm\]'`"):
+        build_backbone(f"timm:{folder}", 0)

@@ -233,33 +233,6 @@ def _hf_encoder(name: str) -> Backbone:
     return Backbone(HFEncoderBackbone(model), model.config.hidden_size, targets, description)
 
 
-class HFVisionBackbone(nn.Module):
-    """A transformers ViT (`ViTModel`, or the ViT inside an image-classification checkpoint) as a feature
-    extractor: uint8 images [N, 3, H, W] (grey [N, H, W] is repeated to RGB) → resized to the checkpoint's size
-    (bilinear, antialiased), scaled to [0, 1], normalised with its image_mean/std → CLS token of the last,
-    layer-normed hidden state [N, hidden_size]. Query, key and value are separate Linear layers (q_proj, k_proj,
-    v_proj in transformers 5), so LoRA targets key and value exactly."""
-
-    def __init__(self, model: nn.Module, size: int, mean: list[float], std: list[float]) -> None:
-        super().__init__()
-        self.model = model
-        self.size = size
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
-        if x.dim() == 3:
-            x = x.unsqueeze(1)
-        if x.shape[1] == 1:
-            x = x.expand(-1, 3, -1, -1)
-        if x.shape[-2:] != (self.size, self.size):
-            x = nn.functional.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False,
-                                          antialias=True)
-        x = ((x - self.mean) / self.std).to(self.model.dtype)
-        return self.model(pixel_values=x).last_hidden_state[:, 0]
-
-
 def _vision_preprocessing(path: Path, image_size: int) -> tuple[int, list[float], list[float]]:
     """(size, mean, std) from preprocessor_config.json when present, else the model config (ViT defaults)."""
     size, mean, std = int(image_size), [0.5, 0.5, 0.5], [0.5, 0.5, 0.5]
@@ -293,6 +266,88 @@ def is_vision_checkpoint(path: Path) -> bool:
     except (OSError, ValueError):
         return False
     return "image_size" in config and "num_channels" in config
+
+
+class NormalisedImageBackbone(nn.Module):
+    """uint8 images [N, 3, H, W] (grey [N, H, W] is repeated to RGB; floats are taken as [0, 1]) → resized to
+    `size` (bilinear, antialiased) → (x − mean) / std → `model(x)`."""
+
+    def __init__(self, model: nn.Module, size: int, mean: list[float], std: list[float]) -> None:
+        super().__init__()
+        self.model = model
+        self.size = size
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+
+    def pixels(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
+        if x.dim() == 3:
+            x = x.unsqueeze(1)
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        if x.shape[-2:] != (self.size, self.size):
+            x = nn.functional.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False,
+                                          antialias=True)
+        return (x - self.mean) / self.std
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(self.pixels(images))
+
+
+class HFVisionBackbone(NormalisedImageBackbone):
+    """A transformers ViT (`ViTModel`, or the ViT inside an image-classification checkpoint) as a feature
+    extractor, with the checkpoint's size and image_mean/std → CLS token of the last, layer-normed hidden state
+    [N, hidden_size]. Query, key and value are separate Linear layers (q_proj, k_proj, v_proj in transformers 5),
+    so LoRA targets key and value exactly."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(pixel_values=self.pixels(images).to(self.model.dtype)).last_hidden_state[:, 0]
+
+
+TIMM_EXTRA = "pip install 'perturbmerge[timm]'"
+
+
+def _timm_config(path: Path) -> dict:
+    config_file = path / "config.json"
+    if not config_file.is_file() or not (path / "model.safetensors").is_file():
+        raise UserError(f"backbone 'timm:{path}': needs a timm checkpoint folder with config.json and "
+                        f"model.safetensors (the layout of timm models on the Hugging Face hub)")
+    config = json.loads(config_file.read_text())
+    if "architecture" not in config:
+        raise UserError(f"backbone 'timm:{path}': config.json has no 'architecture'; it is not a timm checkpoint")
+    return config
+
+
+def _timm_vision(name: str) -> Backbone:
+    """A timm model (e.g. vit_base_patch16_224.augreg2_in21k_ft_in1k) from a local folder, pooled features
+    (`num_classes=0`: the CLS token after the final norm for ViTs).
+
+    timm's ViT fuses query, key and value into one Linear `qkv` [3·d, d]. LoRA goes on the whole `qkv`: PEFT
+    adapts whole modules, and one low-rank ΔW over q, k and v is a plain LoRA layer whose fold, task vector and
+    per-sample Fisher are exactly those of any Linear. The paper adapts k and v only; that needs a LoRA on row
+    slices of qkv, which PEFT does not provide — use the Hugging Face ViT (separate k/v) for the paper's setting.
+    """
+    try:
+        import timm
+    except ImportError:
+        raise UserError(f"backbone '{name}' needs timm; install the extra with `{TIMM_EXTRA}`") from None
+    from safetensors.torch import load_file
+
+    path = Path(name.partition(":")[2]).expanduser()
+    config = _timm_config(path)
+    model = timm.create_model(config["architecture"], pretrained=False, num_classes=0)
+    missing, unexpected = model.load_state_dict(load_file(str(path / "model.safetensors")), strict=False)
+    stray = [k for k in unexpected if not k.startswith("head")]
+    if missing or stray:
+        raise UserError(f"backbone '{name}': the weights do not match {config['architecture']} (missing "
+                        f"{missing[:3]}, unexpected {stray[:3]}); give the folder of that model's checkpoint")
+    cfg = {**config.get("pretrained_cfg", {}), **getattr(model, "pretrained_cfg", {})}
+    size = int(cfg.get("input_size", (3, 224, 224))[-1])
+    mean, std = list(cfg.get("mean", (0.5, 0.5, 0.5))), list(cfg.get("std", (0.5, 0.5, 0.5)))
+    names = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+    targets = ["qkv"] if "qkv" in names else key_value_targets(model)
+    return Backbone(NormalisedImageBackbone(model, size, mean, std), int(model.num_features), targets,
+                    f"timm {config['architecture']} from {path}, {size}x{size}, pooled features, LoRA on {targets}")
 
 
 VIT_B16_REPO = "google/vit-base-patch16-224"  # ViT-B/16, ImageNet-21k pre-training, ImageNet-1k fine-tuning
@@ -339,9 +394,14 @@ def get_backbone_spec(name: str) -> BackboneSpec:
             size = _vision_preprocessing(path, json.loads((path / "config.json").read_text())["image_size"])[0]
             return BackboneSpec(name, "image", lambda seed: _hf_vision(name), image_size=size)
         return BackboneSpec(name, "text", lambda seed: _hf_encoder(name))
+    if name.startswith("timm:"):
+        path = Path(name.partition(":")[2]).expanduser()
+        cfg = _timm_config(path).get("pretrained_cfg", {})
+        return BackboneSpec(name, "image", lambda seed: _timm_vision(name),
+                            image_size=int(cfg.get("input_size", (3, 224, 224))[-1]))
     if name not in BACKBONES:
         raise UserError(f"unknown backbone '{name}'{did_you_mean(name, BACKBONES)}; available: "
-                        f"{', '.join(BACKBONES)}, or hf:PATH for a local Hugging Face encoder or ViT")
+                        f"{', '.join(BACKBONES)}, hf:PATH (a local Hugging Face encoder or ViT) or timm:PATH")
     return BACKBONES[name]
 
 
