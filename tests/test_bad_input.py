@@ -68,6 +68,9 @@ BAD_INPUTS: list[tuple[str, Setup, str]] = [
     ("fisher-kind", flags("--set", "fisher.kind=true-ish"), "fisher.kind must be empirical or sampled"),
     ("module-alpha-rule", flags("--set", "alpha_granularity=module", "alpha_rule=average"),
      "alpha_granularity=module needs alpha_rule closed_form or simplified"),
+    ("head-kind", flags("--set", "head.kind=cosine"), "head.kind must be linear or prototype"),
+    ("head-on-ewc", flags("--method", "ewc-lora", "--set", "head.refit_epochs=2"),
+     "method 'ewc-lora' does not use head.refit_epochs"),
     ("set-syntax", flags("--set", "epochs"), "--set expects key=value"),
     # unknown names, with the closest one suggested
     ("method", flags("--method", "pm-lroa"), "unknown method 'pm-lroa' (did you mean 'pm-lora'?)"),

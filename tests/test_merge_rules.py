@@ -307,3 +307,57 @@ def test_true_fisher_labels_are_draws_from_the_models_predictive_distribution():
     first = drawn[0::2]  # p(class 0) = e⁴ / (e⁴ + 2) ≈ 0.965
     assert 0.94 < float((first == 0).double().mean()) < 0.99
     assert float((drawn[1::2] == 2).double().mean()) > 0.99  # p(class 2) = e⁹ / (e⁹ + 2) ≈ 0.9998
+
+
+# ---- classifier-protocol options (long-sequences issue) -------------------------------------------------------
+def test_head_refit_and_prototypes_change_only_the_head(tmp_path):
+    """The masked loss trains only the current block, so what is done to a finished task's rows cannot change
+    later training: α is identical, accuracies differ."""
+    base = _run("pm-lora", tmp_path / "base")
+    refit = _run("pm-lora", tmp_path / "refit", "head.refit_epochs=3")
+    proto = _run("pm-lora", tmp_path / "proto", "head.kind=prototype")
+    assert refit["alphas"] == base["alphas"] and proto["alphas"] == base["alphas"]
+    assert refit["accuracy_matrix"] != base["accuracy_matrix"] and proto["accuracy_matrix"] != base["accuracy_matrix"]
+    losses = refit["task_logs"][1]["refit_losses"]
+    assert len(losses) == 3 and losses[-1] < losses[0]
+
+
+def test_linear_probe_first_fits_the_new_rows_before_the_lora(tmp_path):
+    base = _run("pm-lora", tmp_path / "base")
+    probe = _run("pm-lora", tmp_path / "probe", "head.probe_epochs=2")
+    losses = probe["task_logs"][0]["probe_losses"]
+    assert len(losses) == 2 and losses[1] < losses[0]
+    assert probe["alphas"][1:] != base["alphas"][1:]  # the LoRA now trains against a fitted head
+
+
+def test_prototype_rows_are_normalised_class_means_on_the_merged_backbone():
+    import torch
+
+    from perturbmerge.backbones import build_backbone
+    from perturbmerge.config import RunConfig
+    from perturbmerge.data import get_benchmark
+    from perturbmerge.heads import ContinualClassifier
+    from perturbmerge.learner import ContinualLearner
+    from perturbmerge.methods import get_method
+
+    from helpers import request
+
+    config = RunConfig(benchmark="digits", method="pm-lora", tasks=2, epochs=1)
+    config.head.kind = "prototype"
+    stream = get_benchmark("digits").load(request(0, 2))
+    torch.manual_seed(0)
+    backbone = build_backbone("mlp", 0)
+    method = get_method("pm-lora").build(config, backbone.lora_targets)
+    learner = ContinualLearner(ContinualClassifier(backbone.module, backbone.feature_dim), method, stream, epochs=1,
+                               batch_size=32, eval_batch_size=256, seed=0, device=torch.device("cpu"), progress=False)
+    learner.run()
+    model = learner.model.eval()
+    for index, task in enumerate(stream.tasks[1:], 1):  # the last task: its rows were set on the final backbone
+        x, y = task.train.tensors
+        with torch.no_grad():
+            features = model.backbone(x).double()
+        block = model.head.blocks[index]
+        for row in range(task.num_classes):
+            mean = features[y == task.label_offset + row].mean(0)
+            torch.testing.assert_close(block.weight[row].double(), mean / mean.norm(), rtol=1e-5, atol=1e-6)
+        assert bool((block.bias == 0).all())

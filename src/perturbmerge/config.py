@@ -59,6 +59,15 @@ class TaskMergeSettings:
 
 
 @dataclass
+class HeadSettings:
+    """Classifier-protocol options of the task-vector methods (defaults: the paper-faithful masked linear head)."""
+
+    kind: str = "linear"  # "prototype": after the merge, the task's rows become normalised class means on it
+    probe_epochs: int = 0  # > 0: fit the task's new rows on the frozen backbone first (linear probe)
+    refit_epochs: int = 0  # > 0: re-fit the task's rows on the merged, frozen backbone after the fold
+
+
+@dataclass
 class CheckpointSettings:
     """Checkpoints in the run folder (docs/reliability.md); they do not change results."""
 
@@ -91,6 +100,7 @@ class RunConfig:
     task_merge: TaskMergeSettings = field(default_factory=TaskMergeSettings)
     ewc_lambda: float = 100.0  # ewc-lora / ewc-full: penalty strength λ in (λ/2) Σ F ⊙ (θ − θ*)²
     checkpoint: CheckpointSettings = field(default_factory=CheckpointSettings)
+    head: HeadSettings = field(default_factory=HeadSettings)
     alpha_granularity: str = "model"  # "module": one closed-form α per adapted matrix (the paper's ablation)
     precision: str = "fp32"  # "bf16": autocast forward passes in bfloat16 (GPU); the Fisher pass stays fp32
     grad_accumulation: int = 1  # micro-batches per optimiser step (batch_size stays the global batch)
@@ -302,6 +312,9 @@ def validate(c: RunConfig) -> None:
     _require(c.fisher.kind in ("empirical", "sampled"),
              f"fisher.kind must be empirical or sampled, got '{c.fisher.kind}'")
     _require(c.fisher.logits in ("task", "seen"), f"fisher.logits must be task or seen, got '{c.fisher.logits}'")
+    _require(c.head.kind in ("linear", "prototype"), f"head.kind must be linear or prototype, got '{c.head.kind}'")
+    _require(c.head.probe_epochs >= 0 and c.head.refit_epochs >= 0,
+             "head.probe_epochs and head.refit_epochs must be >= 0; 0 turns them off")
     _require(c.alpha_granularity in ("model", "module"), f"alpha_granularity must be model or module, got "
              f"'{c.alpha_granularity}'; e.g. --set alpha_granularity=module")
     _require(c.alpha_granularity == "model" or c.alpha_rule in ("closed_form", "simplified"),

@@ -185,6 +185,41 @@ class ContinualLearner:
         self.head_block = len(head.blocks) - 1
         return list(block.parameters())
 
+    @torch.no_grad()
+    def class_feature_sums(self, task: "Task") -> tuple[torch.Tensor, torch.Tensor]:
+        """Per row of the current head block: the sum of the task's training features (float64) and their count,
+        over every process's shard, on the backbone as it is now (eval mode)."""
+        self.model.eval()
+        block = self.model.head.blocks[self.head_block]
+        sums = torch.zeros(block.out_features, block.in_features, dtype=torch.float64, device=self.device)
+        counts = torch.zeros(block.out_features, dtype=torch.float64, device=self.device)
+        for inputs, labels in self.local_batches(task.train, self.eval_batch_size):
+            sums.index_add_(0, labels, self.model.backbone(inputs).double())
+            counts.index_add_(0, labels, torch.ones_like(labels, dtype=torch.float64))
+        return self.world.sum_(sums), self.world.sum_(counts)
+
+    def fit_head(self, task: "Task", epochs: int, lr: float, weight_decay: float, tag: int) -> list[float]:
+        """Train the current head block alone on frozen features of the backbone as it is now (eval mode), with
+        the masked loss (the task's own logits), a fresh AdamW, and shuffles seeded apart from the main training
+        (`tag`); returns the mean loss per epoch."""
+        block = self.model.head.blocks[self.head_block]
+        block.requires_grad_(True)
+        optimizer = torch.optim.AdamW(block.parameters(), lr=lr, weight_decay=weight_decay)
+        self.model.eval()
+        losses = []
+        for epoch in range(epochs):
+            total, count = 0.0, 0
+            for inputs, labels in self.loader(task.train, self.batch_size, shuffle=True, epoch=tag * 1000 + epoch):
+                with torch.no_grad():
+                    features = self.model.backbone(move_to(inputs, self.device))
+                loss = torch.nn.functional.cross_entropy(block(features), (labels - task.label_offset).to(self.device))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                total, count = total + loss.item() * len(labels), count + len(labels)
+            losses.append(total / count)
+        return losses
+
     def task_logits(self, features: torch.Tensor) -> torch.Tensor:
         """The current task's logits only (the masked loss of pm-method.md §5)."""
         return self.model.head.block_logits(features, self.head_block)

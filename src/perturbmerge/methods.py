@@ -31,6 +31,7 @@ COMMON_KEYS = frozenset(
 )
 LORA_KEYS = frozenset({"lora.rank", "lora.alpha", "lora.dropout", "lora.targets"})
 PERTURB_KEYS = frozenset({"epsilon", "p0"})
+HEAD_KEYS = frozenset({"head.kind", "head.probe_epochs", "head.refit_epochs"})
 FISHER_KEYS = frozenset({"fisher.max_samples", "fisher.batch_size", "fisher.kind", "fisher.logits"})
 MERGE_KEYS = frozenset({"alpha_rule", "fixed_alpha", "alpha_granularity"}) | FISHER_KEYS
 
@@ -118,6 +119,22 @@ class TaskVectorMethod(Method):
             weight_decay=c.weight_decay,
         )
         self.draws = {-1: 0, 0: 0, 1: 0}
+        if c.head.probe_epochs:  # linear probe first: the new rows fit the features before the LoRA moves them
+            self.head_log = {"probe_losses": learner.fit_head(task, c.head.probe_epochs, c.head_lr, c.weight_decay,
+                                                              tag=1)}
+        else:
+            self.head_log = {}
+
+    def _finish_head(self, learner: "ContinualLearner", task: "Task") -> dict[str, Any]:
+        """After the fold: re-fit the task's head rows on the merged, frozen backbone (head.refit_epochs), then
+        optionally replace them by L2-normalised class means on it (head.kind = prototype)."""
+        c = self.config
+        log = dict(self.head_log)
+        if c.head.refit_epochs:
+            log["refit_losses"] = learner.fit_head(task, c.head.refit_epochs, c.head_lr, c.weight_decay, tag=2)
+        if c.head.kind == "prototype":
+            set_prototype_rows(learner.model.head.blocks[learner.head_block], *learner.class_feature_sums(task))
+        return log
 
     def train_step(self, learner: "ContinualLearner", batch: tuple[Any, torch.Tensor]) -> float:
         sign = self.schedule.draw() if self.perturbation != "none" else 0  # one draw per optimiser step
@@ -205,6 +222,7 @@ class TaskVectorMethod(Method):
             "draws": self.draws,
             "optimizer": self.optimizer.state_dict() if self.optimizer is not None else None,
             "anchor": self.adaptation.anchor if full else None,  # θ̂_{t-1} of full fine-tuning
+            "head_log": getattr(self, "head_log", {}),
         }
 
     def load_state_dict(self, state: dict[str, Any], device: torch.device) -> None:
@@ -219,6 +237,7 @@ class TaskVectorMethod(Method):
             self.optimizer.load_state_dict(state["optimizer"])
         if state["anchor"] is not None:
             self.adaptation.anchor = {k: v.to(device) for k, v in state["anchor"].items()}
+        self.head_log = dict(state.get("head_log", {}))
 
     def end_task(self, learner: "ContinualLearner", task: "Task") -> dict[str, Any]:
         """Fisher at θ*_t (unperturbed, eval mode) → α_t → fold θ̂_t = θ̂_{t-1} + α_t Δ_t."""
@@ -248,7 +267,19 @@ class TaskVectorMethod(Method):
                 log.update(alpha=sum(alpha.values()) / len(alpha), alpha_model_level=decision.alpha,
                            alpha_per_module=alpha)
         self._fold_into_learner(learner, alpha)
+        log.update(self._finish_head(learner, task))
         return log
+
+
+@torch.no_grad()
+def set_prototype_rows(block: torch.nn.Linear, sums: torch.Tensor, counts: torch.Tensor) -> None:
+    """Rows ← L2-normalised class means (rows without examples keep their weights), bias 0: for a feature f the
+    logit is ‖f‖·cos(f, mean), so the arg-max over classes is the cosine classifier's."""
+    for row in range(block.out_features):
+        if counts[row] > 0:
+            mean = sums[row] / counts[row]
+            block.weight[row] = (mean / mean.norm().clamp(min=1e-12)).to(block.weight.dtype)
+    block.bias.zero_()
 
 
 class SequentialMergeMethod(TaskVectorMethod):
@@ -388,27 +419,16 @@ class SimpleCIL(Method):
 
     @torch.no_grad()
     def end_task(self, learner: "ContinualLearner", task: "Task") -> dict[str, Any]:
-        model = learner.model.eval()
-        block = model.head.blocks[learner.head_block]
+        block = learner.model.head.blocks[learner.head_block]
         positions = [task.label_offset + row for row in range(block.out_features)]
-        sums = torch.zeros(len(positions), block.in_features,
-                           dtype=torch.float64, device=learner.device)
-        counts = torch.zeros(len(positions), dtype=torch.float64, device=learner.device)
-        for inputs, labels in learner.local_batches(task.train, learner.eval_batch_size):
-            features = model.backbone(inputs).double()
-            sums.index_add_(0, labels, features)
-            counts.index_add_(0, labels, torch.ones_like(labels, dtype=torch.float64))
-        learner.world.sum_(sums)  # prototypes over every process's shard
-        learner.world.sum_(counts)
+        sums, counts = learner.class_feature_sums(task)
         for row, position in enumerate(positions):  # global head positions (shared across domains)
             if counts[row] > 0:
                 self.sums[position] = self.sums.get(position, 0) + sums[row]
                 self.counts[position] = self.counts.get(position, 0) + int(counts[row])
-        for row, position in enumerate(positions):
-            if position in self.sums:
-                prototype = self.sums[position] / self.counts[position]
-                block.weight[row] = (prototype / prototype.norm().clamp(min=1e-12)).to(block.weight.dtype)
-        block.bias.zero_()
+        known = [self.sums.get(p, torch.zeros(block.in_features, dtype=torch.float64)) for p in positions]
+        set_prototype_rows(block, torch.stack([k.to(learner.device) for k in known]),
+                           torch.tensor([self.counts.get(p, 0) for p in positions], dtype=torch.float64))
         block.requires_grad_(False)
         return {"prototype_counts": [self.counts.get(position, 0) for position in positions]}
 
@@ -433,7 +453,7 @@ def register_method(spec: MethodSpec) -> MethodSpec:
 
 def _task_vector_method(name: str, description: str, adaptation: str, perturbation: str, merge: bool,
                         alpha_rule: str | None = None, defaults: dict[str, Any] | None = None) -> MethodSpec:
-    keys = LORA_KEYS if adaptation == "lora" else frozenset()
+    keys = (LORA_KEYS if adaptation == "lora" else frozenset()) | HEAD_KEYS
     if merge:
         keys |= MERGE_KEYS if alpha_rule is None else (frozenset({"fixed_alpha"}) if alpha_rule == "fixed" else frozenset())
     keys |= PERTURB_KEYS if perturbation != "none" else frozenset()
