@@ -36,10 +36,12 @@ def section(folder: Path) -> list[str]:
         lines += ["", "| method | mean Fisher mass Σ F_t per task (tasks 1..T) | merge cost (pts, before − after) |",
                   "|---|---|---|"]
         for method, rs in merging.items():
-            masses = [fmean(r["task_logs"][t]["fisher_mass"] for r in rs) for t in range(summary["num_tasks"])]
+            has_fisher = "fisher_mass" in rs[0]["task_logs"][-1]  # data-free α rules (avg, fixed) have none
+            masses = ", ".join(f"{fmean(r['task_logs'][t]['fisher_mass'] for r in rs):.3g}"
+                               for t in range(summary["num_tasks"])) if has_fisher else "– (no Fisher)"
             costs = [c for c in (merge_cost(r) for r in rs) if c is not None]
             cost = f"{fmean(costs):.2f}" if costs else "–"
-            lines.append(f"| {method} | {', '.join(f'{m:.3g}' for m in masses)} | {cost} |")
+            lines.append(f"| {method} | {masses} | {cost} |")
         lines += ["", "α per task:", ""] + alpha_lines(summary)
     return lines + [""]
 
