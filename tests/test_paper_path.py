@@ -41,6 +41,17 @@ def _png(path: Path, seed: int, size: int = 12) -> None:
     Image.fromarray(pixels).save(path)
 
 
+def _pm_lora_on_an_image_folder(tmp_path: Path, backbone: str) -> dict:
+    """pm-lora, 2 tasks, on a synthetic 4-class image folder with the given backbone; the results."""
+    for c in range(4):
+        for i in range(4):
+            _png(tmp_path / "imgs" / f"class{c}" / f"{i}.png", 10 * c + i)
+    out = tmp_path / "run"
+    assert main(["run", "--benchmark", f"folder:{tmp_path / 'imgs'}", "--method", "pm-lora", "--tasks", "2", "--out",
+                 str(out), "--quiet", "--set", f"backbone={backbone}", "epochs=1", "batch_size=4"]) == 0
+    return json.loads((out / "results.json").read_text())
+
+
 def test_hf_vit_backbone_is_an_image_backbone_with_key_value_targets(tiny_vit):
     from perturbmerge.adaptation import resolve_lora_targets
     from perturbmerge.backbones import get_backbone_spec
@@ -64,13 +75,7 @@ def test_hf_vit_backbone_is_an_image_backbone_with_key_value_targets(tiny_vit):
 
 
 def test_pm_lora_end_to_end_on_an_image_folder_with_a_local_vit(tiny_vit, tmp_path):
-    for c in range(4):
-        for i in range(4):
-            _png(tmp_path / "imgs" / f"class{c}" / f"{i}.png", 10 * c + i)
-    out = tmp_path / "run"
-    assert main(["run", "--benchmark", f"folder:{tmp_path / 'imgs'}", "--method", "pm-lora", "--tasks", "2", "--out",
-                 str(out), "--quiet", "--set", f"backbone=hf:{tiny_vit}", "epochs=1", "batch_size=4"]) == 0
-    results = json.loads((out / "results.json").read_text())
+    results = _pm_lora_on_an_image_folder(tmp_path, f"hf:{tiny_vit}")
     assert results["alphas"][0] == pytest.approx(1.0) and 0.0 <= results["alphas"][1] <= 1.0
     assert "ViT (2 layers, patch 4, 32x32)" in results["backbone"]
 
@@ -275,13 +280,7 @@ def test_timm_backbone_puts_lora_on_the_fused_qkv_and_runs_end_to_end(fake_timm,
     assert spec.modality == "image" and spec.image_size == 32
     backbone = spec.build(0)
     assert backbone.lora_targets == ["qkv"] and backbone.feature_dim == 16
-    for c in range(4):
-        for i in range(3):
-            _png(tmp_path / "imgs" / f"class{c}" / f"{i}.png", 10 * c + i)
-    out = tmp_path / "run"
-    assert main(["run", "--benchmark", f"folder:{tmp_path / 'imgs'}", "--method", "pm-lora", "--tasks", "2", "--out",
-                 str(out), "--quiet", "--set", f"backbone=timm:{fake_timm}", "epochs=1", "batch_size=4"]) == 0
-    results = json.loads((out / "results.json").read_text())
+    results = _pm_lora_on_an_image_folder(tmp_path, f"timm:{fake_timm}")
     assert "LoRA on ['qkv']" in results["backbone"] and len(results["alphas"]) == 2
 
 
