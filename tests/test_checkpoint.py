@@ -137,6 +137,13 @@ def test_every_method_family_resumes_bit_identically(tmp_path, method, event, co
     _same_outcome(_resume(out), reference)
 
 
+def test_a_finished_run_deletes_its_checkpoints_unless_asked_to_keep_them(reference, tmp_path):
+    _run("seq-lora", tmp_path / "default", ["epochs=1"])
+    assert not (tmp_path / "default" / FOLDER).exists()
+    _run("seq-lora", tmp_path / "kept", ["epochs=1", "checkpoint.keep_final=true"])
+    assert latest_checkpoint(tmp_path / "kept") is not None
+
+
 def test_checkpointing_does_not_change_results(reference, tmp_path):
     _same_outcome(_run("pm-lora", tmp_path / "off", ["epochs=2", "checkpoint.enabled=false"]), reference)
 

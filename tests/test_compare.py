@@ -17,7 +17,9 @@ FAST = ["--benchmark", "digits", "--tasks", "2", "--quiet", "--set", "epochs=1"]
 @pytest.fixture(scope="module")
 def comparison(tmp_path_factory):
     out = tmp_path_factory.mktemp("cmp") / "out"
-    assert main(["compare", "--methods", "pm-lora,seq-lora", "--seeds", "0,1", "--out", str(out)] + FAST) == 0
+    assert main(["compare", "--methods", "pm-lora,seq-lora", "--seeds", "0,1", "--out", str(out)] + FAST
+                + ["checkpoint.keep_final=true"]) == 0  # so a test can play 'killed after the last checkpoint'
+    assert (out / "runs" / "seq-lora-seed1" / "checkpoints" / "LATEST").is_file()
     return out
 
 

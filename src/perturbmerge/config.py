@@ -73,6 +73,7 @@ class CheckpointSettings:
 
     enabled: bool = True  # after every task, and every `every_steps` optimiser steps
     every_steps: int = 200  # 0: only after each task
+    keep_final: bool = False  # keep the last checkpoint once results.json is written (default: delete it)
 
 
 @dataclass

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from . import __version__
 from .backbones import get_backbone_spec
-from .checkpoint import checkpoint_versions, latest_checkpoint, load_checkpoint
+from .checkpoint import FOLDER as CHECKPOINTS, checkpoint_versions, latest_checkpoint, load_checkpoint
 from .config import RunConfig, build_config, config_differences, get_dotted, load_yaml, nested, parse_set
 from .data import TaskStream, get_benchmark
 from .distributed import init_world
@@ -222,6 +222,8 @@ def run_experiment(config: RunConfig, out_dir: str | Path | None = None, progres
         }
         if writes:
             atomic_write_json(out_path / "results.json", results)
+            if not config.checkpoint.keep_final:  # finished: the checkpoints are no longer needed
+                shutil.rmtree(out_path / CHECKPOINTS, ignore_errors=True)
         return results
     except BaseException:
         # A run that has a checkpoint is kept for --resume; one that never got that far is removed.
