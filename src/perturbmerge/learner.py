@@ -126,10 +126,6 @@ class ContinualLearner:
             self._emit("local_batch", task=self.task.index)
             yield move_to(inputs, self.device), (labels - self.task.label_offset).to(self.device)
 
-    def local_count(self, count: int) -> int:
-        """How many of `count` examples this process sees (rows rank, rank + size, … of each batch)."""
-        return len(range(count)[self.world.shard(count)]) if self.world.size > 1 else count
-
     # ---- one optimiser step: shards, micro-batches, precision, cross-process sums ------------------------------
     def batch_parts(self, batch: Batch) -> list[tuple[Batch, float]]:
         """This process's rows of a global batch, cut into `grad_accumulation` micro-batches, each with its share

@@ -196,8 +196,16 @@ class TaskVectorMethod(Method):
         if c.kind == "sampled":
             batches = self._model_sampled_labels(batches, logits_fn, torch.Generator().manual_seed(
                 self.config.seed * 7_919 + task.index))
-        fisher = self.adaptation.fisher(batches, logits_fn, None, learner.progress, f"task {task.index + 1} Fisher")
-        return learner.mean_over_processes(fisher, learner.local_count(total), total)
+        seen = [0]  # examples this process's Fisher averaged over (its rows of every batch)
+
+        def counted(stream):
+            for inputs, labels in stream:
+                seen[0] += len(labels)
+                yield inputs, labels
+
+        fisher = self.adaptation.fisher(counted(batches), logits_fn, None, learner.progress,
+                                        f"task {task.index + 1} Fisher")
+        return learner.mean_over_processes(fisher, seen[0], total)
 
     def _model_sampled_labels(self, batches, logits_fn, generator: torch.Generator):
         """The batches with labels replaced by draws y ~ softmax(logits) of the current model."""
