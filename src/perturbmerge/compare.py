@@ -41,13 +41,13 @@ def parse_list(text: str, what: str, cast=str) -> list[Any]:
 def _resumable(run_dir: Path, config: RunConfig) -> bool:
     """An interrupted run of the same config under this version, with a checkpoint to continue from."""
     from .checkpoint import latest_checkpoint
-    from .runner import RUN_CONFIG, VERSION_KEYS, _versions
+    from .runner import RUN_CONFIG, VERSION_KEYS, run_versions
 
     try:
         saved = json.loads((run_dir / RUN_CONFIG).read_text())
     except (OSError, ValueError):
         return False
-    same_versions = all(saved.get("versions", {}).get(k) == _versions().get(k) for k in VERSION_KEYS)
+    same_versions = all(saved.get("versions", {}).get(k) == run_versions().get(k) for k in VERSION_KEYS)
     return (same_versions and not config_differences(saved.get("config", {}), config.to_dict())
             and latest_checkpoint(run_dir) is not None)
 

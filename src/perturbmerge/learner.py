@@ -119,12 +119,18 @@ class ContinualLearner:
             if lengths is not None:
                 dataset.lengths = [lengths[i] for i in dataset.indices]
         for inputs, labels in self.loader(dataset, batch_size):
-            rows = self.world.shard(len(labels))
-            inputs, labels = _rows(inputs, rows), labels[rows]
+            inputs, labels = self._own_rows(inputs, labels)
             if not len(labels):
                 continue
             self._emit("local_batch", task=self.task.index)
             yield move_to(inputs, self.device), (labels - self.task.label_offset).to(self.device)
+
+    def _own_rows(self, inputs: Any, labels: torch.Tensor) -> tuple[Any, torch.Tensor]:
+        """This process's rows of a batch (all of them for a single process)."""
+        if self.world.size == 1:
+            return inputs, labels
+        rows = self.world.shard(len(labels))
+        return _rows(inputs, rows), labels[rows]
 
     # ---- one optimiser step: shards, micro-batches, precision, cross-process sums ------------------------------
     def batch_parts(self, batch: Batch) -> list[tuple[Batch, float]]:
@@ -134,8 +140,7 @@ class ContinualLearner:
         total = len(labels)
         if self.world.size == 1 and self.grad_accumulation == 1:
             return [(batch, 1.0)]
-        rows = self.world.shard(total)
-        inputs, labels = _rows(inputs, rows), labels[rows]
+        inputs, labels = self._own_rows(inputs, labels)
         parts = []
         for chunk in torch.arange(len(labels)).tensor_split(self.grad_accumulation):
             if len(chunk):
@@ -252,8 +257,7 @@ class ContinualLearner:
         for task in tasks:
             correct, total = 0, 0
             for inputs, labels in self.loader(task.test, self.eval_batch_size):
-                rows = self.world.shard(len(labels))
-                inputs, labels = _rows(inputs, rows), labels[rows]
+                inputs, labels = self._own_rows(inputs, labels)
                 if not len(labels):
                     continue
                 with self.autocast():

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import random
@@ -134,8 +135,14 @@ RUN_CONFIG = "run_config.json"  # written when a run starts: the resolved config
 VERSION_KEYS = ("perturbmerge", "torch")  # a checkpoint resumes bit-identically only under the same versions
 
 
-def _versions() -> dict[str, str]:
-    return {**package_versions(), "perturbmerge": __version__}
+@functools.lru_cache(maxsize=1)
+def _versions_once() -> tuple[tuple[str, str], ...]:
+    return tuple({**package_versions(), "perturbmerge": __version__}.items())
+
+
+def run_versions() -> dict[str, str]:
+    """Package versions and git commit of this process (read once per process: `git` runs in a subprocess)."""
+    return dict(_versions_once())
 
 
 def run_experiment(config: RunConfig, out_dir: str | Path | None = None, progress: bool = True,
@@ -183,7 +190,7 @@ def run_experiment(config: RunConfig, out_dir: str | Path | None = None, progres
         state = load_checkpoint(folder) if folder is not None else None  # none yet: start from the beginning
     elif writes:
         created = _prepare_out_dir(out_path)
-        atomic_write_json(out_path / RUN_CONFIG, {"config": config.to_dict(), "versions": _versions()})
+        atomic_write_json(out_path / RUN_CONFIG, {"config": config.to_dict(), "versions": run_versions()})
     elapsed_before = state["elapsed_s"] if state is not None else 0.0
     try:
         model = ContinualClassifier(backbone.module, backbone.feature_dim)
@@ -195,7 +202,7 @@ def run_experiment(config: RunConfig, out_dir: str | Path | None = None, progres
             checkpoint_every=config.checkpoint.every_steps, grad_accumulation=config.grad_accumulation,
             precision=config.precision, world=world,
         )
-        learner.checkpoint_meta_fn = lambda: {"config": config.to_dict(), "versions": _versions(),
+        learner.checkpoint_meta_fn = lambda: {"config": config.to_dict(), "versions": run_versions(),
                                               "elapsed_s": elapsed_before + time.perf_counter() - start}
         outcome = learner.run(resume=state)
         results = {
@@ -218,7 +225,7 @@ def run_experiment(config: RunConfig, out_dir: str | Path | None = None, progres
             "device": str(device),
             "processes": world.size,
             "config": config.to_dict(),
-            "versions": _versions(),
+            "versions": run_versions(),
         }
         if writes:
             atomic_write_json(out_path / "results.json", results)
@@ -255,8 +262,8 @@ def resume_run(run_dir: str | Path, overrides: Mapping[str, Any] | None = None, 
     # Versions first: a run written by another version may not even have the same config keys.
     folder = latest_checkpoint(run_dir)
     written_by = checkpoint_versions(folder) if folder is not None else saved.get("versions", {})
-    problems = [f"{name} {written_by.get(name)} -> {_versions().get(name)}" for name in VERSION_KEYS
-                if written_by.get(name) != _versions().get(name)]
+    problems = [f"{name} {written_by.get(name)} -> {run_versions().get(name)}" for name in VERSION_KEYS
+                if written_by.get(name) != run_versions().get(name)]
     if problems and not force:
         raise UserError(f"run '{run_dir}' was written by other versions ({'; '.join(problems)}); resume it with "
                         f"those versions, or pass --force to continue anyway (not bit-identical)")
