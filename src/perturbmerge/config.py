@@ -62,7 +62,9 @@ class TaskMergeSettings:
 class HeadSettings:
     """Classifier-protocol options of the task-vector methods (defaults: the paper-faithful masked linear head)."""
 
-    kind: str = "linear"  # "prototype": after the merge, the task's rows become normalised class means on it
+    kind: str = "linear"  # "prototype": after the merge, the task's rows become normalised class means on it;
+    # "lda": after the merge, every seen class's rows come from stored class statistics (GaussianClassStatistics)
+    shrinkage: float = 0.1  # lda: Σ_γ = (1 − γ) Σ + γ (tr Σ / d) I
     probe_epochs: int = 0  # > 0: fit the task's new rows on the frozen backbone first (linear probe)
     refit_epochs: int = 0  # > 0: re-fit the task's rows on the merged, frozen backbone after the fold
 
@@ -111,6 +113,7 @@ class RunConfig:
 
 
 PRECISIONS = ("fp32", "bf16")
+HEAD_KINDS = ("linear", "prototype", "lda")
 RESULT_NEUTRAL_KEYS = frozenset({"checkpoint"})  # settings that cannot change a run's results
 
 
@@ -313,7 +316,10 @@ def validate(c: RunConfig) -> None:
     _require(c.fisher.kind in ("empirical", "sampled"),
              f"fisher.kind must be empirical or sampled, got '{c.fisher.kind}'")
     _require(c.fisher.logits in ("task", "seen"), f"fisher.logits must be task or seen, got '{c.fisher.logits}'")
-    _require(c.head.kind in ("linear", "prototype"), f"head.kind must be linear or prototype, got '{c.head.kind}'")
+    _require(c.head.kind in HEAD_KINDS, f"head.kind must be one of {', '.join(HEAD_KINDS)}, got '{c.head.kind}'"
+             f"{did_you_mean(c.head.kind, HEAD_KINDS)}")
+    _require(finite(c.head.shrinkage) and 0.0 <= c.head.shrinkage <= 1.0,
+             f"head.shrinkage must be in [0, 1], got {c.head.shrinkage}; e.g. --set head.shrinkage=0.1")
     _require(c.head.probe_epochs >= 0 and c.head.refit_epochs >= 0,
              "head.probe_epochs and head.refit_epochs must be >= 0; 0 turns them off")
     _require(c.alpha_granularity in ("model", "module"), f"alpha_granularity must be model or module, got "

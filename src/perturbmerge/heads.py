@@ -14,6 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .errors import UserError
+
 
 class ExpandingLinearHead(nn.Module):
     """Logits over all classes seen so far: concatenation of per-task linear blocks."""
@@ -56,3 +58,72 @@ class ContinualClassifier(nn.Module):
 
     def forward(self, inputs: Any) -> torch.Tensor:
         return self.head(self.backbone(inputs))
+
+
+class GaussianClassStatistics:
+    """What a shared-covariance Gaussian classifier (LDA) over every seen class needs, with no example kept:
+    per-class feature sums s_c and counts n_c, and the second moment M = Σ_x x xᵀ of all training features seen
+    (float64; each task adds its own, on the backbone of that moment, so old classes keep their statistics).
+
+        μ_c = s_c / n_c,   S_w = M − Σ_c n_c μ_c μ_cᵀ,   Σ = S_w / (N − C)           (pooled within-class)
+        Σ_γ = (1 − γ) Σ + γ (tr Σ / d) I                                          (shrinkage, head.shrinkage)
+        logit_c(f) = μ_cᵀ Σ_γ⁻¹ f − ½ μ_cᵀ Σ_γ⁻¹ μ_c                                (equal class priors)
+
+    The arg-max of these logits is the Bayes rule for Gaussian classes with one shared covariance; unlike a
+    per-task softmax head, all classes' rows are fitted jointly, so no task's logits are on their own scale.
+    """
+
+    def __init__(self) -> None:
+        self.sums: dict[int, torch.Tensor] = {}  # global head position -> Σ x over its examples
+        self.counts: dict[int, float] = {}
+        self.second_moment: torch.Tensor | None = None
+
+    def add(self, positions: list[int], sums: torch.Tensor, counts: torch.Tensor, second_moment: torch.Tensor) -> None:
+        """Add one task's statistics; row r of `sums`/`counts` belongs to global head position positions[r]."""
+        for row, position in enumerate(positions):
+            if counts[row] > 0:
+                self.sums[position] = self.sums.get(position, 0) + sums[row].double().cpu()
+                self.counts[position] = self.counts.get(position, 0.0) + float(counts[row])
+        moment = second_moment.double().cpu()
+        self.second_moment = moment if self.second_moment is None else self.second_moment + moment
+
+    def classifier(self, shrinkage: float) -> tuple[dict[int, torch.Tensor], dict[int, float]]:
+        """(weight row, bias) per known head position: w_c = Σ_γ⁻¹ μ_c, b_c = −½ μ_cᵀ Σ_γ⁻¹ μ_c."""
+        positions = sorted(self.sums)
+        means = torch.stack([self.sums[p] / self.counts[p] for p in positions])
+        counts = torch.tensor([self.counts[p] for p in positions], dtype=torch.float64)
+        degrees = float(counts.sum()) - len(positions)
+        if degrees <= 0:
+            raise UserError(f"head.kind=lda needs more training examples ({int(counts.sum())}) than classes "
+                            f"({len(positions)}); use head.kind=prototype")
+        within = self.second_moment - (means.T * counts) @ means
+        covariance = (within + within.T) / (2 * degrees)
+        dim = covariance.shape[0]
+        shrunk = (1 - shrinkage) * covariance + shrinkage * (covariance.trace() / dim) * torch.eye(dim, dtype=torch.float64)
+        try:
+            weights = torch.linalg.solve(shrunk, means.T).T  # rows Σ_γ⁻¹ μ_c
+        except torch.linalg.LinAlgError:
+            raise UserError(f"head.kind=lda: the pooled feature covariance is singular ({dim} dimensions, "
+                            f"{degrees:.0f} degrees of freedom); set head.shrinkage > 0, e.g. 0.1") from None
+        biases = -0.5 * (weights * means).sum(1)
+        return ({p: weights[i] for i, p in enumerate(positions)}, {p: float(biases[i]) for i, p in enumerate(positions)})
+
+    @torch.no_grad()
+    def write_rows(self, head: ExpandingLinearHead, shrinkage: float) -> None:
+        """Every block's rows ← the LDA rows of its classes; block rows are head positions in order (one shared
+        block in domain-incremental streams). Positions without statistics keep their rows."""
+        weights, biases = self.classifier(shrinkage)
+        offset = 0
+        for block in head.blocks:
+            for row in range(block.out_features):
+                if offset + row in weights:
+                    block.weight[row] = weights[offset + row].to(block.weight)
+                    block.bias[row] = biases[offset + row]
+            offset += block.out_features
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"sums": self.sums, "counts": self.counts, "second_moment": self.second_moment}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.sums, self.counts = dict(state["sums"]), dict(state["counts"])
+        self.second_moment = state["second_moment"]

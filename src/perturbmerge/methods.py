@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from .adaptation import FullAdaptation, LoraAdaptation, resolve_lora_targets
 from .config import RunConfig
 from .errors import TrainingDiverged, UserError, did_you_mean
+from .heads import GaussianClassStatistics
 from .merge import (RunningMergeState, add_scaled, dare, decide_alpha, ewc_penalty, fisher_weighted_interpolation,
                     magmax, task_arithmetic, ties)
 from .perturb import PerturbationSchedule
@@ -31,7 +32,7 @@ COMMON_KEYS = frozenset(
 )
 LORA_KEYS = frozenset({"lora.rank", "lora.alpha", "lora.dropout", "lora.targets"})
 PERTURB_KEYS = frozenset({"epsilon", "p0"})
-HEAD_KEYS = frozenset({"head.kind", "head.probe_epochs", "head.refit_epochs"})
+HEAD_KEYS = frozenset({"head.kind", "head.probe_epochs", "head.refit_epochs", "head.shrinkage"})
 FISHER_KEYS = frozenset({"fisher.max_samples", "fisher.batch_size", "fisher.kind", "fisher.logits"})
 MERGE_KEYS = frozenset({"alpha_rule", "fixed_alpha", "alpha_granularity"}) | FISHER_KEYS
 
@@ -102,6 +103,7 @@ class TaskVectorMethod(Method):
         self.adaptation: LoraAdaptation | FullAdaptation | None = None
         self.optimizer: torch.optim.Optimizer | None = None
         self.draws = {-1: 0, 0: 0, 1: 0}
+        self.class_statistics = GaussianClassStatistics()  # head.kind = lda
 
     def check_backbone(self, backbone: "torch.nn.Module") -> None:
         if self.adaptation_kind == "lora":
@@ -127,13 +129,17 @@ class TaskVectorMethod(Method):
 
     def _finish_head(self, learner: "ContinualLearner", task: "Task") -> dict[str, Any]:
         """After the fold: re-fit the task's head rows on the merged, frozen backbone (head.refit_epochs), then
-        optionally replace them by L2-normalised class means on it (head.kind = prototype)."""
+        optionally replace them by L2-normalised class means on it (head.kind = prototype), or add the task's
+        class statistics on it and rewrite every seen class's rows as the shared-covariance Gaussian classifier
+        (head.kind = lda)."""
         c = self.config
         log = dict(self.head_log)
         if c.head.refit_epochs:
             log["refit_losses"] = learner.fit_head(task, c.head.refit_epochs, c.head_lr, c.weight_decay, tag=2)
         if c.head.kind == "prototype":
             set_prototype_rows(learner.model.head.blocks[learner.head_block], *learner.class_feature_sums(task))
+        elif c.head.kind == "lda":
+            write_lda_rows(self.class_statistics, learner, task, c.head.shrinkage)
         return log
 
     def train_step(self, learner: "ContinualLearner", batch: tuple[Any, torch.Tensor]) -> float:
@@ -231,6 +237,7 @@ class TaskVectorMethod(Method):
             "optimizer": self.optimizer.state_dict() if self.optimizer is not None else None,
             "anchor": self.adaptation.anchor if full else None,  # θ̂_{t-1} of full fine-tuning
             "head_log": getattr(self, "head_log", {}),
+            "class_statistics": self.class_statistics.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any], device: torch.device) -> None:
@@ -246,6 +253,7 @@ class TaskVectorMethod(Method):
         if state["anchor"] is not None:
             self.adaptation.anchor = {k: v.to(device) for k, v in state["anchor"].items()}
         self.head_log = dict(state.get("head_log", {}))
+        self.class_statistics.load_state_dict(state["class_statistics"])
 
     def end_task(self, learner: "ContinualLearner", task: "Task") -> dict[str, Any]:
         """Fisher at θ*_t (unperturbed, eval mode) → α_t → fold θ̂_t = θ̂_{t-1} + α_t Δ_t."""
@@ -288,6 +296,15 @@ def set_prototype_rows(block: torch.nn.Linear, sums: torch.Tensor, counts: torch
             mean = sums[row] / counts[row]
             block.weight[row] = (mean / mean.norm().clamp(min=1e-12)).to(block.weight.dtype)
     block.bias.zero_()
+
+
+def write_lda_rows(statistics: GaussianClassStatistics, learner: "ContinualLearner", task: "Task",
+                   shrinkage: float) -> None:
+    """Add the task's class statistics on the backbone as it is now; every seen class's rows ← the LDA rows."""
+    sums, counts, moment = learner.class_feature_statistics(task)
+    positions = [task.label_offset + row for row in range(len(counts))]
+    statistics.add(positions, sums, counts, moment)
+    statistics.write_rows(learner.model.head, shrinkage)
 
 
 class SequentialMergeMethod(TaskVectorMethod):
@@ -407,27 +424,39 @@ class FisherWeightedMethod(TaskVectorMethod):
 class SimpleCIL(Method):
     """SimpleCIL (Zhou et al., 2023): frozen pretrained backbone, one prototype per class (the mean feature of its
     training data), cosine classifier. Head rows are the L2-normalised prototypes with zero bias: for a feature f,
-    f·p/‖p‖ = ‖f‖·cos(f, p), and ‖f‖ is the same for every class, so the arg-max is the cosine classifier's."""
+    f·p/‖p‖ = ‖f‖·cos(f, p), and ‖f‖ is the same for every class, so the arg-max is the cosine classifier's.
+    With head.kind = lda, the frozen backbone gets the shared-covariance Gaussian classifier instead (the
+    frozen-backbone diagnostic for pm-lora with the same head)."""
 
     name = "simplecil"
     trains = False
 
-    def __init__(self) -> None:
+    def __init__(self, config: RunConfig) -> None:
+        if config.head.kind not in ("prototype", "lda"):
+            raise UserError(f"simplecil's head is a prototype or lda classifier, got head.kind={config.head.kind}; "
+                            f"remove the key or set head.kind=lda")
+        self.config = config
         self.sums: dict[int, torch.Tensor] = {}  # head position -> feature sum (domain-incremental: all domains)
         self.counts: dict[int, int] = {}
+        self.class_statistics = GaussianClassStatistics()
 
     def begin_task(self, learner: "ContinualLearner", task: "Task") -> None:
         learner.prepare_head(task)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"sums": self.sums, "counts": self.counts}
+        return {"sums": self.sums, "counts": self.counts, "class_statistics": self.class_statistics.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any], device: torch.device) -> None:
         self.sums, self.counts = dict(state["sums"]), dict(state["counts"])
+        self.class_statistics.load_state_dict(state["class_statistics"])
 
     @torch.no_grad()
     def end_task(self, learner: "ContinualLearner", task: "Task") -> dict[str, Any]:
         block = learner.model.head.blocks[learner.head_block]
+        block.requires_grad_(False)
+        if self.config.head.kind == "lda":
+            write_lda_rows(self.class_statistics, learner, task, self.config.head.shrinkage)
+            return {}
         positions = [task.label_offset + row for row in range(block.out_features)]
         sums, counts = learner.class_feature_sums(task)
         for row, position in enumerate(positions):  # global head positions (shared across domains)
@@ -437,7 +466,6 @@ class SimpleCIL(Method):
         known = [self.sums.get(p, torch.zeros(block.in_features, dtype=torch.float64)) for p in positions]
         set_prototype_rows(block, torch.stack([k.to(learner.device) for k in known]),
                            torch.tensor([self.counts.get(p, 0) for p in positions], dtype=torch.float64))
-        block.requires_grad_(False)
         return {"prototype_counts": [self.counts.get(position, 0) for position in positions]}
 
 
@@ -511,8 +539,12 @@ register_method(MethodSpec(
     # included) cost ~0.1 s per example on MiniLM/CPU, so 256 examples per task by default.
     {"fisher": {"max_samples": 256}},
 ))
-register_method(MethodSpec("simplecil", "SimpleCIL: frozen backbone, class-mean prototypes, cosine classifier (no training)",
-                           lambda config, targets: SimpleCIL(), frozenset()))
+register_method(MethodSpec(
+    "simplecil", "SimpleCIL: frozen backbone, class-mean prototypes, cosine classifier (no training; head.kind=lda: "
+                 "shared-covariance Gaussian classifier instead)",
+    lambda config, targets: SimpleCIL(config), frozenset({"head.kind", "head.shrinkage"}),
+    {"head": {"kind": "prototype"}},
+))
 register_method(MethodSpec(
     "joint", "joint training on all tasks' data at once with LoRA (upper bound; NOT continual)",
     lambda config, targets: TaskVectorMethod("joint", config, "lora", "none", False, targets), LORA_KEYS,
