@@ -137,6 +137,15 @@ def test_every_method_family_resumes_bit_identically(tmp_path, method, event, co
     _same_outcome(_resume(out), reference)
 
 
+def test_lda_head_statistics_resume_bit_identically(tmp_path):
+    """head.kind=lda: the stored class statistics (sums, counts, second moment) travel in the checkpoint."""
+    sets = [*SETS, "head.kind=lda"]
+    reference = _run("pm-lora", tmp_path / "reference", sets)
+    out = tmp_path / "run"
+    _killed_run("pm-lora", "train_step", 40, out, sets)  # inside task 2, after task 1's statistics exist
+    _same_outcome(_resume(out), reference)
+
+
 def test_a_finished_run_deletes_its_checkpoints_unless_asked_to_keep_them(reference, tmp_path):
     _run("seq-lora", tmp_path / "default", ["epochs=1"])
     assert not (tmp_path / "default" / FOLDER).exists()

@@ -316,8 +316,9 @@ def test_head_refit_and_prototypes_change_only_the_head(tmp_path):
     base = _run("pm-lora", tmp_path / "base")
     refit = _run("pm-lora", tmp_path / "refit", "head.refit_epochs=3")
     proto = _run("pm-lora", tmp_path / "proto", "head.kind=prototype")
-    assert refit["alphas"] == base["alphas"] and proto["alphas"] == base["alphas"]
-    assert refit["accuracy_matrix"] != base["accuracy_matrix"] and proto["accuracy_matrix"] != base["accuracy_matrix"]
+    lda = _run("pm-lora", tmp_path / "lda", "head.kind=lda")
+    for variant in (refit, proto, lda):
+        assert variant["alphas"] == base["alphas"] and variant["accuracy_matrix"] != base["accuracy_matrix"]
     losses = refit["task_logs"][1]["refit_losses"]
     assert len(losses) == 3 and losses[-1] < losses[0]
 
@@ -361,3 +362,108 @@ def test_prototype_rows_are_normalised_class_means_on_the_merged_backbone():
             mean = features[y == task.label_offset + row].mean(0)
             torch.testing.assert_close(block.weight[row].double(), mean / mean.norm(), rtol=1e-5, atol=1e-6)
         assert bool((block.bias == 0).all())
+
+
+# ---- head.kind = lda: shared-covariance Gaussian classifier from stored statistics ---------------------------
+def _explicit_lda(features_per_task, labels_per_task, shrinkage):
+    """Brute force from the raw features (numpy, float64): pooled within-class covariance with N − C degrees of
+    freedom, shrunk toward (tr Σ / d) I; w_c = Σ_γ⁻¹ μ_c, b_c = −½ μ_cᵀ Σ_γ⁻¹ μ_c."""
+    import numpy as np
+
+    x = np.concatenate(features_per_task)
+    y = np.concatenate(labels_per_task)
+    classes = np.unique(y)
+    means = np.stack([x[y == c].mean(0) for c in classes])
+    centred = x - means[np.searchsorted(classes, y)]
+    covariance = centred.T @ centred / (len(x) - len(classes))
+    d = x.shape[1]
+    shrunk = (1 - shrinkage) * covariance + shrinkage * np.trace(covariance) / d * np.eye(d)
+    inverse = np.linalg.inv(shrunk)
+    weights = means @ inverse
+    return weights, -0.5 * np.einsum("cd,cd->c", weights, means), means, inverse
+
+
+@pytest.mark.parametrize("shrinkage", [0.0, 0.1, 1.0])
+def test_lda_statistics_match_an_explicit_construction_from_raw_features(shrinkage):
+    import numpy as np
+    import torch
+
+    from perturbmerge.heads import GaussianClassStatistics, ExpandingLinearHead
+
+    rng = np.random.default_rng(0)
+    d = 5
+    mix = rng.normal(size=(d, d))
+    tasks = []  # two tasks of 2 and 3 classes, features with a shared correlated covariance
+    for classes in ([0, 1], [2, 3, 4]):
+        y = np.repeat(classes, 40)
+        x = rng.normal(size=(len(y), d)) @ mix + 3 * rng.normal(size=(5, d))[y]
+        tasks.append((x, y))
+    statistics = GaussianClassStatistics()
+    head = ExpandingLinearHead(d).double()
+    for (x, y), offset in zip(tasks, (0, 2)):
+        block = head.add_block(len(np.unique(y))).double()
+        rows = torch.tensor(y - offset)
+        features = torch.tensor(x)
+        sums = torch.zeros(block.out_features, d, dtype=torch.float64).index_add_(0, rows, features)
+        counts = torch.bincount(rows).double()
+        statistics.add(list(range(offset, offset + block.out_features)), sums, counts, features.T @ features)
+    statistics.write_rows(head, shrinkage)
+    weights, biases, means, inverse = _explicit_lda([x for x, _ in tasks], [y for _, y in tasks], shrinkage)
+    written = torch.cat([b.weight for b in head.blocks]).detach().numpy()
+    written_bias = torch.cat([b.bias for b in head.blocks]).detach().numpy()
+    np.testing.assert_allclose(written, weights, rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(written_bias, biases, rtol=1e-8, atol=1e-10)
+    # the arg-max is the Gaussian Bayes rule with equal priors: the smallest Mahalanobis distance under Σ_γ
+    x = np.concatenate([x for x, _ in tasks])
+    distances = np.stack([np.einsum("nd,de,ne->n", x - m, inverse, x - m) for m in means], 1)
+    with torch.no_grad():
+        predicted = head(torch.tensor(x)).argmax(1).numpy()
+    assert (predicted == distances.argmin(1)).all()
+
+
+def test_simplecil_lda_head_is_the_gaussian_classifier_of_the_frozen_features(tmp_path):
+    import numpy as np
+    import torch
+
+    from perturbmerge.backbones import build_backbone
+    from perturbmerge.data import get_benchmark
+
+    from helpers import request
+
+    run = _run("simplecil", tmp_path, "head.kind=lda", "head.shrinkage=0.2")
+    stream = get_benchmark("digits").load(request(0, 3))
+    torch.manual_seed(0)
+    backbone = build_backbone("mlp", 0).module.eval()
+    with torch.no_grad():
+        features = [backbone(t.train.tensors[0]).double().numpy() for t in stream.tasks]
+        weights, biases, _, _ = _explicit_lda(features, [t.train.tensors[1].numpy() for t in stream.tasks], 0.2)
+        x = torch.cat([t.test.tensors[0] for t in stream.tasks])
+        y = torch.cat([t.test.tensors[1] for t in stream.tasks]).numpy()
+        predicted = (backbone(x).double().numpy() @ weights.T + biases).argmax(1)
+    assert run["final_acc"] == pytest.approx(100.0 * float((predicted == y).mean()), abs=1e-9)
+
+
+def test_pm_lora_lda_rows_use_each_tasks_statistics_on_the_backbone_of_its_merge(tmp_path):
+    """Old classes keep the statistics taken on the merged backbone of their own task (no example is kept);
+    the final rows are the LDA of those, brute-forced from features captured at each task's end."""
+    import numpy as np
+    import torch
+
+    from perturbmerge.runner import resolve_config, run_experiment
+
+    captured = []
+
+    def capture(event, learner, info):
+        if event == "end_task":  # after the method's end_task: the folded backbone, the rows just rewritten
+            task = learner.stream.tasks[info["task"]]
+            x, y = task.train.tensors
+            with torch.no_grad():
+                captured.append((learner.model.backbone(x.to(learner.device)).double().cpu().numpy(), y.numpy()))
+            if info["task"] == len(learner.stream.tasks) - 1:
+                captured.append(torch.cat([b.weight for b in learner.model.head.blocks]).detach().double().numpy())
+
+    config, _ = resolve_config({"benchmark": "digits", "method": "pm-lora", "tasks": 3}, None,
+                               ["epochs=1", "head.kind=lda", "head.shrinkage=0.3"])
+    run_experiment(config, None, progress=False, callbacks=[capture])
+    weights, _, _, _ = _explicit_lda([f for f, _ in captured[:3]], [y for _, y in captured[:3]], 0.3)
+    np.testing.assert_allclose(captured[3], weights, rtol=1e-4, atol=1e-6)
