@@ -65,6 +65,7 @@ class HeadSettings:
     kind: str = "linear"  # "prototype": after the merge, the task's rows become normalised class means on it;
     # "lda": after the merge, every seen class's rows come from stored class statistics (GaussianClassStatistics)
     shrinkage: float = 0.1  # lda: Σ_γ = (1 − γ) Σ + γ (tr Σ / d) I
+    drift: str = "none"  # lda: "sdc" moves stored class means by the drift the merge causes on the current task's data
     probe_epochs: int = 0  # > 0: fit the task's new rows on the frozen backbone first (linear probe)
     refit_epochs: int = 0  # > 0: re-fit the task's rows on the merged, frozen backbone after the fold
 
@@ -318,6 +319,9 @@ def validate(c: RunConfig) -> None:
     _require(c.fisher.logits in ("task", "seen"), f"fisher.logits must be task or seen, got '{c.fisher.logits}'")
     _require(c.head.kind in HEAD_KINDS, f"head.kind must be one of {', '.join(HEAD_KINDS)}, got '{c.head.kind}'"
              f"{did_you_mean(c.head.kind, HEAD_KINDS)}")
+    _require(c.head.drift in ("none", "sdc"), f"head.drift must be none or sdc, got '{c.head.drift}'")
+    _require(c.head.drift == "none" or (c.head.kind == "lda" and c.alpha_granularity == "model"),
+             "head.drift=sdc needs head.kind=lda and alpha_granularity=model; set them or remove head.drift")
     _require(finite(c.head.shrinkage) and 0.0 <= c.head.shrinkage <= 1.0,
              f"head.shrinkage must be in [0, 1], got {c.head.shrinkage}; e.g. --set head.shrinkage=0.1")
     _require(c.head.probe_epochs >= 0 and c.head.refit_epochs >= 0,

@@ -87,10 +87,27 @@ class GaussianClassStatistics:
         moment = second_moment.double().cpu()
         self.second_moment = moment if self.second_moment is None else self.second_moment + moment
 
+    def means(self) -> dict[int, torch.Tensor]:
+        return {p: self.sums[p] / self.counts[p] for p in self.sums}
+
+    def pooled_variance(self) -> float:
+        """tr Σ: the expected squared distance of a feature to its class mean."""
+        means = self.means()
+        within = float(self.second_moment.trace()) - sum(self.counts[p] * float(m @ m) for p, m in means.items())
+        return within / max(sum(self.counts.values()) - len(means), 1.0)
+
+    def shift_means(self, shifts: dict[int, torch.Tensor]) -> None:
+        """μ_c ← μ_c + δ_c with each class's scatter kept: s_c += n_c δ_c, M += n_c (μ'_c μ'_cᵀ − μ_c μ_cᵀ)."""
+        for position, shift in shifts.items():
+            n, old = self.counts[position], self.sums[position] / self.counts[position]
+            new = old + shift.double().cpu()
+            self.sums[position] = new * n
+            self.second_moment += n * (torch.outer(new, new) - torch.outer(old, old))
+
     def classifier(self, shrinkage: float) -> tuple[dict[int, torch.Tensor], dict[int, float]]:
         """(weight row, bias) per known head position: w_c = Σ_γ⁻¹ μ_c, b_c = −½ μ_cᵀ Σ_γ⁻¹ μ_c."""
         positions = sorted(self.sums)
-        means = torch.stack([self.sums[p] / self.counts[p] for p in positions])
+        means = torch.stack([self.sums[p] / self.counts[p] for p in positions])  # [C, d]
         counts = torch.tensor([self.counts[p] for p in positions], dtype=torch.float64)
         degrees = float(counts.sum()) - len(positions)
         if degrees <= 0:

@@ -32,7 +32,7 @@ COMMON_KEYS = frozenset(
 )
 LORA_KEYS = frozenset({"lora.rank", "lora.alpha", "lora.dropout", "lora.targets"})
 PERTURB_KEYS = frozenset({"epsilon", "p0"})
-HEAD_KEYS = frozenset({"head.kind", "head.probe_epochs", "head.refit_epochs", "head.shrinkage"})
+HEAD_KEYS = frozenset({"head.kind", "head.probe_epochs", "head.refit_epochs", "head.shrinkage", "head.drift"})
 FISHER_KEYS = frozenset({"fisher.max_samples", "fisher.batch_size", "fisher.kind", "fisher.logits"})
 MERGE_KEYS = frozenset({"alpha_rule", "fixed_alpha", "alpha_granularity"}) | FISHER_KEYS
 
@@ -282,9 +282,38 @@ class TaskVectorMethod(Method):
                 alpha = {k: d.alpha for k, d in per_module.items()}
                 log.update(alpha=sum(alpha.values()) / len(alpha), alpha_model_level=decision.alpha,
                            alpha_per_module=alpha)
+        if c.head.drift == "sdc" and self.class_statistics.sums:
+            log["mean_drift"] = self._compensate_drift(learner, task, alpha)
         self._fold_into_learner(learner, alpha)
         log.update(self._finish_head(learner, task))
         return log
+
+    @torch.no_grad()
+    def _compensate_drift(self, learner: "ContinualLearner", task: "Task", alpha: float) -> float:
+        """Semantic drift compensation (Yu et al., 2020) of the stored class means, from the current task's data
+        only: with z_i = features at θ̂_{t−1} and z'_i at θ̂_t = θ̂_{t−1} + α Δ_t,
+
+            δ_c = Σ_i w_ic (z'_i − z_i) / Σ_i w_ic,   w_ic = exp(−‖z_i − μ_c‖² / (2 tr Σ))
+
+        (tr Σ: the pooled within-class variance, so a typical member of class c has weight e^{−1/2}).
+        Returns the mean ‖δ_c‖ over the old classes."""
+        statistics = self.class_statistics
+        positions = sorted(statistics.sums)
+        means = torch.stack([statistics.means()[p] for p in positions]).to(learner.device)
+        bandwidth = 2 * statistics.pooled_variance()
+        weighted = torch.zeros_like(means)
+        weights = torch.zeros(len(positions), dtype=torch.float64, device=learner.device)
+        learner.model.eval()
+        for inputs, _ in learner.local_batches(task.train, learner.eval_batch_size):
+            before = self.adaptation.features(inputs, -1.0, "task_vector").double()  # θ*_t − Δ_t = θ̂_{t−1}
+            after = self.adaptation.features(inputs, alpha - 1.0, "task_vector").double()  # θ̂_{t−1} + α Δ_t
+            kernel = torch.exp(-torch.cdist(before, means).pow(2) / bandwidth)  # [B, C]
+            weights += kernel.sum(0)
+            weighted += kernel.T @ (after - before)
+        weights, weighted = learner.world.sum_(weights), learner.world.sum_(weighted)
+        shifts = {p: weighted[i] / weights[i] for i, p in enumerate(positions) if weights[i] > 0}
+        statistics.shift_means(shifts)
+        return float(torch.stack([v.norm() for v in shifts.values()]).mean()) if shifts else 0.0
 
 
 @torch.no_grad()
