@@ -467,3 +467,65 @@ def test_pm_lora_lda_rows_use_each_tasks_statistics_on_the_backbone_of_its_merge
     run_experiment(config, None, progress=False, callbacks=[capture])
     weights, _, _, _ = _explicit_lda([f for f, _ in captured[:3]], [y for _, y in captured[:3]], 0.3)
     np.testing.assert_allclose(captured[3], weights, rtol=1e-4, atol=1e-6)
+
+
+def test_shifted_means_give_the_lda_of_translated_classes():
+    """shift_means(δ) keeps each class's scatter: the result is the LDA of the raw features with class c moved by δ_c."""
+    import numpy as np
+    import torch
+
+    from perturbmerge.heads import ExpandingLinearHead, GaussianClassStatistics
+
+    rng = np.random.default_rng(1)
+    d = 4
+    y = np.repeat([0, 1, 2], 30)
+    x = rng.normal(size=(90, d)) + 2 * rng.normal(size=(3, d))[y]
+    shifts = rng.normal(size=(3, d))
+    statistics = GaussianClassStatistics()
+    features = torch.tensor(x)
+    rows = torch.tensor(y)
+    statistics.add([0, 1, 2], torch.zeros(3, d, dtype=torch.float64).index_add_(0, rows, features),
+                    torch.bincount(rows).double(), features.T @ features)
+    statistics.shift_means({c: torch.tensor(shifts[c]) for c in range(3)})
+    head = ExpandingLinearHead(d).double()
+    head.add_block(3).double()
+    statistics.write_rows(head, 0.05)
+    weights, biases, _, _ = _explicit_lda([x + shifts[y]], [y], 0.05)
+    np.testing.assert_allclose(head.blocks[0].weight.detach().numpy(), weights, rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(head.blocks[0].bias.detach().numpy(), biases, rtol=1e-8, atol=1e-10)
+
+
+def test_drift_compensation_moves_old_means_by_the_kernel_weighted_drift_of_the_current_data():
+    """Brute force per task: features of the task's data at θ̂_{t−1} (captured when the task begins, the fresh
+    LoRA being zero) and at θ̂_t (after the fold), the stored means before, and the SDC formula in numpy."""
+    import numpy as np
+    import torch
+
+    from perturbmerge.runner import resolve_config, run_experiment
+
+    records = []
+
+    def features_now(learner, task):
+        learner.model.eval()
+        with torch.no_grad():
+            return learner.model.backbone(task.train.tensors[0].to(learner.device)).double().cpu().numpy()
+
+    def capture(event, learner, info):
+        if event not in ("begin_task", "end_task") or info["task"] == 0:
+            return
+        task = learner.stream.tasks[info["task"]]
+        statistics = learner.method.class_statistics
+        old_positions = [p for p in sorted(statistics.sums) if p < task.label_offset]
+        means = {p: m.numpy().copy() for p, m in statistics.means().items() if p in old_positions}
+        records.append((event, features_now(learner, task), means, statistics.pooled_variance()))
+
+    config, _ = resolve_config({"benchmark": "digits", "method": "pm-lora", "tasks": 3}, None,
+                               ["epochs=1", "head.kind=lda", "head.drift=sdc"])
+    run_experiment(config, None, progress=False, callbacks=[capture])
+    assert [r[0] for r in records] == ["begin_task", "end_task"] * 2
+    for (_, before, means, variance), (_, after, moved, _) in zip(records[0::2], records[1::2]):
+        for position, mean in means.items():
+            kernel = np.exp(-((before - mean) ** 2).sum(1) / (2 * variance))
+            expected = mean + (kernel[:, None] * (after - before)).sum(0) / kernel.sum()
+            np.testing.assert_allclose(moved[position], expected, rtol=1e-4, atol=1e-5)
+        assert any(np.abs(moved[p] - m).max() > 1e-3 for p, m in means.items())  # the merge did move them
