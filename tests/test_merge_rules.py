@@ -529,3 +529,11 @@ def test_drift_compensation_moves_old_means_by_the_kernel_weighted_drift_of_the_
             expected = mean + (kernel[:, None] * (after - before)).sum(0) / kernel.sum()
             np.testing.assert_allclose(moved[position], expected, rtol=1e-4, atol=1e-5)
         assert any(np.abs(moved[p] - m).max() > 1e-3 for p, m in means.items())  # the merge did move them
+
+
+def test_named_lda_methods_are_their_option_spellings(tmp_path):
+    plus = _run("pm-lora-plus", tmp_path / "plus")
+    spelled = _run("pm-lora", tmp_path / "spelled", "head.kind=lda")
+    assert plus["accuracy_matrix"] == spelled["accuracy_matrix"] and plus["alphas"] == spelled["alphas"]
+    frozen = _run("frozen-lda", tmp_path / "frozen")
+    assert frozen["accuracy_matrix"] == _run("simplecil", tmp_path / "simplecil", "head.kind=lda")["accuracy_matrix"]

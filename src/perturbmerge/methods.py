@@ -531,6 +531,9 @@ def _task_vector_method(name: str, description: str, adaptation: str, perturbati
 
 _task_vector_method("pm-lora", "LoRA-P&M: task-vector perturbation + closed-form Fisher merge (the paper)", "lora", "task_vector", True)
 _task_vector_method("pm-full", "full-parameter P&M: perturbation + closed-form merge of all backbone weights", "full", "task_vector", True)
+_task_vector_method("pm-lora-plus", "LoRA-P&M whose classifier is the shared-covariance Gaussian (LDA) head from stored "
+                    "class statistics (head.kind=lda), rewritten for every seen class after each merge", "lora",
+                    "task_vector", True, defaults={"head": {"kind": "lda"}})
 _task_vector_method("merge-lora", "LoRA + closed-form merge, no perturbation (merge-only ablation)", "lora", "none", True)
 _task_vector_method("noise-lora", "LoRA + closed-form merge + Gaussian-noise perturbation (ablation)", "lora", "gaussian", True)
 _task_vector_method("seq-lora", "sequential LoRA: each task's adapter folded in with alpha = 1", "lora", "none", False)
@@ -573,6 +576,11 @@ register_method(MethodSpec(
                  "shared-covariance Gaussian classifier instead)",
     lambda config, targets: SimpleCIL(config), frozenset({"head.kind", "head.shrinkage"}),
     {"head": {"kind": "prototype"}},
+))
+register_method(MethodSpec(
+    "frozen-lda", "frozen backbone + the shared-covariance Gaussian (LDA) head of pm-lora-plus: the diagnostic for "
+                  "what pm-lora-plus's backbone merging adds (no training)",
+    lambda config, targets: SimpleCIL(config), frozenset({"head.kind", "head.shrinkage"}), {"head": {"kind": "lda"}},
 ))
 register_method(MethodSpec(
     "joint", "joint training on all tasks' data at once with LoRA (upper bound; NOT continual)",
