@@ -537,3 +537,14 @@ def test_named_lda_methods_are_their_option_spellings(tmp_path):
     assert plus["accuracy_matrix"] == spelled["accuracy_matrix"] and plus["alphas"] == spelled["alphas"]
     frozen = _run("frozen-lda", tmp_path / "frozen")
     assert frozen["accuracy_matrix"] == _run("simplecil", tmp_path / "simplecil", "head.kind=lda")["accuracy_matrix"]
+
+
+def test_options_that_need_a_method_default_are_checked_with_it():
+    """pm-lora-plus sets head.kind=lda itself, so head.drift=sdc is valid for it (and not for pm-lora)."""
+    from perturbmerge.errors import UserError
+    from perturbmerge.runner import resolve_config
+
+    config, _ = resolve_config({"benchmark": "digits", "method": "pm-lora-plus"}, None, ["head.drift=sdc"])
+    assert config.head.kind == "lda" and config.head.drift == "sdc"
+    with pytest.raises(UserError, match="head.drift=sdc needs head.kind=lda"):
+        resolve_config({"benchmark": "digits", "method": "pm-lora"}, None, ["head.drift=sdc"])

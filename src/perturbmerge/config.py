@@ -270,15 +270,17 @@ def _parse_numeric_strings(data: Any) -> Any:
     return data
 
 
-def build_config(layers: list[Mapping[str, Any]], explicit_layers: list[Mapping[str, Any]]) -> tuple[RunConfig, set[str]]:
-    """Apply `layers` (defaults, silently) then `explicit_layers` (recorded as user-set), and validate."""
+def build_config(layers: list[Mapping[str, Any]], explicit_layers: list[Mapping[str, Any]],
+                 check: bool = True) -> tuple[RunConfig, set[str]]:
+    """Apply `layers` (defaults, silently) then `explicit_layers` (recorded as user-set), and validate (`check`)."""
     config = RunConfig()
     explicit: set[str] = set()
     for layer in layers:
         _merge_into(config, layer, "", None)
     for layer in explicit_layers:
         _merge_into(config, layer, "", explicit)
-    validate(config)
+    if check:
+        validate(config)
     return config, explicit
 
 

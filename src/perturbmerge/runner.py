@@ -49,7 +49,7 @@ def resolve_config(
         user_layers.append({k: v for k, v in overrides.items() if v is not None})
     user_layers.append(parse_set(list(sets)))
     # The benchmark (and so its defaults) is known only after the user's layers are read.
-    probe, _ = build_config([], user_layers)
+    probe, _ = build_config([], user_layers, check=False)  # checked below, with the method's own defaults
     spec = get_benchmark(probe.benchmark)
     config, explicit = build_config([spec.defaults, get_method(probe.method).defaults], user_layers)
     if config.tasks is None:
