@@ -105,3 +105,26 @@ def test_minilm_backbone_loads_offline_with_key_value_targets():
     adaptation.attach(backbone.module)
     assert len(adaptation.layers) == 12
     assert all(k.endswith(("attention.self.key.weight", "attention.self.value.weight")) for k in adaptation.layers)
+
+
+@pytest.mark.parametrize("family", ["mlp", "bert", "conv"])
+@pytest.mark.parametrize("kind", ["lora", "full"])
+def test_at_start_holds_the_starting_weights_and_restores_the_trained_ones(family, kind):
+    """Inside `at_start()` the model computes what the backbone did before the task's training (for the
+    pretrained-anchor Fisher); after it, the trained model again."""
+    from perturbmerge.adaptation import call_backbone
+
+    backbone, inputs, targets = _cases()[family]
+    backbone.eval()
+    start = copy.deepcopy(backbone)
+    adaptation = LoraAdaptation(rank=3, alpha=6, dropout=0.0, targets=targets) if kind == "lora" else FullAdaptation()
+    adaptation.attach(backbone)
+    with torch.no_grad():
+        for p in adaptation.trainable_parameters():
+            p.add_(torch.randn_like(p) * 0.2)
+        trained = adaptation.features(inputs)
+        expected = call_backbone(start, inputs)
+        assert not torch.allclose(trained, expected, atol=1e-4)
+        with adaptation.at_start():
+            torch.testing.assert_close(adaptation.features(inputs), expected, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(adaptation.features(inputs), trained, rtol=0, atol=0)

@@ -70,6 +70,8 @@ BAD_INPUTS: list[tuple[str, Setup, str]] = [
      "alpha_granularity=module needs alpha_rule closed_form or simplified"),
     ("head-kind", flags("--set", "head.kind=cosine"), "head.kind must be one of linear, prototype, lda"),
     ("head-shrinkage", flags("--set", "head.kind=lda", "head.shrinkage=1.5"), "head.shrinkage must be in [0, 1]"),
+    ("anchor-on-seq", flags("--method", "seq-lora", "--set", "anchor_pretrained=true"),
+     "method 'seq-lora' does not use anchor_pretrained"),
     ("drift-without-lda", flags("--set", "head.drift=sdc"), "head.drift=sdc needs head.kind=lda"),
     ("simplecil-linear-head", flags("--method", "simplecil", "--set", "head.kind=linear"),
      "simplecil's head is a prototype or lda classifier"),

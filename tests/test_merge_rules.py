@@ -548,3 +548,17 @@ def test_options_that_need_a_method_default_are_checked_with_it():
     assert config.head.kind == "lda" and config.head.drift == "sdc"
     with pytest.raises(UserError, match="head.drift=sdc needs head.kind=lda"):
         resolve_config({"benchmark": "digits", "method": "pm-lora"}, None, ["head.drift=sdc"])
+
+
+@pytest.mark.parametrize("method", ["pm-lora", "merge-lora"])
+def test_anchored_merge_treats_the_pretrained_weights_as_task_zero(tmp_path, method):
+    """anchor_pretrained: S_1 = F_0 + F_1, M_1 = F_0 θ_0 + F_1 θ*_1 with θ̂_0 = θ_0, so the closed form gives
+    α_1 = Δ F_1 Δ / Δ (F_0 + F_1) Δ — exactly the simplified rule's value, and below 1. Had F_0 entered with any
+    other optimum than θ_0, the two would differ."""
+    base = _run(method, tmp_path / "base")
+    anchored = _run(method, tmp_path / "anchored", "anchor_pretrained=true")
+    first = anchored["task_logs"][0]
+    assert base["alphas"][0] == 1.0 and 0.0 < first["alpha_raw"] < 1.0
+    assert first["alpha_raw"] == pytest.approx(first["alpha_simplified"], rel=1e-9)
+    assert first["pretrained_fisher_mass"] > 0
+    assert all("pretrained_fisher_mass" not in log for log in anchored["task_logs"][1:])

@@ -10,7 +10,8 @@ so Fisher sums, task vectors and merged weights line up across tasks and with `b
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+from contextlib import contextmanager
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -117,6 +118,10 @@ class LoraAdaptation:
 
         return layer_weight_fisher(self.layers, batches, per_sample_loss, max_samples, progress, description)
 
+    def at_start(self):
+        """Inside the block the model is at the task's starting weights θ̂_{t−1} (LoRA branch scaled to 0)."""
+        return lora_branch_scale(self.layers, 0.0, ADAPTER)
+
     def fold(self, alpha: float | dict[str, float]) -> nn.Module:
         """W ← W + α·scale·B A (PEFT safe merge with the branch scale set to α; a dict gives each adapted matrix
         its own α); return the plain backbone."""
@@ -178,6 +183,21 @@ class FullAdaptation:
         return parameter_fisher(
             self.backbone, list(self.anchor), batches, sample_loss, max_samples, progress, description
         )
+
+    @contextmanager
+    def at_start(self) -> Iterator[None]:
+        """Inside the block the backbone holds the task's starting weights θ̂_{t−1}; the trained ones after."""
+        params = dict(self.backbone.named_parameters())
+        trained = {n: p.detach().clone() for n, p in params.items()}
+        with torch.no_grad():
+            for n, p in params.items():
+                p.copy_(self.anchor[n])
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for n, p in params.items():
+                    p.copy_(trained[n])
 
     def fold(self, alpha: float | dict[str, float]) -> nn.Module:
         """θ ← θ̂ + α(θ − θ̂) (a dict gives each parameter its own α)."""

@@ -106,6 +106,9 @@ class RunConfig:
     checkpoint: CheckpointSettings = field(default_factory=CheckpointSettings)
     head: HeadSettings = field(default_factory=HeadSettings)
     alpha_granularity: str = "model"  # "module": one closed-form α per adapted matrix (the paper's ablation)
+    # true: the pretrained weights enter the merge as "task 0", θ*_0 = θ_0 with the Fisher of task 1's data at θ_0,
+    # so α_1 < 1 and every later α is pulled toward the pretrained model too (beyond the paper)
+    anchor_pretrained: bool = False
     precision: str = "fp32"  # "bf16": autocast forward passes in bfloat16 (GPU); the Fisher pass stays fp32
     grad_accumulation: int = 1  # micro-batches per optimiser step (batch_size stays the global batch)
 

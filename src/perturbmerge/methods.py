@@ -34,7 +34,7 @@ LORA_KEYS = frozenset({"lora.rank", "lora.alpha", "lora.dropout", "lora.targets"
 PERTURB_KEYS = frozenset({"epsilon", "p0"})
 HEAD_KEYS = frozenset({"head.kind", "head.probe_epochs", "head.refit_epochs", "head.shrinkage", "head.drift"})
 FISHER_KEYS = frozenset({"fisher.max_samples", "fisher.batch_size", "fisher.kind", "fisher.logits"})
-MERGE_KEYS = frozenset({"alpha_rule", "fixed_alpha", "alpha_granularity"}) | FISHER_KEYS
+MERGE_KEYS = frozenset({"alpha_rule", "fixed_alpha", "alpha_granularity", "anchor_pretrained"}) | FISHER_KEYS
 
 
 class Method:
@@ -268,8 +268,13 @@ class TaskVectorMethod(Method):
             alpha = decide_alpha(self.alpha_rule, 0.0, 0.0, 0.0, task.index + 1, c.fixed_alpha).alpha
             log.update(alpha=alpha, alpha_raw=None, alpha_simplified=None, alpha_fallback=False)
         elif self.merges:
-            fisher = self._task_fisher(learner, task)
             previous = self.adaptation.merged_weights()
+            if c.anchor_pretrained and self.merge_state.num_tasks == 0:  # task 0: θ_0, Fisher of this data at θ_0
+                with self.adaptation.at_start():
+                    pretrained_fisher = self._task_fisher(learner, task)
+                self.merge_state.update(pretrained_fisher, previous)
+                log["pretrained_fisher_mass"] = _total(pretrained_fisher)
+            fisher = self._task_fisher(learner, task)
             dtype = self.merge_state.dtype  # θ*_t = θ̂_{t-1} + Δ_t formed in the sums' precision (α_1 = 1 exactly)
             optimum = {k: previous[k].to(dtype) + task_vector[k].to(dtype) for k in task_vector}
             self.merge_state.update(fisher, optimum)
