@@ -533,7 +533,7 @@ def test_drift_compensation_moves_old_means_by_the_kernel_weighted_drift_of_the_
 
 def test_named_lda_methods_are_their_option_spellings(tmp_path):
     plus = _run("pm-lora-plus", tmp_path / "plus")
-    spelled = _run("pm-lora", tmp_path / "spelled", "head.kind=lda")
+    spelled = _run("pm-lora", tmp_path / "spelled", "head.kind=lda", "head.drift=sdc", "anchor_pretrained=true")
     assert plus["accuracy_matrix"] == spelled["accuracy_matrix"] and plus["alphas"] == spelled["alphas"]
     frozen = _run("frozen-lda", tmp_path / "frozen")
     assert frozen["accuracy_matrix"] == _run("simplecil", tmp_path / "simplecil", "head.kind=lda")["accuracy_matrix"]
@@ -546,6 +546,8 @@ def test_options_that_need_a_method_default_are_checked_with_it():
 
     config, _ = resolve_config({"benchmark": "digits", "method": "pm-lora-plus"}, None, ["head.drift=sdc"])
     assert config.head.kind == "lda" and config.head.drift == "sdc"
+    config, _ = resolve_config({"benchmark": "digits", "method": "pm-lora-plus"}, None, ["head.drift=none"])
+    assert config.head.drift == "none" and config.anchor_pretrained  # one option off, the others kept
     with pytest.raises(UserError, match="head.drift=sdc needs head.kind=lda"):
         resolve_config({"benchmark": "digits", "method": "pm-lora"}, None, ["head.drift=sdc"])
 
