@@ -17,7 +17,10 @@ from perturbmerge.report import alpha_lines, table_lines
 
 
 def merge_cost(run: dict) -> float | None:
-    """Mean over tasks t ≥ 2 of (acc on task t before merging) − R[t][t] (after merging)."""
+    """Mean over tasks t ≥ 2 of (acc on task t before merging) − R[t][t] (after merging). None where the head's
+    rows are rewritten after the merge (head.kind prototype / lda): "before" then mixes two kinds of rows."""
+    if run["config"].get("head", {}).get("kind", "linear") != "linear":
+        return None
     costs = [log["acc_before_merge"] - run["accuracy_matrix"][t][t]
              for t, log in enumerate(run["task_logs"]) if t > 0 and "acc_before_merge" in log]
     return fmean(costs) if costs else None
