@@ -78,14 +78,18 @@ class GaussianClassStatistics:
         self.counts: dict[int, float] = {}
         self.second_moment: torch.Tensor | None = None
 
-    def add(self, positions: list[int], sums: torch.Tensor, counts: torch.Tensor, second_moment: torch.Tensor) -> None:
-        """Add one task's statistics; row r of `sums`/`counts` belongs to global head position positions[r]."""
+    def add(self, positions: list[int], sums: torch.Tensor, counts: torch.Tensor,
+            second_moment: torch.Tensor | None = None) -> None:
+        """Add one task's statistics; row r of `sums`/`counts` belongs to global head position positions[r]
+        (positions recur across domains in domain-incremental streams). Without `second_moment` only the class
+        means are kept (enough for prototypes, not for `classifier`)."""
         for row, position in enumerate(positions):
             if counts[row] > 0:
                 self.sums[position] = self.sums.get(position, 0) + sums[row].double().cpu()
                 self.counts[position] = self.counts.get(position, 0.0) + float(counts[row])
-        moment = second_moment.double().cpu()
-        self.second_moment = moment if self.second_moment is None else self.second_moment + moment
+        if second_moment is not None:
+            moment = second_moment.double().cpu()
+            self.second_moment = moment if self.second_moment is None else self.second_moment + moment
 
     def means(self) -> dict[int, torch.Tensor]:
         return {p: self.sums[p] / self.counts[p] for p in self.sums}
@@ -107,7 +111,8 @@ class GaussianClassStatistics:
     def classifier(self, shrinkage: float) -> tuple[dict[int, torch.Tensor], dict[int, float]]:
         """(weight row, bias) per known head position: w_c = Σ_γ⁻¹ μ_c, b_c = −½ μ_cᵀ Σ_γ⁻¹ μ_c."""
         positions = sorted(self.sums)
-        means = torch.stack([self.sums[p] / self.counts[p] for p in positions])  # [C, d]
+        known = self.means()
+        means = torch.stack([known[p] for p in positions])  # [C, d]
         counts = torch.tensor([self.counts[p] for p in positions], dtype=torch.float64)
         degrees = float(counts.sum()) - len(positions)
         if degrees <= 0:

@@ -189,22 +189,25 @@ class ContinualLearner:
     def class_feature_sums(self, task: "Task") -> tuple[torch.Tensor, torch.Tensor]:
         """Per row of the current head block: the sum of the task's training features (float64) and their count,
         over every process's shard, on the backbone as it is now (eval mode)."""
-        return self.class_feature_statistics(task)[:2]
+        return self.class_feature_statistics(task, second_moment=False)[:2]
 
     @torch.no_grad()
-    def class_feature_statistics(self, task: "Task") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """`class_feature_sums` and the second moment Σ_x x xᵀ [d, d] of the same features (float64)."""
+    def class_feature_statistics(self, task: "Task", second_moment: bool = True
+                                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """`class_feature_sums` and (with `second_moment`) Σ_x x xᵀ [d, d] of the same features (float64)."""
         self.model.eval()
         block = self.model.head.blocks[self.head_block]
         sums = torch.zeros(block.out_features, block.in_features, dtype=torch.float64, device=self.device)
         counts = torch.zeros(block.out_features, dtype=torch.float64, device=self.device)
-        moment = torch.zeros(block.in_features, block.in_features, dtype=torch.float64, device=self.device)
+        moment = (torch.zeros(block.in_features, block.in_features, dtype=torch.float64, device=self.device)
+                  if second_moment else None)
         for inputs, labels in self.local_batches(task.train, self.eval_batch_size):
             features = self.model.backbone(inputs).double()
             sums.index_add_(0, labels, features)
             counts.index_add_(0, labels, torch.ones_like(labels, dtype=torch.float64))
-            moment.addmm_(features.T, features)
-        return self.world.sum_(sums), self.world.sum_(counts), self.world.sum_(moment)
+            if moment is not None:
+                moment.addmm_(features.T, features)
+        return self.world.sum_(sums), self.world.sum_(counts), None if moment is None else self.world.sum_(moment)
 
     def fit_head(self, task: "Task", epochs: int, lr: float, weight_decay: float, tag: int) -> list[float]:
         """Train the current head block alone on frozen features of the backbone as it is now (eval mode), with

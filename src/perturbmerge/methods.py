@@ -304,7 +304,8 @@ class TaskVectorMethod(Method):
         Returns the mean ‖δ_c‖ over the old classes."""
         statistics = self.class_statistics
         positions = sorted(statistics.sums)
-        means = torch.stack([statistics.means()[p] for p in positions]).to(learner.device)
+        known = statistics.means()
+        means = torch.stack([known[p] for p in positions]).to(learner.device)
         bandwidth = 2 * statistics.pooled_variance()
         weighted = torch.zeros_like(means)
         weights = torch.zeros(len(positions), dtype=torch.float64, device=learner.device)
@@ -470,18 +471,15 @@ class SimpleCIL(Method):
             raise UserError(f"simplecil's head is a prototype or lda classifier, got head.kind={config.head.kind}; "
                             f"remove the key or set head.kind=lda")
         self.config = config
-        self.sums: dict[int, torch.Tensor] = {}  # head position -> feature sum (domain-incremental: all domains)
-        self.counts: dict[int, int] = {}
-        self.class_statistics = GaussianClassStatistics()
+        self.class_statistics = GaussianClassStatistics()  # per head position (domain-incremental: all domains)
 
     def begin_task(self, learner: "ContinualLearner", task: "Task") -> None:
         learner.prepare_head(task)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"sums": self.sums, "counts": self.counts, "class_statistics": self.class_statistics.state_dict()}
+        return {"class_statistics": self.class_statistics.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any], device: torch.device) -> None:
-        self.sums, self.counts = dict(state["sums"]), dict(state["counts"])
         self.class_statistics.load_state_dict(state["class_statistics"])
 
     @torch.no_grad()
@@ -491,16 +489,14 @@ class SimpleCIL(Method):
         if self.config.head.kind == "lda":
             write_lda_rows(self.class_statistics, learner, task, self.config.head.shrinkage)
             return {}
+        statistics = self.class_statistics
         positions = [task.label_offset + row for row in range(block.out_features)]
-        sums, counts = learner.class_feature_sums(task)
-        for row, position in enumerate(positions):  # global head positions (shared across domains)
-            if counts[row] > 0:
-                self.sums[position] = self.sums.get(position, 0) + sums[row]
-                self.counts[position] = self.counts.get(position, 0) + int(counts[row])
-        known = [self.sums.get(p, torch.zeros(block.in_features, dtype=torch.float64)) for p in positions]
+        statistics.add(positions, *learner.class_feature_sums(task))
+        known = [statistics.sums.get(p, torch.zeros(block.in_features, dtype=torch.float64)) for p in positions]
+        counts = [int(statistics.counts.get(p, 0)) for p in positions]
         set_prototype_rows(block, torch.stack([k.to(learner.device) for k in known]),
-                           torch.tensor([self.counts.get(p, 0) for p in positions], dtype=torch.float64))
-        return {"prototype_counts": [self.counts.get(position, 0) for position in positions]}
+                           torch.tensor(counts, dtype=torch.float64))
+        return {"prototype_counts": counts}
 
 
 @dataclass(frozen=True)
