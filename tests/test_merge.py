@@ -14,6 +14,7 @@ from perturbmerge.merge import (
     closed_form_alpha,
     decide_alpha,
     interpolate,
+    unit_trace,
 )
 
 SHAPES = {"a.weight": (5, 4), "b.weight": (7,)}
@@ -77,6 +78,35 @@ def test_running_sums_equal_reference(num_tasks, seed):
     for rule in ("closed_form", "simplified"):
         expected = closed_form_alpha(prev, delta, fishers, optima, rule=rule)
         assert state.decide(prev, delta, fishers[-1], rule).alpha == pytest.approx(expected, rel=1e-6, abs=1e-12)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_trace_normalised_alpha_is_the_argmin_with_unit_mass_fishers_whatever_their_scale(seed):
+    """fisher.normalise = trace: the running sums of F_i / Σ F_i give the argmin of the surrogate built with
+    unit-mass Fishers, so rescaling any task's Fisher (here by 1e-12 .. 1e6, as when a task is fit perfectly)
+    leaves α unchanged, while without normalisation it moves."""
+    prev, delta, fishers, optima = random_problem(4, seed)
+    unit = [{k: f[k] / sum(float(v.sum()) for v in f.values()) for k in f} for f in fishers]
+    scales = [1e6, 1.0, 1e-3, 1e-12]  # the current (last) task's Fisher nearly vanishes
+    scaled = [{k: c * v for k, v in f.items()} for c, f in zip(scales, fishers)]
+    state = RunningMergeState()
+    for fisher, optimum in zip(scaled, optima):
+        state.update(unit_trace(fisher), optimum)
+    num, den = state.alpha_terms(prev, delta)
+    assert num / den == pytest.approx(dense_argmin(prev, delta, unit, optima), abs=1e-6)
+    assert sum(float(v.sum()) for v in state.fisher_sum.values()) == pytest.approx(4.0, rel=1e-12)
+    same = RunningMergeState()
+    for fisher, optimum in zip(fishers, optima):
+        same.update(unit_trace(fisher), optimum)
+    assert same.alpha_terms(prev, delta) == pytest.approx((num, den), rel=1e-9)
+    assert closed_form_alpha(prev, delta, scaled, optima, clip=False) != pytest.approx(num / den, abs=1e-3)
+
+
+def test_unit_trace_keeps_an_all_zero_fisher_and_rejects_a_negative_one():
+    zero = {"a": torch.zeros(3)}
+    assert torch.equal(unit_trace(zero)["a"], zero["a"])
+    with pytest.raises(ValueError, match="non-negative"):
+        unit_trace({"a": torch.tensor([-1.0, 0.5])})
 
 
 def test_running_state_in_float32_buffers_still_close():

@@ -276,11 +276,13 @@ def test_pm_lora_with_per_module_alpha(tmp_path):
     assert logs[0]["alpha_per_module"] == {"fc1.weight": 1.0, "fc2.weight": 1.0}
 
 
-@pytest.mark.parametrize("sets", [["fisher.kind=sampled"], ["fisher.logits=seen"], ["fisher.kind=sampled", "fisher.logits=seen"]])
+@pytest.mark.parametrize("sets", [["fisher.kind=sampled"], ["fisher.logits=seen"], ["fisher.kind=sampled", "fisher.logits=seen"],
+                                  ["fisher.normalise=trace"]])
 def test_fisher_options_change_the_fisher_and_alpha(tmp_path, sets):
     base = _run("pm-lora", tmp_path / "base")
     other = _run("pm-lora", tmp_path / "other", *sets)
-    assert other["task_logs"][1]["fisher_mass"] != base["task_logs"][1]["fisher_mass"]
+    same_fisher = sets == ["fisher.normalise=trace"]  # task 2 starts from θ̂_1 = θ*_1 either way; only α_2 moves
+    assert (other["task_logs"][1]["fisher_mass"] == base["task_logs"][1]["fisher_mass"]) == same_fisher
     assert other["alphas"][0] == 1.0 and all(0.0 <= a <= 1.0 for a in other["alphas"])
     assert other["alphas"][1:] != base["alphas"][1:]
 
@@ -564,3 +566,16 @@ def test_anchored_merge_treats_the_pretrained_weights_as_task_zero(tmp_path, met
     assert first["alpha_raw"] == pytest.approx(first["alpha_simplified"], rel=1e-9)
     assert first["pretrained_fisher_mass"] > 0
     assert all("pretrained_fisher_mass" not in log for log in anchored["task_logs"][1:])
+
+
+def test_trace_normalised_merge_logs_the_raw_fisher_and_anchored_alpha_uses_unit_masses(tmp_path):
+    """fisher.normalise = trace changes only what enters the merge: task 1 trains identically and logs the same
+    raw Fisher mass; anchored, α_1 = Δ F̃_1 Δ / Δ (F̃_0 + F̃_1) Δ is still the simplified value (of unit-mass
+    Fishers), and differs from the unnormalised anchored α_1 unless F_0 and F_1 had equal mass."""
+    base = _run("pm-lora", tmp_path / "base", "anchor_pretrained=true")
+    unit = _run("pm-lora", tmp_path / "unit", "anchor_pretrained=true", "fisher.normalise=trace")
+    first, base_first = unit["task_logs"][0], base["task_logs"][0]
+    assert first["fisher_mass"] == pytest.approx(base_first["fisher_mass"], rel=1e-9)
+    assert first["pretrained_fisher_mass"] == pytest.approx(base_first["pretrained_fisher_mass"], rel=1e-9)
+    assert first["alpha_raw"] == pytest.approx(first["alpha_simplified"], rel=1e-9)
+    assert first["alpha_raw"] != pytest.approx(base_first["alpha_raw"], rel=1e-6)

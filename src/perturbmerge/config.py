@@ -33,6 +33,9 @@ class FisherSettings:
     batch_size: int = 64
     kind: str = "empirical"  # "sampled": the true Fisher, labels drawn from the model's predictive distribution
     logits: str = "task"  # "seen": the loss over every seen class's logits, not the current task's only
+    # "trace": each task's Fisher enters the merge divided by its total Σ F_t, so every task weighs the same in
+    # total and α depends on where each Fisher lies, not on its size (which vanishes when a task is fit well)
+    normalise: str = "none"
 
 
 @dataclass
@@ -322,6 +325,8 @@ def validate(c: RunConfig) -> None:
     _require(c.fisher.kind in ("empirical", "sampled"),
              f"fisher.kind must be empirical or sampled, got '{c.fisher.kind}'")
     _require(c.fisher.logits in ("task", "seen"), f"fisher.logits must be task or seen, got '{c.fisher.logits}'")
+    _require(c.fisher.normalise in ("none", "trace"),
+             f"fisher.normalise must be none or trace, got '{c.fisher.normalise}'")
     _require(c.head.kind in HEAD_KINDS, f"head.kind must be one of {', '.join(HEAD_KINDS)}, got '{c.head.kind}'"
              f"{did_you_mean(c.head.kind, HEAD_KINDS)}")
     _require(c.head.drift in ("none", "sdc"), f"head.drift must be none or sdc, got '{c.head.drift}'")

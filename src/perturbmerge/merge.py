@@ -151,6 +151,15 @@ def interpolate(prev_merged: TensorDict, task_vector: TensorDict, alpha: float) 
     return {k: prev_merged[k] + alpha * task_vector[k].to(prev_merged[k].dtype) for k in task_vector}
 
 
+def unit_trace(fisher: TensorDict) -> dict[str, torch.Tensor]:
+    """F / Σ_k F_k (fisher.normalise = trace): the same directions, total mass 1. An all-zero Fisher stays zero
+    (the α rule's own fallback then applies)."""
+    total = sum(float(f.double().sum()) for f in fisher.values())
+    if not math.isfinite(total) or total < 0:
+        raise ValueError(f"a diagonal Fisher must have a finite, non-negative total, got {total}")
+    return {k: (f.double() / total).to(f.dtype) if total > 0 else f.clone() for k, f in fisher.items()}
+
+
 class RunningMergeState:
     """Constant-memory closed form: S_t = Σ_{i≤t} F_i and M_t = Σ_{i≤t} F_i ⊙ θ*_i.
 

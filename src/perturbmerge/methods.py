@@ -18,7 +18,7 @@ from .config import RunConfig
 from .errors import TrainingDiverged, UserError, did_you_mean
 from .heads import GaussianClassStatistics
 from .merge import (RunningMergeState, add_scaled, dare, decide_alpha, ewc_penalty, fisher_weighted_interpolation,
-                    magmax, task_arithmetic, ties)
+                    magmax, task_arithmetic, ties, unit_trace)
 from .perturb import PerturbationSchedule
 
 if TYPE_CHECKING:
@@ -34,7 +34,8 @@ LORA_KEYS = frozenset({"lora.rank", "lora.alpha", "lora.dropout", "lora.targets"
 PERTURB_KEYS = frozenset({"epsilon", "p0"})
 HEAD_KEYS = frozenset({"head.kind", "head.probe_epochs", "head.refit_epochs", "head.shrinkage", "head.drift"})
 FISHER_KEYS = frozenset({"fisher.max_samples", "fisher.batch_size", "fisher.kind", "fisher.logits"})
-MERGE_KEYS = frozenset({"alpha_rule", "fixed_alpha", "alpha_granularity", "anchor_pretrained"}) | FISHER_KEYS
+MERGE_KEYS = frozenset({"alpha_rule", "fixed_alpha", "alpha_granularity", "anchor_pretrained",
+                        "fisher.normalise"}) | FISHER_KEYS
 
 
 class Method:
@@ -269,19 +270,21 @@ class TaskVectorMethod(Method):
             log.update(alpha=alpha, alpha_raw=None, alpha_simplified=None, alpha_fallback=False)
         elif self.merges:
             previous = self.adaptation.merged_weights()
+            normalised = unit_trace if c.fisher.normalise == "trace" else (lambda f: f)
             if c.anchor_pretrained and self.merge_state.num_tasks == 0:  # task 0: θ_0, Fisher of this data at θ_0
                 with self.adaptation.at_start():
                     pretrained_fisher = self._task_fisher(learner, task)
-                self.merge_state.update(pretrained_fisher, previous)
+                self.merge_state.update(normalised(pretrained_fisher), previous)
                 log["pretrained_fisher_mass"] = _total(pretrained_fisher)
-            fisher = self._task_fisher(learner, task)
+            raw_fisher = self._task_fisher(learner, task)
+            fisher = normalised(raw_fisher)
             dtype = self.merge_state.dtype  # θ*_t = θ̂_{t-1} + Δ_t formed in the sums' precision (α_1 = 1 exactly)
             optimum = {k: previous[k].to(dtype) + task_vector[k].to(dtype) for k in task_vector}
             self.merge_state.update(fisher, optimum)
             decision = self.merge_state.decide(previous, task_vector, fisher, self.alpha_rule, c.fixed_alpha)
             alpha = decision.alpha
             log.update(alpha=alpha, alpha_raw=decision.raw, alpha_simplified=decision.simplified,
-                       alpha_fallback=decision.fallback, fisher_mass=_total(fisher))
+                       alpha_fallback=decision.fallback, fisher_mass=_total(raw_fisher))
             if c.alpha_granularity == "module":  # one α per adapted matrix; the log's alpha is their mean
                 per_module = self.merge_state.decide_per_module(previous, task_vector, fisher, self.alpha_rule)
                 alpha = {k: d.alpha for k, d in per_module.items()}
