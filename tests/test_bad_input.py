@@ -66,6 +66,7 @@ BAD_INPUTS: list[tuple[str, Setup, str]] = [
     ("precision", flags("--set", "precision=fp16"), "precision must be one of fp32, bf16, got 'fp16'"),
     ("grad-accumulation", flags("--set", "grad_accumulation=0"), "grad_accumulation must be in [1, batch_size="),
     ("fisher-kind", flags("--set", "fisher.kind=true-ish"), "fisher.kind must be empirical or sampled"),
+    ("fisher-normalise", flags("--set", "fisher.normalise=count"), "fisher.normalise must be none or trace"),
     ("module-alpha-rule", flags("--set", "alpha_granularity=module", "alpha_rule=average"),
      "alpha_granularity=module needs alpha_rule closed_form or simplified"),
     ("head-kind", flags("--set", "head.kind=cosine"), "head.kind must be one of linear, prototype, lda"),
