@@ -535,7 +535,8 @@ def test_drift_compensation_moves_old_means_by_the_kernel_weighted_drift_of_the_
 
 def test_named_lda_methods_are_their_option_spellings(tmp_path):
     plus = _run("pm-lora-plus", tmp_path / "plus")
-    spelled = _run("pm-lora", tmp_path / "spelled", "head.kind=lda", "head.drift=sdc", "anchor_pretrained=true")
+    spelled = _run("pm-lora", tmp_path / "spelled", "head.kind=lda", "head.drift=sdc", "anchor_pretrained=true",
+                   "fisher.normalise=trace")
     assert plus["accuracy_matrix"] == spelled["accuracy_matrix"] and plus["alphas"] == spelled["alphas"]
     frozen = _run("frozen-lda", tmp_path / "frozen")
     assert frozen["accuracy_matrix"] == _run("simplecil", tmp_path / "simplecil", "head.kind=lda")["accuracy_matrix"]

@@ -536,11 +536,12 @@ def _task_vector_method(name: str, description: str, adaptation: str, perturbati
 _task_vector_method("pm-lora", "LoRA-P&M: task-vector perturbation + closed-form Fisher merge (the paper)", "lora", "task_vector", True)
 _task_vector_method("pm-full", "full-parameter P&M: perturbation + closed-form merge of all backbone weights", "full", "task_vector", True)
 # Chosen on the validation split (docs/results.md, "Long task sequences"): the best mean over wordnet-10 and
-# mnist-fashion-10 among the head / drift / anchor options.
+# mnist-fashion-10 among the head / drift / anchor / Fisher-normalisation options.
 _task_vector_method("pm-lora-plus", "LoRA-P&M + LDA head from stored class statistics (head.kind=lda) + drift "
                     "compensation of the stored means (head.drift=sdc) + the pretrained weights as task 0 of the merge "
-                    "(anchor_pretrained)", "lora", "task_vector", True,
-                    defaults={"head": {"kind": "lda", "drift": "sdc"}, "anchor_pretrained": True})
+                    "(anchor_pretrained) + unit-mass task Fishers (fisher.normalise=trace)", "lora", "task_vector", True,
+                    defaults={"head": {"kind": "lda", "drift": "sdc"}, "anchor_pretrained": True,
+                              "fisher": {"normalise": "trace"}})
 _task_vector_method("merge-lora", "LoRA + closed-form merge, no perturbation (merge-only ablation)", "lora", "none", True)
 _task_vector_method("noise-lora", "LoRA + closed-form merge + Gaussian-noise perturbation (ablation)", "lora", "gaussian", True)
 _task_vector_method("seq-lora", "sequential LoRA: each task's adapter folded in with alpha = 1", "lora", "none", False)
