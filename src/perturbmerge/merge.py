@@ -152,8 +152,8 @@ def interpolate(prev_merged: TensorDict, task_vector: TensorDict, alpha: float) 
 
 
 def unit_trace(fisher: TensorDict) -> dict[str, torch.Tensor]:
-    """F / Σ_k F_k (fisher.normalise = trace): the same directions, total mass 1. An all-zero Fisher stays zero
-    (the α rule's own fallback then applies)."""
+    """F / Σ_k F_k (fisher.normalise = trace): the same directions, total mass 1. An all-zero Fisher (a task fit
+    so well that every per-example gradient underflows) stays zero: that task then has no weight in the merge."""
     total = sum(float(f.double().sum()) for f in fisher.values())
     if not math.isfinite(total) or total < 0:
         raise ValueError(f"a diagonal Fisher must have a finite, non-negative total, got {total}")
