@@ -68,7 +68,11 @@ class HeadSettings:
     kind: str = "linear"  # "prototype": after the merge, the task's rows become normalised class means on it;
     # "lda": after the merge, every seen class's rows come from stored class statistics (GaussianClassStatistics)
     shrinkage: float = 0.1  # lda: Σ_γ = (1 − γ) Σ + γ (tr Σ / d) I
-    drift: str = "none"  # lda: "sdc" moves stored class means by the drift the merge causes on the current task's data
+    drift: str = "none"  # lda: "sdc" moves stored class means by the drift the merge causes on the current task's data;
+    # "linear" moves means and covariance by an affine map x ↦ xW + b fitted on that data (ridge towards W = I)
+    drift_ridge: float = 3.0  # linear: λ = drift_ridge · tr(Z̃ᵀZ̃) / d
+    train_logits: str = "task"  # "seen": the training loss covers every seen class's logits (earlier rows fixed),
+    # so the LoRA learns to separate the new classes from the old ones too (the masked loss of the paper: "task")
     probe_epochs: int = 0  # > 0: fit the task's new rows on the frozen backbone first (linear probe)
     refit_epochs: int = 0  # > 0: re-fit the task's rows on the merged, frozen backbone after the fold
 
@@ -329,9 +333,13 @@ def validate(c: RunConfig) -> None:
              f"fisher.normalise must be none or trace, got '{c.fisher.normalise}'")
     _require(c.head.kind in HEAD_KINDS, f"head.kind must be one of {', '.join(HEAD_KINDS)}, got '{c.head.kind}'"
              f"{did_you_mean(c.head.kind, HEAD_KINDS)}")
-    _require(c.head.drift in ("none", "sdc"), f"head.drift must be none or sdc, got '{c.head.drift}'")
+    _require(c.head.drift in ("none", "sdc", "linear"), f"head.drift must be none, sdc or linear, got '{c.head.drift}'")
     _require(c.head.drift == "none" or (c.head.kind == "lda" and c.alpha_granularity == "model"),
-             "head.drift=sdc needs head.kind=lda and alpha_granularity=model; set them or remove head.drift")
+             f"head.drift={c.head.drift} needs head.kind=lda and alpha_granularity=model; set them or remove head.drift")
+    _require(c.head.train_logits in ("task", "seen"),
+             f"head.train_logits must be task or seen, got '{c.head.train_logits}'")
+    _require(finite(c.head.drift_ridge) and c.head.drift_ridge > 0,
+             f"head.drift_ridge must be > 0, got {c.head.drift_ridge}; e.g. --set head.drift_ridge=3")
     _require(finite(c.head.shrinkage) and 0.0 <= c.head.shrinkage <= 1.0,
              f"head.shrinkage must be in [0, 1], got {c.head.shrinkage}; e.g. --set head.shrinkage=0.1")
     _require(c.head.probe_epochs >= 0 and c.head.refit_epochs >= 0,

@@ -108,6 +108,17 @@ class GaussianClassStatistics:
             self.sums[position] = new * n
             self.second_moment += n * (torch.outer(new, new) - torch.outer(old, old))
 
+    def move_affine(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
+        """Move every stored example x ↦ xW + b (row vectors), exactly, through its statistics:
+        s_c ← s_c W + n_c b,  M ← WᵀMW + (SW)ᵀb + bᵀ(SW) + N bᵀb  (S = Σ_c s_c, N = Σ_c n_c)."""
+        weight, bias = weight.double().cpu(), bias.double().cpu()
+        total_sum = sum(self.sums.values()) @ weight
+        total_count = sum(self.counts.values())
+        for position in self.sums:
+            self.sums[position] = self.sums[position] @ weight + self.counts[position] * bias
+        self.second_moment = (weight.T @ self.second_moment @ weight + torch.outer(total_sum, bias)
+                              + torch.outer(bias, total_sum) + total_count * torch.outer(bias, bias))
+
     def classifier(self, shrinkage: float) -> tuple[dict[int, torch.Tensor], dict[int, float]]:
         """(weight row, bias) per known head position: w_c = Σ_γ⁻¹ μ_c, b_c = −½ μ_cᵀ Σ_γ⁻¹ μ_c."""
         positions = sorted(self.sums)
@@ -149,3 +160,26 @@ class GaussianClassStatistics:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.sums, self.counts = dict(state["sums"]), dict(state["counts"])
         self.second_moment = state["second_moment"]
+
+
+def fit_affine_drift(count: torch.Tensor, sum_before: torch.Tensor, sum_after: torch.Tensor,
+                     gram_before: torch.Tensor, cross: torch.Tensor, ridge: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ridge regression of features after a merge (z′) on features before it (z), towards the identity, from the
+    moments n, Σz, Σz′, ΣzᵀZ, Σzᵀz′ of paired rows:
+
+        W = argmin ‖Z̃′ − Z̃W‖² + λ‖W − I‖² = (Z̃ᵀZ̃ + λI)⁻¹ (Z̃ᵀZ̃′ + λI),   b = z̄′ − z̄W,
+        λ = ridge · tr(Z̃ᵀZ̃) / d   (Z̃, Z̃′: centred rows; λ scales with the features' variance)."""
+    n = float(count)
+    if n < 2:
+        raise ValueError(f"a linear drift map needs at least 2 paired feature rows, got {n:g}")
+    mean_before, mean_after = sum_before / n, sum_after / n
+    gram = gram_before - n * torch.outer(mean_before, mean_before)
+    centred_cross = cross - n * torch.outer(mean_before, mean_after)
+    dim = gram.shape[0]
+    lam = ridge * float(gram.trace()) / dim
+    if not lam > 0:
+        raise ValueError("a linear drift map needs features that vary across the current task's examples")
+    eye = torch.eye(dim, dtype=gram.dtype)
+    weight = torch.linalg.solve(gram + lam * eye, centred_cross + lam * eye)
+    return weight, mean_after - mean_before @ weight
+

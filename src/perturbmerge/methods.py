@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from .adaptation import FullAdaptation, LoraAdaptation, resolve_lora_targets
 from .config import RunConfig
 from .errors import TrainingDiverged, UserError, did_you_mean
-from .heads import GaussianClassStatistics
+from .heads import GaussianClassStatistics, fit_affine_drift
 from .merge import (RunningMergeState, add_scaled, dare, decide_alpha, ewc_penalty, fisher_weighted_interpolation,
                     magmax, task_arithmetic, ties, unit_trace)
 from .perturb import PerturbationSchedule
@@ -32,7 +32,8 @@ COMMON_KEYS = frozenset(
 )
 LORA_KEYS = frozenset({"lora.rank", "lora.alpha", "lora.dropout", "lora.targets"})
 PERTURB_KEYS = frozenset({"epsilon", "p0"})
-HEAD_KEYS = frozenset({"head.kind", "head.probe_epochs", "head.refit_epochs", "head.shrinkage", "head.drift"})
+HEAD_KEYS = frozenset({"head.kind", "head.probe_epochs", "head.refit_epochs", "head.shrinkage", "head.drift",
+                       "head.drift_ridge", "head.train_logits"})
 FISHER_KEYS = frozenset({"fisher.max_samples", "fisher.batch_size", "fisher.kind", "fisher.logits"})
 MERGE_KEYS = frozenset({"alpha_rule", "fixed_alpha", "alpha_granularity", "anchor_pretrained",
                         "fisher.normalise"}) | FISHER_KEYS
@@ -150,10 +151,15 @@ class TaskVectorMethod(Method):
 
     def objective(self, learner: "ContinualLearner", batch: tuple[Any, torch.Tensor],
                   sign: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(objective to minimise, task loss to report) on a batch, at θ + sign·ε·Δ."""
+        """(objective to minimise, task loss to report) on a batch, at θ + sign·ε·Δ. The loss is over the current
+        task's logits (head.train_logits = task, the masked loss) or over every seen class's (seen; labels as
+        global head positions, earlier rows fixed)."""
         inputs, labels = batch
         features = self.adaptation.features(inputs, sign * self.config.epsilon, self.perturbation, self.noise_generator)
-        loss = F.cross_entropy(learner.task_logits(features), labels)
+        if self.config.head.train_logits == "seen":
+            loss = F.cross_entropy(learner.model.head(features), labels + learner.task.label_offset)
+        else:
+            loss = F.cross_entropy(learner.task_logits(features), labels)
         return loss, loss
 
     def _optimise(self, learner: "ContinualLearner", batch: tuple[Any, torch.Tensor],
@@ -292,6 +298,8 @@ class TaskVectorMethod(Method):
                            alpha_per_module=alpha)
         if c.head.drift == "sdc" and self.class_statistics.sums:
             log["mean_drift"] = self._compensate_drift(learner, task, alpha)
+        elif c.head.drift == "linear" and self.class_statistics.sums:
+            log["mean_drift"] = self._move_statistics_linearly(learner, task, alpha)
         self._fold_into_learner(learner, alpha)
         log.update(self._finish_head(learner, task))
         return log
@@ -323,6 +331,30 @@ class TaskVectorMethod(Method):
         shifts = {p: weighted[i] / weights[i] for i, p in enumerate(positions) if weights[i] > 0}
         statistics.shift_means(shifts)
         return float(torch.stack([v.norm() for v in shifts.values()]).mean()) if shifts else 0.0
+
+    @torch.no_grad()
+    def _move_statistics_linearly(self, learner: "ContinualLearner", task: "Task", alpha: float) -> float:
+        """Linear drift compensation of the stored class statistics (means and covariance): fit x ↦ xW + b from
+        the current task's features z_i at θ̂_{t−1} to z'_i at θ̂_t (`fit_affine_drift`), then move every stored
+        example's statistics by it (`GaussianClassStatistics.move_affine`). Returns the mean ‖δ_c‖ over the old
+        classes, δ_c = μ_c W + b − μ_c."""
+        statistics = self.class_statistics
+        dim = next(iter(statistics.sums.values())).shape[0]
+        moments = [torch.zeros((), dtype=torch.float64, device=learner.device),  # n, Σz, Σz', Σzᵀz, Σzᵀz'
+                   *(torch.zeros(dim, dtype=torch.float64, device=learner.device) for _ in range(2)),
+                   *(torch.zeros(dim, dim, dtype=torch.float64, device=learner.device) for _ in range(2))]
+        learner.model.eval()
+        for inputs, _ in learner.local_batches(task.train, learner.eval_batch_size):
+            before = self.adaptation.features(inputs, -1.0, "task_vector").double()  # θ̂_{t−1}
+            after = self.adaptation.features(inputs, alpha - 1.0, "task_vector").double()  # θ̂_t
+            for total, part in zip(moments, (len(before), before.sum(0), after.sum(0), before.T @ before,
+                                             before.T @ after)):
+                total += part
+        weight, bias = fit_affine_drift(*(learner.world.sum_(m).cpu() for m in moments), self.config.head.drift_ridge)
+        old = statistics.means()
+        statistics.move_affine(weight, bias)
+        new = statistics.means()
+        return float(torch.stack([(new[p] - old[p]).norm() for p in old]).mean())
 
 
 @torch.no_grad()
@@ -537,10 +569,11 @@ _task_vector_method("pm-lora", "LoRA-P&M: task-vector perturbation + closed-form
 _task_vector_method("pm-full", "full-parameter P&M: perturbation + closed-form merge of all backbone weights", "full", "task_vector", True)
 # Chosen on the validation split (docs/results.md, "Long task sequences"): the best mean over wordnet-10 and
 # mnist-fashion-10 among the head / drift / anchor / Fisher-normalisation options.
-_task_vector_method("pm-lora-plus", "LoRA-P&M + LDA head from stored class statistics (head.kind=lda) + drift "
-                    "compensation of the stored means (head.drift=sdc) + the pretrained weights as task 0 of the merge "
-                    "(anchor_pretrained) + unit-mass task Fishers (fisher.normalise=trace)", "lora", "task_vector", True,
-                    defaults={"head": {"kind": "lda", "drift": "sdc"}, "anchor_pretrained": True,
+_task_vector_method("pm-lora-plus", "LoRA-P&M + LDA head from stored class statistics (head.kind=lda) + linear "
+                    "drift compensation of the stored means and covariance (head.drift=linear) + the pretrained "
+                    "weights as task 0 of the merge (anchor_pretrained) + unit-mass task Fishers "
+                    "(fisher.normalise=trace)", "lora", "task_vector", True,
+                    defaults={"head": {"kind": "lda", "drift": "linear"}, "anchor_pretrained": True,
                               "fisher": {"normalise": "trace"}})
 _task_vector_method("merge-lora", "LoRA + closed-form merge, no perturbation (merge-only ablation)", "lora", "none", True)
 _task_vector_method("noise-lora", "LoRA + closed-form merge + Gaussian-noise perturbation (ablation)", "lora", "gaussian", True)
