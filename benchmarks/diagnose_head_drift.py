@@ -97,6 +97,14 @@ class HeadDriftProbe:
         self.linear = {rho: GaussianClassStatistics() for rho in RIDGES}
         self.concat_stale = GaussianClassStatistics()
         self.concat_linear = GaussianClassStatistics()
+        self.pretrained_features: dict[tuple[int, str], torch.Tensor] = {}  # (task, split) -> features at θ_0
+
+    def features_at_pretrained(self, learner, index: int, split: str) -> torch.Tensor:
+        """Features of task `index`'s split on the pretrained backbone, computed once (they never change)."""
+        if (index, split) not in self.pretrained_features:
+            dataset = getattr(learner.stream.tasks[index], split)
+            self.pretrained_features[index, split] = features_and_labels(learner, dataset, self.pretrained)[0]
+        return self.pretrained_features[index, split]
 
     def __call__(self, event: str, learner, info: dict) -> None:
         if event == "begin_task" and info["task"] == 0:  # a fresh LoRA (B = 0) sits on the pretrained weights
@@ -111,7 +119,7 @@ class HeadDriftProbe:
         task = tasks[-1]
         now, labels = features_and_labels(learner, task.train)
         before, _ = features_and_labels(learner, task.train, self.previous)
-        frozen_train, _ = features_and_labels(learner, task.train, self.pretrained)
+        frozen_train = self.features_at_pretrained(learner, t, "train")
         for rho, statistics in self.linear.items():
             if statistics.sums:
                 statistics.move_affine(*fit_affine(before, now, rho))
@@ -127,14 +135,14 @@ class HeadDriftProbe:
             self.concat_linear.move_affine(block, torch.cat([torch.zeros(dim, dtype=torch.float64), bias]))
         add_task(self.concat_linear, torch.cat([frozen_train, now], 1), labels)
         oracle, concat_oracle = GaussianClassStatistics(), GaussianClassStatistics()
-        for seen in tasks:
-            seen_now, seen_labels = features_and_labels(learner, seen.train)
+        for index, seen in enumerate(tasks):
+            seen_now, seen_labels = (now, labels) if index == t else features_and_labels(learner, seen.train)
             add_task(oracle, seen_now, seen_labels)
-            add_task(concat_oracle, torch.cat([features_and_labels(learner, seen.train, self.pretrained)[0], seen_now], 1),
+            add_task(concat_oracle, torch.cat([self.features_at_pretrained(learner, index, "train"), seen_now], 1),
                      seen_labels)
         test = [features_and_labels(learner, seen.test) for seen in tasks]
         test_features, test_labels = torch.cat([f for f, _ in test]), torch.cat([y for _, y in test])
-        frozen_test = torch.cat([features_and_labels(learner, seen.test, self.pretrained)[0] for seen in tasks])
+        frozen_test = torch.cat([self.features_at_pretrained(learner, index, "test") for index in range(t + 1)])
         concat_test = torch.cat([frozen_test, test_features], 1)
         classes, frozen_logits = lda_logits(self.frozen, shrinkage, frozen_test)
         method_statistics = getattr(learner.method, "class_statistics", None)

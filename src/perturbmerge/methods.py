@@ -8,7 +8,7 @@ The P&M family is one class, `TaskVectorMethod`, configured by three choices:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -296,13 +296,22 @@ class TaskVectorMethod(Method):
                 alpha = {k: d.alpha for k, d in per_module.items()}
                 log.update(alpha=sum(alpha.values()) / len(alpha), alpha_model_level=decision.alpha,
                            alpha_per_module=alpha)
-        if c.head.drift == "sdc" and self.class_statistics.sums:
-            log["mean_drift"] = self._compensate_drift(learner, task, alpha)
-        elif c.head.drift == "linear" and self.class_statistics.sums:
-            log["mean_drift"] = self._move_statistics_linearly(learner, task, alpha)
+        if c.head.drift != "none" and self.class_statistics.sums:
+            compensate = self._compensate_drift if c.head.drift == "sdc" else self._move_statistics_linearly
+            log["mean_drift"] = compensate(learner, task, alpha)
         self._fold_into_learner(learner, alpha)
         log.update(self._finish_head(learner, task))
         return log
+
+    @torch.no_grad()
+    def _features_before_and_after_merge(self, learner: "ContinualLearner", task: "Task", alpha: float
+                                         ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Per batch of this process's share of the task's training data (eval mode, float64): the features at
+        θ̂_{t−1} = θ*_t − Δ_t and at θ̂_t = θ̂_{t−1} + α Δ_t, before the fold (the adapter still holds Δ_t)."""
+        learner.model.eval()
+        for inputs, _ in learner.local_batches(task.train, learner.eval_batch_size):
+            yield (self.adaptation.features(inputs, -1.0, "task_vector").double(),
+                   self.adaptation.features(inputs, alpha - 1.0, "task_vector").double())
 
     @torch.no_grad()
     def _compensate_drift(self, learner: "ContinualLearner", task: "Task", alpha: float) -> float:
@@ -320,10 +329,7 @@ class TaskVectorMethod(Method):
         bandwidth = 2 * statistics.pooled_variance()
         weighted = torch.zeros_like(means)
         weights = torch.zeros(len(positions), dtype=torch.float64, device=learner.device)
-        learner.model.eval()
-        for inputs, _ in learner.local_batches(task.train, learner.eval_batch_size):
-            before = self.adaptation.features(inputs, -1.0, "task_vector").double()  # θ*_t − Δ_t = θ̂_{t−1}
-            after = self.adaptation.features(inputs, alpha - 1.0, "task_vector").double()  # θ̂_{t−1} + α Δ_t
+        for before, after in self._features_before_and_after_merge(learner, task, alpha):
             kernel = torch.exp(-torch.cdist(before, means).pow(2) / bandwidth)  # [B, C]
             weights += kernel.sum(0)
             weighted += kernel.T @ (after - before)
@@ -343,10 +349,7 @@ class TaskVectorMethod(Method):
         moments = [torch.zeros((), dtype=torch.float64, device=learner.device),  # n, Σz, Σz', Σzᵀz, Σzᵀz'
                    *(torch.zeros(dim, dtype=torch.float64, device=learner.device) for _ in range(2)),
                    *(torch.zeros(dim, dim, dtype=torch.float64, device=learner.device) for _ in range(2))]
-        learner.model.eval()
-        for inputs, _ in learner.local_batches(task.train, learner.eval_batch_size):
-            before = self.adaptation.features(inputs, -1.0, "task_vector").double()  # θ̂_{t−1}
-            after = self.adaptation.features(inputs, alpha - 1.0, "task_vector").double()  # θ̂_t
+        for before, after in self._features_before_and_after_merge(learner, task, alpha):
             for total, part in zip(moments, (len(before), before.sum(0), after.sum(0), before.T @ before,
                                              before.T @ after)):
                 total += part
