@@ -14,7 +14,7 @@ backbone against the same evaluation data:
   frozen      statistics on the pretrained backbone (the frozen-lda baseline's head)
   concat-*    the same on concatenated features [pretrained, current] (stale / linear-1 on the current half /
               oracle): does adding the adapted features to the frozen ones help?
-  ensemble    frozen-LDA log-posterior + the method's LDA log-posterior
+  ensemble-w  w · frozen-LDA log-posterior + the method's LDA log-posterior (w = 0.5, 1 ('ensemble'), 2)
 
 Run on a validation split (--set data.validation_fraction=0.2) when choosing among them. Writes JSON lines to
 --out, one per task, with the exact command; `summary FILE...` prints the final accuracies as a table.
@@ -37,6 +37,7 @@ from perturbmerge.learner import move_to
 from perturbmerge.runner import resolve_config, run_experiment
 
 RIDGES = (0.3, 1.0, 3.0, 10.0)
+ENSEMBLE_WEIGHTS = (0.5, 1.0, 2.0)  # w in w·log p_frozen + log p_method
 
 
 @torch.no_grad()
@@ -155,8 +156,9 @@ class HeadDriftProbe:
                "concat-oracle": accuracy(concat_oracle, shrinkage, concat_test, test_labels)}
         if method_statistics is not None and method_statistics.sums:  # the method has an LDA head of its own
             method_logits = lda_logits(method_statistics, shrinkage, test_features)[1]
-            row["ensemble"] = accuracy_of(classes, frozen_logits.log_softmax(1) + method_logits.log_softmax(1),
-                                          test_labels)
+            for weight in ENSEMBLE_WEIGHTS:
+                row["ensemble" if weight == 1.0 else f"ensemble-{weight}"] = accuracy_of(
+                    classes, weight * frozen_logits.log_softmax(1) + method_logits.log_softmax(1), test_labels)
         row.update({f"linear-{rho}": accuracy(s, shrinkage, test_features, test_labels)
                     for rho, s in self.linear.items()})
         row["command"] = self.command
