@@ -137,9 +137,11 @@ def test_every_method_family_resumes_bit_identically(tmp_path, method, event, co
     _same_outcome(_resume(out), reference)
 
 
-def test_lda_head_statistics_resume_bit_identically(tmp_path):
-    """head.kind=lda: the stored class statistics (sums, counts, second moment) travel in the checkpoint."""
-    sets = [*SETS, "head.kind=lda"]
+@pytest.mark.parametrize("extra", [[], ["head.frozen_weight=1"]], ids=["lda", "lda-frozen-ensemble"])
+def test_lda_head_statistics_resume_bit_identically(tmp_path, extra):
+    """head.kind=lda: the stored class statistics (sums, counts, second moment) travel in the checkpoint; with
+    head.frozen_weight, the statistics on the pretrained backbone and its weights too."""
+    sets = [*SETS, "head.kind=lda", *extra]
     reference = _run("pm-lora", tmp_path / "reference", sets)
     out = tmp_path / "run"
     _killed_run("pm-lora", "train_step", 40, out, sets)  # inside task 2, after task 1's statistics exist

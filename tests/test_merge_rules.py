@@ -666,6 +666,49 @@ def test_training_loss_covers_the_task_or_every_seen_class(train_logits):
     assert not old_rows_optimised and new_rows_have_gradient
 
 
+def test_frozen_weight_ensembles_the_lda_head_of_the_pretrained_backbone(tmp_path):
+    """head.frozen_weight = w: after the last task the model scores log softmax(its LDA logits on θ̂) + w · log
+    softmax(the LDA logits of the pretrained backbone's features, brute-forced in numpy on a freshly built
+    backbone), and the reported accuracy is that score's arg-max. Training is untouched: same α, same losses."""
+    import numpy as np
+    import torch
+
+    from perturbmerge.backbones import build_backbone
+    from perturbmerge.runner import resolve_config, run_experiment
+
+    captured = {}
+
+    def capture(event, learner, info):
+        if event == "end_task" and info["task"] == len(learner.stream.tasks) - 1:
+            tasks = learner.stream.tasks
+            captured["train"] = [t.train.tensors for t in tasks]
+            x = torch.cat([t.test.tensors[0] for t in tasks])
+            captured["test"] = x, torch.cat([t.test.tensors[1] for t in tasks]).numpy()
+            with torch.no_grad():
+                captured["scores"] = learner.model(x).double().numpy()
+                captured["merged"] = learner.model.head(learner.model.backbone(x)).double()
+
+    sets = ["epochs=1", "head.shrinkage=0.2"]
+    config, _ = resolve_config({"benchmark": "digits", "method": "pm-lora-plus", "tasks": 3}, None,
+                               [*sets, "head.frozen_weight=0.7"])
+    ensembled = run_experiment(config, None, progress=False, callbacks=[capture])
+    torch.manual_seed(0)
+    backbone = build_backbone("mlp", 0).module.eval()  # the pretrained weights, built anew
+    x, y = captured["test"]
+    with torch.no_grad():
+        weights, biases, _, _ = _explicit_lda([backbone(xt).double().numpy() for xt, _ in captured["train"]],
+                                              [yt.numpy() for _, yt in captured["train"]], 0.2)
+        frozen = torch.tensor(backbone(x).double().numpy() @ weights.T + biases)
+    expected = (captured["merged"].log_softmax(1) + 0.7 * frozen.log_softmax(1)).numpy()
+    np.testing.assert_allclose(captured["scores"], expected, rtol=1e-4, atol=1e-4)
+    assert ensembled["final_acc"] == pytest.approx(100.0 * float((expected.argmax(1) == y).mean()), abs=1e-9)
+    plain = _run("pm-lora-plus", tmp_path, *sets)
+    assert ensembled["alphas"] == plain["alphas"]
+    assert [log["train_loss_last_epoch"] for log in ensembled["task_logs"]] == [
+        log["train_loss_last_epoch"] for log in plain["task_logs"]]
+    assert ensembled["final_acc"] != plain["final_acc"]  # the ensemble changes the predictions here
+
+
 def test_named_lda_methods_are_their_option_spellings(tmp_path):
     plus = _run("pm-lora-plus", tmp_path / "plus")
     spelled = _run("pm-lora", tmp_path / "spelled", "head.kind=lda", "head.drift=linear", "anchor_pretrained=true",

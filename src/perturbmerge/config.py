@@ -73,6 +73,8 @@ class HeadSettings:
     drift_ridge: float = 3.0  # linear: λ = drift_ridge · tr(Z̃ᵀZ̃) / d
     train_logits: str = "task"  # "seen": the training loss covers every seen class's logits (earlier rows fixed),
     # so the LoRA learns to separate the new classes from the old ones too (the masked loss of the paper: "task")
+    frozen_weight: float = 0.0  # lda: > 0 adds w · the log-posterior of the LDA head on the pretrained backbone
+    # (statistics taken there, which never drift) to the merged backbone's: a log-linear ensemble at inference
     probe_epochs: int = 0  # > 0: fit the task's new rows on the frozen backbone first (linear probe)
     refit_epochs: int = 0  # > 0: re-fit the task's rows on the merged, frozen backbone after the fold
 
@@ -340,6 +342,10 @@ def validate(c: RunConfig) -> None:
              f"head.train_logits must be task or seen, got '{c.head.train_logits}'")
     _require(finite(c.head.drift_ridge) and c.head.drift_ridge > 0,
              f"head.drift_ridge must be > 0, got {c.head.drift_ridge}; e.g. --set head.drift_ridge=3")
+    _require(finite(c.head.frozen_weight) and c.head.frozen_weight >= 0,
+             f"head.frozen_weight must be >= 0, got {c.head.frozen_weight}; e.g. --set head.frozen_weight=1")
+    _require(c.head.frozen_weight == 0 or c.head.kind == "lda",
+             "head.frozen_weight needs head.kind=lda; set it or remove head.frozen_weight")
     _require(finite(c.head.shrinkage) and 0.0 <= c.head.shrinkage <= 1.0,
              f"head.shrinkage must be in [0, 1], got {c.head.shrinkage}; e.g. --set head.shrinkage=0.1")
     _require(c.head.probe_epochs >= 0 and c.head.refit_epochs >= 0,

@@ -9,10 +9,12 @@ For domain-incremental streams one shared block is trained in every task.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
+from torch.func import functional_call
 
 from .errors import UserError
 
@@ -48,16 +50,46 @@ class ExpandingLinearHead(nn.Module):
         return torch.cat([block(features) for block in self.blocks], dim=-1)
 
 
+def pretrained_features(backbone: nn.Module, pretrained: dict[str, torch.Tensor], inputs: Any) -> torch.Tensor:
+    """The backbone's features with the pretrained values of some of its weights (names as in
+    `backbone.named_parameters()`) swapped in for this call only; no second copy of the backbone is kept."""
+    return functional_call(backbone, pretrained, (inputs,), strict=False)
+
+
+@dataclass
+class PretrainedEnsemble:
+    """Log-linear ensemble with the LDA head of the pretrained backbone (head.frozen_weight = w > 0):
+
+        score_c(x) = log softmax_c(head(f_θ̂(x))) + w · log softmax_c(head₀(f_θ₀(x)))
+
+    f_θ₀: the same backbone called with the pretrained merge-space weights; head₀: the LDA rows of the class
+    statistics taken on θ₀, which never drift."""
+
+    pretrained: dict[str, torch.Tensor]
+    head: ExpandingLinearHead
+    weight: float
+
+    def combine(self, logits: torch.Tensor, backbone: nn.Module, inputs: Any) -> torch.Tensor:
+        reference = self.head(pretrained_features(backbone, self.pretrained, inputs))
+        if reference.shape != logits.shape:
+            raise RuntimeError(f"pretrained-backbone head has {reference.shape[-1]} classes, the model's "
+                               f"{logits.shape[-1]}: the ensemble was not rebuilt after the last task")
+        return logits.log_softmax(-1) + self.weight * reference.log_softmax(-1)
+
+
 class ContinualClassifier(nn.Module):
-    """backbone (one input → [N, d] features) + expanding head."""
+    """backbone (one input → [N, d] features) + expanding head; with `ensemble` set (by the method, once every
+    seen class has rows in it), the scores of `PretrainedEnsemble` instead of the head's logits."""
 
     def __init__(self, backbone: nn.Module, feature_dim: int) -> None:
         super().__init__()
         self.backbone = backbone
         self.head = ExpandingLinearHead(feature_dim)
+        self.ensemble: PretrainedEnsemble | None = None  # a plain attribute: not part of the model's state_dict
 
     def forward(self, inputs: Any) -> torch.Tensor:
-        return self.head(self.backbone(inputs))
+        logits = self.head(self.backbone(inputs))
+        return logits if self.ensemble is None else self.ensemble.combine(logits, self.backbone, inputs)
 
 
 class GaussianClassStatistics:

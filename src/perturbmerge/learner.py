@@ -192,9 +192,11 @@ class ContinualLearner:
         return self.class_feature_statistics(task, second_moment=False)[:2]
 
     @torch.no_grad()
-    def class_feature_statistics(self, task: "Task", second_moment: bool = True
+    def class_feature_statistics(self, task: "Task", second_moment: bool = True,
+                                 features_of: Callable[[Any], torch.Tensor] | None = None
                                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """`class_feature_sums` and (with `second_moment`) Σ_x x xᵀ [d, d] of the same features (float64)."""
+        """`class_feature_sums` and (with `second_moment`) Σ_x x xᵀ [d, d] of the same features (float64);
+        `features_of` replaces the backbone as the feature map."""
         self.model.eval()
         block = self.model.head.blocks[self.head_block]
         sums = torch.zeros(block.out_features, block.in_features, dtype=torch.float64, device=self.device)
@@ -202,7 +204,7 @@ class ContinualLearner:
         moment = (torch.zeros(block.in_features, block.in_features, dtype=torch.float64, device=self.device)
                   if second_moment else None)
         for inputs, labels in self.local_batches(task.train, self.eval_batch_size):
-            features = self.model.backbone(inputs).double()
+            features = (features_of or self.model.backbone)(inputs).double()
             sums.index_add_(0, labels, features)
             counts.index_add_(0, labels, torch.ones_like(labels, dtype=torch.float64))
             if moment is not None:

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from .adaptation import FullAdaptation, LoraAdaptation, resolve_lora_targets
 from .config import RunConfig
 from .errors import TrainingDiverged, UserError, did_you_mean
-from .heads import GaussianClassStatistics, fit_affine_drift
+from .heads import ExpandingLinearHead, GaussianClassStatistics, PretrainedEnsemble, fit_affine_drift, pretrained_features
 from .merge import (RunningMergeState, add_scaled, dare, decide_alpha, ewc_penalty, fisher_weighted_interpolation,
                     magmax, task_arithmetic, ties, unit_trace)
 from .perturb import PerturbationSchedule
@@ -33,7 +33,7 @@ COMMON_KEYS = frozenset(
 LORA_KEYS = frozenset({"lora.rank", "lora.alpha", "lora.dropout", "lora.targets"})
 PERTURB_KEYS = frozenset({"epsilon", "p0"})
 HEAD_KEYS = frozenset({"head.kind", "head.probe_epochs", "head.refit_epochs", "head.shrinkage", "head.drift",
-                       "head.drift_ridge", "head.train_logits"})
+                       "head.drift_ridge", "head.train_logits", "head.frozen_weight"})
 FISHER_KEYS = frozenset({"fisher.max_samples", "fisher.batch_size", "fisher.kind", "fisher.logits"})
 MERGE_KEYS = frozenset({"alpha_rule", "fixed_alpha", "alpha_granularity", "anchor_pretrained",
                         "fisher.normalise"}) | FISHER_KEYS
@@ -106,6 +106,8 @@ class TaskVectorMethod(Method):
         self.optimizer: torch.optim.Optimizer | None = None
         self.draws = {-1: 0, 0: 0, 1: 0}
         self.class_statistics = GaussianClassStatistics()  # head.kind = lda
+        self.frozen_statistics = GaussianClassStatistics()  # head.frozen_weight > 0: the same, on θ_0
+        self.pretrained_weights: dict[str, torch.Tensor] | None = None  # θ_0 in merge space (head.frozen_weight)
 
     def check_backbone(self, backbone: "torch.nn.Module") -> None:
         if self.adaptation_kind == "lora":
@@ -117,6 +119,9 @@ class TaskVectorMethod(Method):
         self.adaptation = self.make_adaptation()
         self.adaptation.attach(learner.model.backbone)
         learner.model.to(learner.device)
+        learner.model.ensemble = None  # rebuilt after the merge, once the task's classes have rows in it
+        if c.head.frozen_weight > 0 and task.index == 0:  # (a resume inside a later task loads θ_0 after this)
+            self.pretrained_weights = {k: v.detach().clone() for k, v in self.adaptation.merged_weights().items()}
         self.optimizer = torch.optim.AdamW(
             [{"params": self.adaptation.trainable_parameters(), "lr": c.lr},
              {"params": head_params, "lr": c.head_lr}],
@@ -142,7 +147,21 @@ class TaskVectorMethod(Method):
             set_prototype_rows(learner.model.head.blocks[learner.head_block], *learner.class_feature_sums(task))
         elif c.head.kind == "lda":
             write_lda_rows(self.class_statistics, learner, task, c.head.shrinkage)
+            if c.head.frozen_weight > 0:
+                learner.model.ensemble = self._pretrained_ensemble(learner, task)
         return log
+
+    def _pretrained_ensemble(self, learner: "ContinualLearner", task: "Task") -> PretrainedEnsemble:
+        """Add the task's class statistics on the pretrained backbone; the ensemble's head ← their LDA rows."""
+        model, c = learner.model, self.config
+        head = ExpandingLinearHead(model.head.feature_dim)
+        with torch.random.fork_rng(devices=[]):  # rows are all written below: their init must not use the RNG
+            for block in model.head.blocks:
+                head.add_block(block.out_features)
+        head.to(learner.device)
+        write_lda_rows(self.frozen_statistics, learner, task, c.head.shrinkage, head,
+                       lambda inputs: pretrained_features(model.backbone, self.pretrained_weights, inputs))
+        return PretrainedEnsemble(self.pretrained_weights, head, c.head.frozen_weight)
 
     def train_step(self, learner: "ContinualLearner", batch: tuple[Any, torch.Tensor]) -> float:
         sign = self.schedule.draw() if self.perturbation != "none" else 0  # one draw per optimiser step
@@ -245,6 +264,8 @@ class TaskVectorMethod(Method):
             "anchor": self.adaptation.anchor if full else None,  # θ̂_{t-1} of full fine-tuning
             "head_log": getattr(self, "head_log", {}),
             "class_statistics": self.class_statistics.state_dict(),
+            "frozen_statistics": self.frozen_statistics.state_dict(),
+            "pretrained_weights": self.pretrained_weights,
         }
 
     def load_state_dict(self, state: dict[str, Any], device: torch.device) -> None:
@@ -261,6 +282,9 @@ class TaskVectorMethod(Method):
             self.adaptation.anchor = {k: v.to(device) for k, v in state["anchor"].items()}
         self.head_log = dict(state.get("head_log", {}))
         self.class_statistics.load_state_dict(state["class_statistics"])
+        self.frozen_statistics.load_state_dict(state["frozen_statistics"])
+        weights = state["pretrained_weights"]
+        self.pretrained_weights = None if weights is None else {k: v.to(device) for k, v in weights.items()}
 
     def end_task(self, learner: "ContinualLearner", task: "Task") -> dict[str, Any]:
         """Fisher at θ*_t (unperturbed, eval mode) → α_t → fold θ̂_t = θ̂_{t-1} + α_t Δ_t."""
@@ -372,12 +396,14 @@ def set_prototype_rows(block: torch.nn.Linear, sums: torch.Tensor, counts: torch
 
 
 def write_lda_rows(statistics: GaussianClassStatistics, learner: "ContinualLearner", task: "Task",
-                   shrinkage: float) -> None:
-    """Add the task's class statistics on the backbone as it is now; every seen class's rows ← the LDA rows."""
-    sums, counts, moment = learner.class_feature_statistics(task)
+                   shrinkage: float, head: ExpandingLinearHead | None = None,
+                   features_of: Callable[[Any], torch.Tensor] | None = None) -> None:
+    """Add the task's class statistics on the backbone as it is now (or on `features_of`); every seen class's rows
+    of `head` (default: the model's) ← the LDA rows."""
+    sums, counts, moment = learner.class_feature_statistics(task, features_of=features_of)
     positions = [task.label_offset + row for row in range(len(counts))]
     statistics.add(positions, sums, counts, moment)
-    statistics.write_rows(learner.model.head, shrinkage)
+    statistics.write_rows(learner.model.head if head is None else head, shrinkage)
 
 
 class SequentialMergeMethod(TaskVectorMethod):
