@@ -14,7 +14,8 @@ from pathlib import Path
 
 from perturbmerge.config import RunConfig, get_dotted
 
-SHOWN = ("head.kind", "head.shrinkage", "head.drift", "anchor_pretrained", "fisher.normalise")
+SHOWN = ("head.kind", "head.shrinkage", "head.drift", "head.drift_ridge", "head.frozen_weight", "anchor_pretrained",
+         "fisher.normalise", "fisher.kind")
 # Named option sets, shown as their base method + options so one variant is one row whatever its name was when it ran
 # (pm-lora-plus is pm-lora with its defaults; frozen-lda is simplecil with head.kind=lda).
 ALIASES = {"pm-lora-plus": "pm-lora", "frozen-lda": "simplecil"}

@@ -702,7 +702,7 @@ def test_frozen_weight_ensembles_the_lda_head_of_the_pretrained_backbone(tmp_pat
     expected = (captured["merged"].log_softmax(1) + 0.7 * frozen.log_softmax(1)).numpy()
     np.testing.assert_allclose(captured["scores"], expected, rtol=1e-4, atol=1e-4)
     assert ensembled["final_acc"] == pytest.approx(100.0 * float((expected.argmax(1) == y).mean()), abs=1e-9)
-    plain = _run("pm-lora-plus", tmp_path, *sets)
+    plain = _run("pm-lora-plus", tmp_path, *sets, "head.frozen_weight=0")
     assert ensembled["alphas"] == plain["alphas"]
     assert [log["train_loss_last_epoch"] for log in ensembled["task_logs"]] == [
         log["train_loss_last_epoch"] for log in plain["task_logs"]]
@@ -712,7 +712,7 @@ def test_frozen_weight_ensembles_the_lda_head_of_the_pretrained_backbone(tmp_pat
 def test_named_lda_methods_are_their_option_spellings(tmp_path):
     plus = _run("pm-lora-plus", tmp_path / "plus")
     spelled = _run("pm-lora", tmp_path / "spelled", "head.kind=lda", "head.drift=linear", "anchor_pretrained=true",
-                   "fisher.normalise=trace", "head.drift_ridge=3")
+                   "fisher.normalise=trace", "head.drift_ridge=3", "head.frozen_weight=0.5")
     assert plus["accuracy_matrix"] == spelled["accuracy_matrix"] and plus["alphas"] == spelled["alphas"]
     frozen = _run("frozen-lda", tmp_path / "frozen")
     assert frozen["accuracy_matrix"] == _run("simplecil", tmp_path / "simplecil", "head.kind=lda")["accuracy_matrix"]

@@ -601,9 +601,10 @@ _task_vector_method("pm-full", "full-parameter P&M: perturbation + closed-form m
 _task_vector_method("pm-lora-plus", "LoRA-P&M + LDA head from stored class statistics (head.kind=lda) + linear "
                     "drift compensation of the stored means and covariance (head.drift=linear) + the pretrained "
                     "weights as task 0 of the merge (anchor_pretrained) + unit-mass task Fishers "
-                    "(fisher.normalise=trace)", "lora", "task_vector", True,
-                    defaults={"head": {"kind": "lda", "drift": "linear"}, "anchor_pretrained": True,
-                              "fisher": {"normalise": "trace"}})
+                    "(fisher.normalise=trace) + an ensemble with the pretrained backbone's LDA head "
+                    "(head.frozen_weight=0.5)", "lora", "task_vector", True,
+                    defaults={"head": {"kind": "lda", "drift": "linear", "frozen_weight": 0.5},
+                              "anchor_pretrained": True, "fisher": {"normalise": "trace"}})
 _task_vector_method("merge-lora", "LoRA + closed-form merge, no perturbation (merge-only ablation)", "lora", "none", True)
 _task_vector_method("noise-lora", "LoRA + closed-form merge + Gaussian-noise perturbation (ablation)", "lora", "gaussian", True)
 _task_vector_method("seq-lora", "sequential LoRA: each task's adapter folded in with alpha = 1", "lora", "none", False)
