@@ -654,8 +654,8 @@ def test_training_loss_covers_the_task_or_every_seen_class(train_logits):
         log_z = np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1)) + logits.max(1)
         expected = float((log_z - logits[np.arange(len(targets)), targets]).mean())
         optimised = {id(p) for group in learner.method.optimizer.param_groups for p in group["params"]}
-        checked.append((float(objective), expected, blocks[0].weight.grad, id(blocks[0].weight) in optimised,
-                        blocks[1].weight.grad is not None))
+        checked.append((float(objective.detach()), expected, blocks[0].weight.grad,
+                        id(blocks[0].weight) in optimised, blocks[1].weight.grad is not None))
 
     config, _ = resolve_config({"benchmark": "digits", "method": "pm-lora", "tasks": 2}, None,
                                ["epochs=1", "head.kind=lda", f"head.train_logits={train_logits}"])
