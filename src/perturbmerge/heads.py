@@ -62,15 +62,16 @@ class PretrainedEnsemble:
 
         score_c(x) = log softmax_c(head(f_θ̂(x))) + w · log softmax_c(head₀(f_θ₀(x)))
 
-    f_θ₀: the same backbone called with the pretrained merge-space weights; head₀: the LDA rows of the class
-    statistics taken on θ₀, which never drift."""
+    f_θ₀: the same backbone called with the pretrained merge-space weights; head₀(f) = f Wᵀ + b, the LDA rows of
+    the class statistics taken on θ₀, which never drift (a zero row for a head position without statistics)."""
 
     pretrained: dict[str, torch.Tensor]
-    head: ExpandingLinearHead
+    rows: torch.Tensor  # [C, d]
+    biases: torch.Tensor  # [C]
     weight: float
 
     def combine(self, logits: torch.Tensor, backbone: nn.Module, inputs: Any) -> torch.Tensor:
-        reference = self.head(pretrained_features(backbone, self.pretrained, inputs))
+        reference = pretrained_features(backbone, self.pretrained, inputs) @ self.rows.T + self.biases
         if reference.shape != logits.shape:
             raise RuntimeError(f"pretrained-backbone head has {reference.shape[-1]} classes, the model's "
                                f"{logits.shape[-1]}: the ensemble was not rebuilt after the last task")
@@ -172,6 +173,15 @@ class GaussianClassStatistics:
                             f"{degrees:.0f} degrees of freedom); set head.shrinkage > 0, e.g. 0.1") from None
         biases = -0.5 * (weights * means).sum(1)
         return ({p: weights[i] for i, p in enumerate(positions)}, {p: float(biases[i]) for i, p in enumerate(positions)})
+
+    def dense_classifier(self, shrinkage: float, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """`classifier` as a [num_classes, d] row matrix and [num_classes] biases (zeros where no statistics)."""
+        weights, biases = self.classifier(shrinkage)
+        rows = torch.zeros(num_classes, self.second_moment.shape[0], dtype=torch.float64)
+        offsets = torch.zeros(num_classes, dtype=torch.float64)
+        for position, row in weights.items():
+            rows[position], offsets[position] = row, biases[position]
+        return rows, offsets
 
     @torch.no_grad()
     def write_rows(self, head: ExpandingLinearHead, shrinkage: float) -> None:

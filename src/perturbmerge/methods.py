@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from .adaptation import FullAdaptation, LoraAdaptation, resolve_lora_targets
 from .config import RunConfig
 from .errors import TrainingDiverged, UserError, did_you_mean
-from .heads import ExpandingLinearHead, GaussianClassStatistics, PretrainedEnsemble, fit_affine_drift, pretrained_features
+from .heads import GaussianClassStatistics, PretrainedEnsemble, fit_affine_drift, pretrained_features
 from .merge import (RunningMergeState, add_scaled, dare, decide_alpha, ewc_penalty, fisher_weighted_interpolation,
                     magmax, task_arithmetic, ties, unit_trace)
 from .perturb import PerturbationSchedule
@@ -154,14 +154,12 @@ class TaskVectorMethod(Method):
     def _pretrained_ensemble(self, learner: "ContinualLearner", task: "Task") -> PretrainedEnsemble:
         """Add the task's class statistics on the pretrained backbone; the ensemble's head ← their LDA rows."""
         model, c = learner.model, self.config
-        head = ExpandingLinearHead(model.head.feature_dim)
-        with torch.random.fork_rng(devices=[]):  # rows are all written below: their init must not use the RNG
-            for block in model.head.blocks:
-                head.add_block(block.out_features)
-        head.to(learner.device)
-        write_lda_rows(self.frozen_statistics, learner, task, c.head.shrinkage, head,
-                       lambda inputs: pretrained_features(model.backbone, self.pretrained_weights, inputs))
-        return PretrainedEnsemble(self.pretrained_weights, head, c.head.frozen_weight)
+        add_task_statistics(self.frozen_statistics, learner, task,
+                            lambda inputs: pretrained_features(model.backbone, self.pretrained_weights, inputs))
+        rows, biases = self.frozen_statistics.dense_classifier(c.head.shrinkage, model.head.num_classes)
+        dtype = model.head.blocks[0].weight.dtype
+        return PretrainedEnsemble(self.pretrained_weights, rows.to(learner.device, dtype),
+                                  biases.to(learner.device, dtype), c.head.frozen_weight)
 
     def train_step(self, learner: "ContinualLearner", batch: tuple[Any, torch.Tensor]) -> float:
         sign = self.schedule.draw() if self.perturbation != "none" else 0  # one draw per optimiser step
@@ -395,15 +393,18 @@ def set_prototype_rows(block: torch.nn.Linear, sums: torch.Tensor, counts: torch
     block.bias.zero_()
 
 
-def write_lda_rows(statistics: GaussianClassStatistics, learner: "ContinualLearner", task: "Task",
-                   shrinkage: float, head: ExpandingLinearHead | None = None,
-                   features_of: Callable[[Any], torch.Tensor] | None = None) -> None:
-    """Add the task's class statistics on the backbone as it is now (or on `features_of`); every seen class's rows
-    of `head` (default: the model's) ← the LDA rows."""
+def add_task_statistics(statistics: GaussianClassStatistics, learner: "ContinualLearner", task: "Task",
+                        features_of: Callable[[Any], torch.Tensor] | None = None) -> None:
+    """Add the task's class statistics on the backbone as it is now (or on `features_of`)."""
     sums, counts, moment = learner.class_feature_statistics(task, features_of=features_of)
-    positions = [task.label_offset + row for row in range(len(counts))]
-    statistics.add(positions, sums, counts, moment)
-    statistics.write_rows(learner.model.head if head is None else head, shrinkage)
+    statistics.add([task.label_offset + row for row in range(len(counts))], sums, counts, moment)
+
+
+def write_lda_rows(statistics: GaussianClassStatistics, learner: "ContinualLearner", task: "Task",
+                   shrinkage: float) -> None:
+    """Add the task's class statistics on the backbone as it is now; every seen class's rows ← the LDA rows."""
+    add_task_statistics(statistics, learner, task)
+    statistics.write_rows(learner.model.head, shrinkage)
 
 
 class SequentialMergeMethod(TaskVectorMethod):
