@@ -100,6 +100,37 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from .compare import parse_list
+    from .sweep import parse_params, run_sweep
+
+    _single_process("sweep")
+    methods = parse_list(args.methods, "methods")
+    seeds = parse_list(args.seeds, "seeds", int)
+    params = parse_params(args.param)
+    summary = run_sweep(methods, params, seeds, args.out, _overrides(args), args.config, _sets(args),
+                        progress=not args.quiet, command=args.command_line)
+    keys = list(summary["params"])
+    print(f"{summary['benchmark']}, {summary['num_tasks']} tasks: final Acc (mean ± std over {len(seeds)} seed(s))")
+    for point in summary["points"]:
+        where = ", ".join(f"{k}={point['assignment'][k]}" for k in keys)
+        cells = "  ".join(f"{m} {s['final_acc']['mean']:.2f} ± {s['final_acc']['std']:.2f}"
+                          for m, s in point["methods"].items())
+        print(f"  {where}: {cells}")
+    print(f"report: {args.out}/sweep.md")
+    return 0
+
+
+def cmd_landscape(args: argparse.Namespace) -> int:
+    from .landscape import parse_range, run_landscape
+
+    png, data = run_landscape(args.run, args.task, args.grid, parse_range(args.alpha_range, "alpha-range"),
+                              parse_range(args.beta_range, "beta-range"), args.samples, args.out,
+                              progress=not args.quiet)
+    print(f"landscape: {png} (grid: {data})")
+    return 0
+
+
 def cmd_methods(args: argparse.Namespace) -> int:
     from .methods import METHODS
 
@@ -178,6 +209,32 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
     compare.add_argument("--out", required=True, help="output folder; re-running with the same folder skips finished runs")
     compare.set_defaults(func=cmd_compare)
+    sweep = sub.add_parser(
+        "sweep", help="run a grid of config values x methods x seeds; write sweep.json, sweep.md and plots",
+        description="Runs every combination of the --param values for every method and seed (a method runs only "
+                    "the values of keys it reads). Re-running with the same --out reuses finished runs.")
+    _add_run_options(sweep)
+    sweep.add_argument("--methods", default="pm-lora,seq-lora", help="comma-separated method names")
+    sweep.add_argument("--param", action="append", default=[], metavar="KEY=V1,V2,...",
+                       help="a config key and its values, e.g. --param epochs=1,2,5 (repeat for a grid)")
+    sweep.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
+    sweep.add_argument("--out", required=True, help="output folder; re-running with the same folder skips finished runs")
+    sweep.set_defaults(func=cmd_sweep)
+    landscape = sub.add_parser(
+        "landscape", help="loss on the plane of the models before and after a task (runs saved with "
+                          "--set save_task_models=true); PNG + JSON",
+        description="Mean loss over tasks 1..t's evaluation data at θ = β·θ̂_(t−1) + α·θ*_t on an (α, β) grid, "
+                    "with the run's α* on the convex line α + β = 1. Several --run folders are drawn side by side.")
+    landscape.add_argument("--run", action="append", required=True, metavar="DIR",
+                           help="a finished run folder made with --set save_task_models=true (repeat to compare)")
+    landscape.add_argument("--task", type=int, required=True, help="the task t whose merge to look at (1-based)")
+    landscape.add_argument("--grid", type=int, default=21, help="grid points per axis (default 21)")
+    landscape.add_argument("--alpha-range", default="-0.25,1.25", help="α from,to (default -0.25,1.25)")
+    landscape.add_argument("--beta-range", default="-0.25,1.25", help="β from,to (default -0.25,1.25)")
+    landscape.add_argument("--samples", type=int, default=200, help="evaluation examples per seen task (default 200)")
+    landscape.add_argument("--out", help="output path without suffix (default <first run>/landscape-task<t>)")
+    landscape.add_argument("--quiet", action="store_true", help="no progress bars")
+    landscape.set_defaults(func=cmd_landscape)
     sub.add_parser("methods", help="list methods").set_defaults(func=cmd_methods)
     sub.add_parser("benchmarks", help="list benchmarks").set_defaults(func=cmd_benchmarks)
     sub.add_parser("keys", help="list config keys and their defaults").set_defaults(func=cmd_keys)

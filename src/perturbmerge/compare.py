@@ -80,41 +80,27 @@ def check_keys_apply_to_any(methods: Sequence[str], explicit: set[str]) -> None:
         raise UserError(f"none of the methods {', '.join(methods)} uses {', '.join(unused)}; remove it")
 
 
-def run_comparison(
-    methods: Sequence[str],
-    seeds: Sequence[int],
-    out_dir: str | Path,
-    overrides: Mapping[str, Any] | None = None,
-    config_file: str | Path | None = None,
-    sets: Sequence[str] = (),
-    progress: bool = True,
-    markdown_name: str = "summary.md",
-    command: str = "",
-) -> dict[str, Any]:
-    """Run (or reuse) every (method, seed) and write the report; return the summary dict."""
-    from .runner import resolve_config, run_experiment
-
-    configs: list[RunConfig] = []
-    explicit: set[str] = set()
-    for method in methods:
-        for seed in seeds:
-            config, keys = resolve_config({**(overrides or {}), "method": method, "seed": seed}, config_file, sets,
-                                          check_method_keys=False)
-            configs.append(config)
-            explicit |= keys - {"method", "seed"}
-    check_keys_apply_to_any(methods, explicit)
-
-    out = Path(out_dir)
+def prepare_out_dir(out: Path, marker: str = "runs") -> bool:
+    """Check `out` can hold a comparison (new, empty, or an earlier one with `marker`); True if it is new."""
     if out.exists() and not out.is_dir():
         raise UserError(f"--out '{out}' exists and is not a folder; choose another --out")
     created = not out.exists()
-    if not created and any(out.iterdir()) and not (out / "runs").is_dir():
+    if not created and any(out.iterdir()) and not (out / marker).exists():
         raise UserError(f"output folder '{out}' is not empty and holds no earlier comparison; choose another --out")
-    runs, run_dirs = [], {}
+    return created
+
+
+def run_jobs(jobs: Sequence[tuple[RunConfig, Path]], out: Path, created: bool, progress: bool = True
+             ) -> list[dict[str, Any]]:
+    """Run (or reuse a finished, or resume an interrupted) run for every (config, run folder); results in order.
+
+    A bad-input error before any run finished removes `out` if this call's caller created it."""
+    from .runner import run_experiment
+
+    runs: list[dict[str, Any]] = []
     try:
-        for index, config in enumerate(configs, 1):
-            run_dir = out / "runs" / f"{config.method}-seed{config.seed}"
-            label = f"[{index}/{len(configs)}] {config.method} seed {config.seed}"
+        for index, (config, run_dir) in enumerate(jobs, 1):
+            label = f"[{index}/{len(jobs)}] {run_dir.name}"
             results = _finished_run(run_dir, config)
             if results == "resume":
                 if progress:
@@ -127,13 +113,49 @@ def run_comparison(
             elif progress:
                 print(f"{label}: finished earlier, reusing {run_dir}/results.json", file=sys.stderr, flush=True)
             runs.append(results)
-            run_dirs[(config.method, config.seed)] = str(run_dir)
     except UserError:
         if created and not runs:
             shutil.rmtree(out, ignore_errors=True)
         raise
-    summary = write_report(out, runs, markdown_name, command, run_dirs, machine_description())
-    return summary
+    return runs
+
+
+def resolve_method_configs(methods: Sequence[str], seeds: Sequence[int], overrides: Mapping[str, Any] | None,
+                           config_file: str | Path | None, sets: Sequence[str]) -> tuple[list[RunConfig], set[str]]:
+    """One config per (method, seed), method-major; and the keys the user set explicitly (method and seed aside)."""
+    from .runner import resolve_config
+
+    configs: list[RunConfig] = []
+    explicit: set[str] = set()
+    for method in methods:
+        for seed in seeds:
+            config, keys = resolve_config({**(overrides or {}), "method": method, "seed": seed}, config_file, sets,
+                                          check_method_keys=False)
+            configs.append(config)
+            explicit |= keys - {"method", "seed"}
+    return configs, explicit
+
+
+def run_comparison(
+    methods: Sequence[str],
+    seeds: Sequence[int],
+    out_dir: str | Path,
+    overrides: Mapping[str, Any] | None = None,
+    config_file: str | Path | None = None,
+    sets: Sequence[str] = (),
+    progress: bool = True,
+    markdown_name: str = "summary.md",
+    command: str = "",
+) -> dict[str, Any]:
+    """Run (or reuse) every (method, seed) and write the report; return the summary dict."""
+    configs, explicit = resolve_method_configs(methods, seeds, overrides, config_file, sets)
+    check_keys_apply_to_any(methods, explicit)
+    out = Path(out_dir)
+    created = prepare_out_dir(out)
+    jobs = [(config, out / "runs" / f"{config.method}-seed{config.seed}") for config in configs]
+    runs = run_jobs(jobs, out, created, progress)
+    run_dirs = {(config.method, config.seed): str(run_dir) for config, run_dir in jobs}
+    return write_report(out, runs, markdown_name, command, run_dirs, machine_description())
 
 
 def summary_text(summary: Mapping[str, Any], out_dir: str | Path, markdown_name: str) -> str:

@@ -120,6 +120,9 @@ class RunConfig:
     anchor_pretrained: bool = False
     precision: str = "fp32"  # "bf16": autocast forward passes in bfloat16 (GPU); the Fisher pass stays fp32
     grad_accumulation: int = 1  # micro-batches per optimiser step (batch_size stays the global batch)
+    # true: after each task, write θ̂_{t-1}, θ*_t (merge space), α and the head to <run>/task_models/ for
+    # `perturbmerge landscape` (does not change results)
+    save_task_models: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -127,7 +130,7 @@ class RunConfig:
 
 PRECISIONS = ("fp32", "bf16")
 HEAD_KINDS = ("linear", "prototype", "lda")
-RESULT_NEUTRAL_KEYS = frozenset({"checkpoint"})  # settings that cannot change a run's results
+RESULT_NEUTRAL_KEYS = frozenset({"checkpoint", "save_task_models"})  # settings that cannot change a run's results
 
 
 def config_differences(old: Mapping[str, Any], new: Mapping[str, Any], defaults: Mapping[str, Any] | None = None,

@@ -108,6 +108,9 @@ class TaskVectorMethod(Method):
         self.class_statistics = GaussianClassStatistics()  # head.kind = lda
         self.frozen_statistics = GaussianClassStatistics()  # head.frozen_weight > 0: the same, on θ_0
         self.pretrained_weights: dict[str, torch.Tensor] | None = None  # θ_0 in merge space (head.frozen_weight)
+        # save_task_models: θ̂_{t-1} and θ*_t of the task just finished, in merge space, and its α (the runner
+        # writes them to the run folder at the end_task event)
+        self.task_models: dict[str, Any] | None = None
 
     def check_backbone(self, backbone: "torch.nn.Module") -> None:
         if self.adaptation_kind == "lora":
@@ -291,6 +294,9 @@ class TaskVectorMethod(Method):
         log: dict[str, Any] = {"task_vector_norm": _sum_norm_sq(task_vector) ** 0.5,
                                "perturbation_draws": {str(k): v for k, v in self.draws.items()}}
         alpha = 1.0
+        if c.save_task_models:
+            before = {k: v.detach().clone() for k, v in self.adaptation.merged_weights().items()}
+            self.task_models = {"previous": before, "optimum": {k: before[k] + task_vector[k] for k in task_vector}}
         if self.merges:
             log["acc_before_merge"] = learner.evaluate([task])[0][0]
         if self.merges and not self.needs_fisher:
@@ -321,6 +327,8 @@ class TaskVectorMethod(Method):
         if c.head.drift != "none" and self.class_statistics.sums:
             compensate = self._compensate_drift if c.head.drift == "sdc" else self._move_statistics_linearly
             log["mean_drift"] = compensate(learner, task, alpha)
+        if self.task_models is not None:
+            self.task_models["alpha"] = alpha
         self._fold_into_learner(learner, alpha)
         log.update(self._finish_head(learner, task))
         return log
@@ -584,7 +592,7 @@ def register_method(spec: MethodSpec) -> MethodSpec:
 
 def _task_vector_method(name: str, description: str, adaptation: str, perturbation: str, merge: bool,
                         alpha_rule: str | None = None, defaults: dict[str, Any] | None = None) -> MethodSpec:
-    keys = (LORA_KEYS if adaptation == "lora" else frozenset()) | HEAD_KEYS
+    keys = (LORA_KEYS if adaptation == "lora" else frozenset()) | HEAD_KEYS | {"save_task_models"}
     if merge:
         keys |= MERGE_KEYS if alpha_rule is None else (frozenset({"fixed_alpha"}) if alpha_rule == "fixed" else frozenset())
     keys |= PERTURB_KEYS if perturbation != "none" else frozenset()

@@ -145,17 +145,11 @@ def run_versions() -> dict[str, str]:
     return dict(_versions_once())
 
 
-def run_experiment(config: RunConfig, out_dir: str | Path | None = None, progress: bool = True,
-                   callbacks: list | None = None, resume: bool = False) -> dict[str, Any]:
-    """Run one (benchmark, method, seed); return the results dict and write `out_dir/results.json` if given.
-
-    With `out_dir`, checkpoints go to `out_dir/checkpoints/` (config key `checkpoint`); `resume=True` continues
-    from the latest one there (use `resume_run`, which also checks config and versions)."""
+def build_stream_and_backbone(config: RunConfig, device: torch.device, progress: bool):
+    """The run's task stream (its evaluation split: validation or test) and freshly built backbone, with the
+    backbone's frozen prefix applied to the data. Seeds everything first, as a run does."""
     benchmark = get_benchmark(config.benchmark)
-    method_spec = get_method(config.method)
     num_tasks = config.tasks or benchmark.default_tasks
-    device = resolve_device(config.device)
-    start = time.perf_counter()
     backbone_name = config.backbone or benchmark.backbone
     backbone_spec = get_backbone_spec(backbone_name)
     if backbone_spec.check is not None:
@@ -176,6 +170,45 @@ def run_experiment(config: RunConfig, out_dir: str | Path | None = None, progres
             raise UserError(f"backbone '{backbone_name}' caches its frozen prefix's outputs, which augmentation "
                             f"would change every epoch; set data.augment=false or use another backbone")
         stream = cache_prefix_outputs(stream, backbone.frozen_prefix, device, progress, backbone_name)
+    return stream, backbone
+
+
+TASK_MODELS = "task_models"  # save_task_models: task<t>.safetensors (+ .json) per task, for `perturbmerge landscape`
+
+
+def task_model_writer(out_path: Path):
+    """A learner callback that writes, at each task's end, θ̂_{t-1} and θ*_t (merge space, prefixed `previous.`
+    and `optimum.`), the head as one dense matrix (`head.weight`, `head.bias`) and α — atomically."""
+    from safetensors.torch import save
+
+    from .io import atomic_write_bytes
+
+    def write(event: str, learner: ContinualLearner, info: dict[str, Any]) -> None:
+        models = getattr(learner.method, "task_models", None)
+        if event != "end_task" or models is None:
+            return
+        head = learner.model.head
+        tensors = {f"{part}.{k}": v.detach().float().cpu().contiguous()
+                   for part in ("previous", "optimum") for k, v in models[part].items()}
+        tensors["head.weight"] = torch.cat([b.weight.detach() for b in head.blocks]).float().cpu().contiguous()
+        tensors["head.bias"] = torch.cat([b.bias.detach() for b in head.blocks]).float().cpu().contiguous()
+        folder = out_path / TASK_MODELS
+        atomic_write_bytes(folder / f"task{info['task'] + 1}.safetensors", save(tensors))
+        atomic_write_json(folder / f"task{info['task'] + 1}.json", {"task": info["task"] + 1, "alpha": models["alpha"]})
+
+    return write
+
+
+def run_experiment(config: RunConfig, out_dir: str | Path | None = None, progress: bool = True,
+                   callbacks: list | None = None, resume: bool = False) -> dict[str, Any]:
+    """Run one (benchmark, method, seed); return the results dict and write `out_dir/results.json` if given.
+
+    With `out_dir`, checkpoints go to `out_dir/checkpoints/` (config key `checkpoint`); `resume=True` continues
+    from the latest one there (use `resume_run`, which also checks config and versions)."""
+    method_spec = get_method(config.method)
+    device = resolve_device(config.device)
+    start = time.perf_counter()
+    stream, backbone = build_stream_and_backbone(config, device, progress)
     if method_spec.joint:
         stream = joint_stream(stream)
     method = method_spec.build(config, backbone.lora_targets)
@@ -195,6 +228,8 @@ def run_experiment(config: RunConfig, out_dir: str | Path | None = None, progres
     try:
         model = ContinualClassifier(backbone.module, backbone.feature_dim)
         keep = writes and config.checkpoint.enabled
+        if writes and config.save_task_models:
+            callbacks = [*(callbacks or []), task_model_writer(out_path)]
         learner = ContinualLearner(
             model, method, stream, epochs=config.epochs, batch_size=config.batch_size,
             eval_batch_size=config.eval_batch_size, seed=config.seed, device=device, progress=progress,

