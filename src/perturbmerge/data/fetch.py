@@ -215,6 +215,14 @@ SOURCES: dict[str, PackageSource] = {
         manifest="glyph-fonts.json",
         licence="per package (OFL, GPL with font exception, LPPL, Apache-2.0, ...); see each package's copyright file",
     ),
+    "langid-words": DebianBundleSource(
+        name="langid-words",
+        package="20 Debian w* word-list packages",
+        version="pinned in splits/langid-words.json",
+        archive_sha256="",
+        manifest="langid-words.json",
+        licence="per package (GPL, LGPL, MPL, public domain, ...); see each package's copyright file",
+    ),
 }
 
 

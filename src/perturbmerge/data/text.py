@@ -6,6 +6,8 @@ from typing import Any, Sequence
 import torch
 from torch.utils.data import Dataset
 
+from .base import Task, task_class_groups
+
 
 class TokenizedDataset(Dataset):
     """(token ids, label) pairs; ids are lists of ints, padded per batch by `pad_collate`."""
@@ -40,3 +42,21 @@ def make_pad_collate(pad_id: int):
         return {"input_ids": input_ids, "attention_mask": attention_mask}, labels
 
     return pad_collate
+
+
+def class_incremental_text_tasks(names: list[str], train_ids: list[list[list[int]]], test_ids: list[list[list[int]]],
+                                 num_tasks: int, seed: int) -> list[Task]:
+    """Tokenised examples per class (train_ids[c], test_ids[c]) cut into `num_tasks` tasks in the seed's class order;
+    labels become global head positions."""
+    tasks, offset = [], 0
+    for index, group in enumerate(task_class_groups(len(names), num_tasks, seed)):
+        def split(ids_by_class):
+            ids, labels = [], []
+            for position, cls in enumerate(group):
+                ids += ids_by_class[cls]
+                labels += [offset + position] * len(ids_by_class[cls])
+            return TokenizedDataset(ids, labels)
+
+        tasks.append(Task(index, [names[c] for c in group], offset, split(train_ids), split(test_ids)))
+        offset += len(group)
+    return tasks

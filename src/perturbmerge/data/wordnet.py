@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
-from .base import BenchmarkSpec, LoadRequest, Task, TaskStream, register_benchmark, task_class_groups
+from .base import BenchmarkSpec, LoadRequest, TaskStream, register_benchmark
 from .fetch import require
-from .text import TokenizedDataset, make_pad_collate
+from .text import class_incremental_text_tasks, make_pad_collate
 
 NOUN_LEXNAMES = [
     "Tops", "act", "animal", "artifact", "attribute", "body", "cognition", "communication", "event", "feeling",
@@ -78,17 +78,7 @@ def _tokenized(path: str, tokenizer_name: str) -> tuple[list[str], list[list[lis
 def load(request: LoadRequest) -> TaskStream:
     path = require("wordnet", data_dir=request.data_dir)[0] / "data.noun"
     names, train_ids, test_ids, pad_id = _tokenized(str(path), request.backbone)
-    tasks, offset = [], 0
-    for index, group in enumerate(task_class_groups(len(names), request.num_tasks, request.seed)):
-        def split(ids_by_class):
-            ids, labels = [], []
-            for position, cls in enumerate(group):
-                ids += ids_by_class[cls]
-                labels += [offset + position] * len(ids_by_class[cls])
-            return TokenizedDataset(ids, labels)
-
-        tasks.append(Task(index, [names[c] for c in group], offset, split(train_ids), split(test_ids)))
-        offset += len(group)
+    tasks = class_incremental_text_tasks(names, train_ids, test_ids, request.num_tasks, request.seed)
     return TaskStream("wordnet", "class-incremental", request.backbone, tasks, collate=make_pad_collate(pad_id),
                       info={"train_per_class": TRAIN_PER_CLASS, "test_per_class": TEST_PER_CLASS})
 

@@ -1,0 +1,118 @@
+"""`langid`: which of 20 languages a single word is from, class-incremental, on all-MiniLM-L6-v2 — an English
+sentence encoder whose frozen features separate languages poorly, so adapting it is worth a lot.
+
+Source: the Debian word lists pinned in `splits/langid-words.json` (package, version, .deb sha256 and the sha256
+of every file; `perturbmerge data fetch langid-words`). A word is kept when it is alphabetic and 4–20 characters
+long; it is compared across languages in the form the tokenizer sees (lower case, accents stripped), and a word
+that occurs in two or more languages is dropped. From each language a fixed sample of 1,000 training and 300 test
+words is drawn once (sampling seed 0, the same for every run seed; train and test disjoint). The run seed fixes
+the class order. Default: 10 tasks of 2 languages (`--tasks 5` gives 5 × 4).
+"""
+from __future__ import annotations
+
+import functools
+import unicodedata
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import UserError
+from .base import BenchmarkSpec, LoadRequest, TaskStream, register_benchmark
+from .fetch import require
+from .text import class_incremental_text_tasks, make_pad_collate
+
+LANGUAGES = {  # class name -> word list inside the installed folder (<package>/<path>)
+    "Bulgarian": "wbulgarian/usr/share/dict/bulgarian",
+    "Catalan": "wcatalan/usr/share/dict/catalan",
+    "Danish": "wdanish/usr/share/dict/danish",
+    "Dutch": "wdutch/usr/share/dict/dutch",
+    "English": "wamerican/usr/share/dict/american-english",
+    "Esperanto": "wesperanto/usr/share/dict/esperanto",
+    "Faroese": "wfaroese/usr/share/dict/faroese",
+    "French": "wfrench/usr/share/dict/french",
+    "German": "wngerman/usr/share/dict/ngerman",
+    "Irish": "wirish/usr/share/dict/irish",
+    "Italian": "witalian/usr/share/dict/italian",
+    "Galician": "wgalician-minimos/usr/share/dict/galician-minimos",
+    "Manx": "wmanx/usr/share/dict/manx",
+    "Norwegian": "wnorwegian/usr/share/dict/bokmaal",
+    "Polish": "wpolish/usr/share/dict/polish",
+    "Portuguese": "wportuguese/usr/share/dict/portuguese",
+    "Scottish Gaelic": "wgaelic/usr/share/dict/gaelic",
+    "Spanish": "wspanish/usr/share/dict/spanish",
+    "Swedish": "wswedish/usr/share/dict/swedish",
+    "Ukrainian": "wukrainian/usr/share/dict/ukrainian",
+}
+TRAIN_PER_CLASS = 1000
+TEST_PER_CLASS = 300
+MIN_LENGTH, MAX_LENGTH = 4, 20
+MAX_TOKENS = 24
+
+
+def tokenizer_form(word: str) -> str:
+    """The word as an uncased WordPiece tokenizer sees it: lower case, accents stripped (NFD, marks dropped)."""
+    return "".join(c for c in unicodedata.normalize("NFD", word.lower()) if unicodedata.category(c) != "Mn")
+
+
+def read_words(path: Path) -> dict[str, str]:
+    """Tokenizer form -> the first spelling with that form, for every alphabetic word of 4–20 characters."""
+    words: dict[str, str] = {}
+    with path.open(encoding="utf-8", errors="replace") as handle:
+        for line in handle:
+            word = line.strip()
+            if MIN_LENGTH <= len(word) <= MAX_LENGTH and word.isalpha():
+                words.setdefault(tokenizer_form(word), word)
+    return words
+
+
+@functools.lru_cache(maxsize=2)
+def sampled_words(folder: str) -> tuple[list[str], list[list[str]], list[list[str]]]:
+    """Language names and their fixed train/test samples (words unique to their language)."""
+    names = sorted(LANGUAGES)
+    forms = {name: read_words(Path(folder) / LANGUAGES[name]) for name in names}
+    owners: dict[str, int] = {}
+    for name in names:
+        for form in forms[name]:
+            owners[form] = owners.get(form, 0) + 1
+    rng = np.random.RandomState(0)
+    train, test = [], []
+    for name in names:
+        unique = sorted(form for form in forms[name] if owners[form] == 1)
+        if len(unique) < TRAIN_PER_CLASS + TEST_PER_CLASS:
+            raise UserError(f"the {name} word list has {len(unique)} usable words, {TRAIN_PER_CLASS + TEST_PER_CLASS} "
+                            f"needed; fetch it again with `perturbmerge data fetch langid-words --force`")
+        pick = rng.permutation(len(unique))[: TRAIN_PER_CLASS + TEST_PER_CLASS]
+        words = [forms[name][unique[i]] for i in pick]
+        train.append(words[:TRAIN_PER_CLASS])
+        test.append(words[TRAIN_PER_CLASS:])
+    return names, train, test
+
+
+@functools.lru_cache(maxsize=4)
+def _tokenized(folder: str, tokenizer_name: str):
+    from ..backbones import load_tokenizer
+
+    tokenizer = load_tokenizer(tokenizer_name)
+    names, train, test = sampled_words(folder)
+
+    def encode(groups):
+        return [tokenizer(words, truncation=True, max_length=MAX_TOKENS)["input_ids"] for words in groups]
+
+    return names, encode(train), encode(test), tokenizer.pad_token_id
+
+
+def load(request: LoadRequest) -> TaskStream:
+    (folder,) = require("langid-words", data_dir=request.data_dir)
+    names, train_ids, test_ids, pad_id = _tokenized(str(folder), request.backbone)
+    tasks = class_incremental_text_tasks(names, train_ids, test_ids, request.num_tasks, request.seed)
+    return TaskStream("langid", "class-incremental", request.backbone, tasks, collate=make_pad_collate(pad_id),
+                      info={"train_per_class": TRAIN_PER_CLASS, "test_per_class": TEST_PER_CLASS})
+
+
+SPEC = register_benchmark(BenchmarkSpec(
+    name="langid",
+    description="the language of single words, 20 languages (Debian word lists), 10x2 (or --tasks 5), MiniLM-L6",
+    scenario="class-incremental", backbone="minilm", modality="text", default_tasks=10, load=load,
+    defaults={"epochs": 2, "batch_size": 32, "lr": 1e-3, "head_lr": 1e-2, "fisher": {"batch_size": 32}},
+    sources=("langid-words",),
+))
