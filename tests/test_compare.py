@@ -129,3 +129,21 @@ def test_config_from_an_older_version_matches_when_new_keys_are_at_default():
     changed = {**new, "task_merge": {**new["task_merge"], "lam": 0.7}}
     assert _config_differences(old, changed) == ["task_merge"]
     assert _config_differences({**old, "lr": 1.0}, new) == ["lr"]
+
+
+def test_difference_to_seq_lora_is_paired_by_seed(comparison):
+    summary = json.loads((comparison / "summary.json").read_text())
+    runs = {(m, s): json.loads((comparison / "runs" / f"{m}-seed{s}" / "results.json").read_text())
+            for m in ("pm-lora", "seq-lora") for s in (0, 1)}
+    differences = summary["differences"]
+    assert differences["reference"] == "seq-lora" and list(differences["methods"]) == ["pm-lora"]
+    paired = [runs["pm-lora", s]["final_acc"] - runs["seq-lora", s]["final_acc"] for s in (0, 1)]
+    entry = differences["methods"]["pm-lora"]
+    assert entry["final_acc"]["mean"] == pytest.approx(fmean(paired))
+    assert entry["final_acc"]["std"] == pytest.approx(stdev(paired))
+    last = [runs["pm-lora", s]["acc_all_seen"][-1] - runs["seq-lora", s]["acc_all_seen"][-1] for s in (0, 1)]
+    assert entry["acc_all_seen"]["mean"][-1] == pytest.approx(fmean(last))
+    assert (comparison / "difference_to_seq_lora.png").read_bytes()[:4] == b"\x89PNG"
+    std = summary["methods"]["seq-lora"]["final_acc"]["std"]
+    text = (comparison / "summary.md").read_text()
+    assert f"std of seq-lora's final Acc over 2 seeds is {std:.2f} points" in text and "## Difference to seq-lora" in text

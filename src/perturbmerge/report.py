@@ -105,6 +105,40 @@ def _is_upper_bound(method: str) -> bool:
     return method in METHODS and METHODS[method].joint
 
 
+REFERENCE = "seq-lora"  # differences are reported against sequential LoRA when it is among the methods
+
+
+def paired_differences(runs: Sequence[Mapping[str, Any]], reference: str = REFERENCE) -> dict[str, Any] | None:
+    """Per method: final Acc and all-seen accuracy after each task minus the reference method's, seed by seed
+    (seeds both ran), as mean and sample std over those seeds; None if the reference did not run."""
+    groups = group_by_method(runs)
+    if reference not in groups:
+        return None
+    base = {r["seed"]: r for r in groups[reference]}
+    out: dict[str, Any] = {}
+    for method, group in groups.items():
+        pairs = [(r, base[r["seed"]]) for r in group if r["seed"] in base and method != reference]
+        if not pairs or len(pairs[0][0]["acc_all_seen"]) != len(pairs[0][1]["acc_all_seen"]):
+            continue  # the reference itself, no common seed, or a joint run (one task)
+        curve = _per_task_mean_std([[a - b for a, b in zip(r["acc_all_seen"], ref["acc_all_seen"])] for r, ref in pairs])
+        out[method] = {"seeds": [r["seed"] for r, _ in pairs],
+                       "final_acc": mean_std([r["final_acc"] - ref["final_acc"] for r, ref in pairs]),
+                       "acc_all_seen": {"mean": curve[0].tolist(), "std": curve[1].tolist()}}
+    return {"reference": reference, "methods": out}
+
+
+def seed_noise_sentence(summary: Mapping[str, Any], reference: str = REFERENCE) -> str:
+    """One sentence on how large the seed noise is (the reference's sample std of final Acc over seeds)."""
+    entry = summary["methods"].get(reference) or next(iter(summary["methods"].values()))
+    name = reference if reference in summary["methods"] else next(iter(summary["methods"]))
+    if len(entry["seeds"]) < 2:
+        return (f"Seed noise: one seed ran, so it is not estimated here; on our benchmarks the std of final Acc over "
+                f"3 seeds is 1–6 points (docs/results.md) — run `--seeds 0,1,2` before trusting a difference.")
+    std = entry["final_acc"]["std"]
+    return (f"Seed noise: the sample std of {name}'s final Acc over {len(entry['seeds'])} seeds is {std:.2f} points, "
+            f"so a difference smaller than about {2 * std:.1f} points is within the noise.")
+
+
 def alpha_lines(summary: Mapping[str, Any]) -> list[str]:
     lines = []
     for method, entry in summary["methods"].items():
@@ -156,11 +190,16 @@ def plot_accuracy_matrices(runs: Sequence[Mapping[str, Any]], path: Path) -> Non
     _save(fig, path)
 
 
-def _plot_curves(summary: Mapping[str, Any], key: str, ylabel: str, path: Path, ylim: tuple[float, float]) -> bool:
+def _plot_curves(summary: Mapping[str, Any], key: str, ylabel: str, path: Path, ylim: tuple[float, float] | None,
+                 methods: Mapping[str, Any] | None = None, band: tuple[float, float] | None = None,
+                 zero_line: bool = False) -> bool:
+    """Per-task curves of `key` (mean, ± std band when several seeds ran, clipped to `band`); False if none."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     drawn = False
-    for method, entry in summary["methods"].items():
+    entries = summary["methods"] if methods is None else methods
+    several = any(len(e["seeds"]) > 1 for e in entries.values())
+    for method, entry in entries.items():
         curve = entry.get(key)
         if curve is None:
             continue
@@ -168,18 +207,25 @@ def _plot_curves(summary: Mapping[str, Any], key: str, ylabel: str, path: Path, 
         mean, std = np.array(curve["mean"]), np.array(curve["std"])
         ax.plot(x, mean, marker="o", label=method)
         if len(entry["seeds"]) > 1:
-            ax.fill_between(x, mean - std, mean + std, alpha=0.2)
+            low, high = mean - std, mean + std
+            if band is not None:
+                low, high = np.clip(low, *band), np.clip(high, *band)
+            ax.fill_between(x, low, high, alpha=0.2)
         drawn = True
     if not drawn:
         plt.close(fig)
         return False
+    if zero_line:
+        ax.axhline(0, color="black", linewidth=0.8)
     ax.set_xlabel("after task")
     ax.set_ylabel(ylabel)
-    ax.set_ylim(*ylim)
+    if ylim is not None:
+        ax.set_ylim(*ylim)
     ax.set_xticks(np.arange(1, summary["num_tasks"] + 1))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    ax.set_title(f"{summary['benchmark']}, {summary['num_tasks']} tasks (mean ± std over seeds)", fontsize=9)
+    spread = "mean ± std over seeds" if several else "one seed"
+    ax.set_title(f"{summary['benchmark']}, {summary['num_tasks']} tasks ({spread})", fontsize=9)
     _save(fig, path)
     return True
 
@@ -188,6 +234,7 @@ PLOTS = {
     "accuracy_matrix": "accuracy_matrix.png",
     "acc_all_seen": "acc_all_seen.png",
     "alpha": "alpha.png",
+    "difference": "difference_to_seq_lora.png",
 }
 
 
@@ -202,8 +249,15 @@ def write_report(out_dir: str | Path, runs: Sequence[Mapping[str, Any]], markdow
         summary["machine"] = machine
     plot_accuracy_matrices(runs, out / PLOTS["accuracy_matrix"])
     _plot_curves(summary, "acc_all_seen", "accuracy on all seen classes (%)", out / PLOTS["acc_all_seen"], (0, 100))
-    has_alpha = _plot_curves(summary, "alphas", "merge coefficient α", out / PLOTS["alpha"], (-0.02, 1.02))
-    summary["plots"] = [PLOTS["accuracy_matrix"], PLOTS["acc_all_seen"]] + ([PLOTS["alpha"]] if has_alpha else [])
+    has_alpha = _plot_curves(summary, "alphas", "merge coefficient α", out / PLOTS["alpha"], (-0.02, 1.02),
+                             band=(0.0, 1.0))
+    differences = paired_differences(runs)
+    has_difference = bool(differences and differences["methods"]) and _plot_curves(
+        summary, "acc_all_seen", f"accuracy on all seen classes − {REFERENCE} (points)", out / PLOTS["difference"],
+        None, methods=differences["methods"], zero_line=True)
+    summary["differences"] = differences
+    summary["plots"] = ([PLOTS["accuracy_matrix"], PLOTS["acc_all_seen"]] + ([PLOTS["alpha"]] if has_alpha else [])
+                        + ([PLOTS["difference"]] if has_difference else []))
     atomic_write_json(out / "summary.json", summary)
     lines = [
         f"# {summary['benchmark']}: {summary['num_tasks']} tasks, {summary['scenario']}",
@@ -215,6 +269,12 @@ def write_report(out_dir: str | Path, runs: Sequence[Mapping[str, Any]], markdow
         lines.append(f"Machine: {machine}  ")
     lines += ["Metrics in %, mean ± std over seeds (sample std) where several seeds ran; wall time in seconds.", ""]
     lines += table_lines(summary)
+    lines += ["", seed_noise_sentence(summary)]
+    if has_difference:
+        lines += ["", f"## Difference to {REFERENCE}", "",
+                  f"Final Acc minus {REFERENCE}'s, seed by seed (mean ± sample std over the common seeds):", ""]
+        lines += [f"- {m}: {_cell(d['final_acc'], 2, len(d['seeds']))} points" for m, d in differences["methods"].items()]
+        lines += ["", f"![difference to {REFERENCE}]({PLOTS['difference']})"]
     lines += ["", "## Accuracy on all seen classes after each task", "", f"![acc_all_seen]({PLOTS['acc_all_seen']})",
               "", "## Accuracy matrices", "", "Row t, column i: accuracy on task i after training task t.", "",
               f"![accuracy matrices]({PLOTS['accuracy_matrix']})"]

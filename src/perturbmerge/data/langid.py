@@ -19,7 +19,7 @@ import numpy as np
 from ..errors import UserError
 from .base import BenchmarkSpec, LoadRequest, TaskStream, register_benchmark
 from .fetch import require
-from .text import class_incremental_text_tasks, make_pad_collate
+from .text import class_incremental_text_tasks, make_pad_collate, tokenize_per_class
 
 LANGUAGES = {  # class name -> word list inside the installed folder (<package>/<path>)
     "Bulgarian": "wbulgarian/usr/share/dict/bulgarian",
@@ -90,15 +90,8 @@ def sampled_words(folder: str) -> tuple[list[str], list[list[str]], list[list[st
 
 @functools.lru_cache(maxsize=4)
 def _tokenized(folder: str, tokenizer_name: str):
-    from ..backbones import load_tokenizer
-
-    tokenizer = load_tokenizer(tokenizer_name)
     names, train, test = sampled_words(folder)
-
-    def encode(groups):
-        return [tokenizer(words, truncation=True, max_length=MAX_TOKENS)["input_ids"] for words in groups]
-
-    return names, encode(train), encode(test), tokenizer.pad_token_id
+    return (names, *tokenize_per_class(tokenizer_name, train, test, MAX_TOKENS))
 
 
 def load(request: LoadRequest) -> TaskStream:

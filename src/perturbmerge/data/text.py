@@ -60,3 +60,16 @@ def class_incremental_text_tasks(names: list[str], train_ids: list[list[list[int
         tasks.append(Task(index, [names[c] for c in group], offset, split(train_ids), split(test_ids)))
         offset += len(group)
     return tasks
+
+
+def tokenize_per_class(tokenizer_name: str, train: list[list[str]], test: list[list[str]], max_tokens: int
+                       ) -> tuple[list[list[list[int]]], list[list[list[int]]], int]:
+    """Token ids of every class's train and test texts (truncated to `max_tokens`), and the pad id."""
+    from ..backbones import load_tokenizer
+
+    tokenizer = load_tokenizer(tokenizer_name)
+
+    def encode(groups: list[list[str]]) -> list[list[list[int]]]:
+        return [tokenizer(texts, truncation=True, max_length=max_tokens)["input_ids"] for texts in groups]
+
+    return encode(train), encode(test), tokenizer.pad_token_id

@@ -17,7 +17,7 @@ import numpy as np
 from ..errors import UserError
 from .base import BenchmarkSpec, LoadRequest, TaskStream, register_benchmark
 from .fetch import require
-from .text import class_incremental_text_tasks, make_pad_collate
+from .text import class_incremental_text_tasks, make_pad_collate, tokenize_per_class
 
 NOUN_LEXNAMES = [
     "Tops", "act", "animal", "artifact", "attribute", "body", "cognition", "communication", "event", "feeling",
@@ -64,15 +64,8 @@ def _sampled(path: str) -> tuple[list[str], list[list[str]], list[list[str]]]:
 
 @functools.lru_cache(maxsize=4)
 def _tokenized(path: str, tokenizer_name: str) -> tuple[list[str], list[list[list[int]]], list[list[list[int]]], int]:
-    from ..backbones import load_tokenizer
-
-    tokenizer = load_tokenizer(tokenizer_name)
     names, train, test = _sampled(path)
-
-    def encode(groups):
-        return [tokenizer(texts, truncation=True, max_length=MAX_TOKENS)["input_ids"] for texts in groups]
-
-    return names, encode(train), encode(test), tokenizer.pad_token_id
+    return (names, *tokenize_per_class(tokenizer_name, train, test, MAX_TOKENS))
 
 
 def load(request: LoadRequest) -> TaskStream:
