@@ -144,6 +144,8 @@ def cmd_benchmarks(args: argparse.Namespace) -> int:
 
     for spec in BENCHMARKS.values():
         print(f"{spec.name:<14} {spec.scenario:<19} {spec.description}")
+    print(f"{'csv:PATH':<14} {'class-incremental':<19} your CSV with columns text,label; MiniLM or --set backbone=hf:DIR")
+    print(f"{'folder:PATH':<14} {'class-incremental':<19} your images, one sub-folder per class; EfficientNet-Lite0")
     return 0
 
 
@@ -188,7 +190,10 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="perturbmerge", description="Continual learning by Perturb-and-Merge.")
+    parser.add_argument("--version", action="version", version=f"perturbmerge {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser(
         "run", help="run one method (or, with no --method, compare pm-lora, merge-lora, seq-lora) and write a report",
@@ -196,17 +201,22 @@ def build_parser() -> argparse.ArgumentParser:
                     "with MiniLM) for one seed. With --method: one run. Writes results.json and report.md with plots.")
     _add_run_options(run)
     run.add_argument("--method", help="method name (see `perturbmerge methods`); default: the 3-method comparison")
-    run.add_argument("--seed", type=int, help="seed: class order, init, data order, perturbation draws")
+    run.add_argument("--seed", type=int, help="seed: class order, init, data order, perturbation draws (default 0)")
     run.add_argument("--out", help="output folder (must be new or empty); default runs/<benchmark>-<method>-seed<N>-<time>")
     run.add_argument("--resume", metavar="DIR", help="continue the interrupted run in DIR from its last checkpoint "
                                                      "(its own config; options given again must match it)")
     run.add_argument("--force", action="store_true", help="with --resume: continue despite a changed config or "
                                                           "versions (the result is then not bit-identical)")
     run.set_defaults(func=cmd_run)
-    compare = sub.add_parser("compare", help="run several methods x seeds; write summary.json and summary.md with plots")
+    compare = sub.add_parser(
+        "compare", help="run several methods x seeds; write summary.json and summary.md with plots",
+        description="Runs every (method, seed) into OUT/runs/<method>-seed<N>/ and writes OUT/summary.json and "
+                    "OUT/summary.md (mean ± std over seeds, plots, the difference to seq-lora). Re-running with the "
+                    "same --out reuses finished runs and resumes interrupted ones.")
     _add_run_options(compare)
-    compare.add_argument("--methods", default="pm-lora,merge-lora,seq-lora", help="comma-separated method names")
-    compare.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
+    compare.add_argument("--methods", default="pm-lora,merge-lora,seq-lora",
+                         help="comma-separated method names (default pm-lora,merge-lora,seq-lora)")
+    compare.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
     compare.add_argument("--out", required=True, help="output folder; re-running with the same folder skips finished runs")
     compare.set_defaults(func=cmd_compare)
     sweep = sub.add_parser(
@@ -214,10 +224,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Runs every combination of the --param values for every method and seed (a method runs only "
                     "the values of keys it reads). Re-running with the same --out reuses finished runs.")
     _add_run_options(sweep)
-    sweep.add_argument("--methods", default="pm-lora,seq-lora", help="comma-separated method names")
+    sweep.add_argument("--methods", default="pm-lora,seq-lora", help="comma-separated method names (default pm-lora,seq-lora)")
     sweep.add_argument("--param", action="append", default=[], metavar="KEY=V1,V2,...",
                        help="a config key and its values, e.g. --param epochs=1,2,5 (repeat for a grid)")
-    sweep.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
+    sweep.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
     sweep.add_argument("--out", required=True, help="output folder; re-running with the same folder skips finished runs")
     sweep.set_defaults(func=cmd_sweep)
     landscape = sub.add_parser(
