@@ -80,12 +80,12 @@ def check_keys_apply_to_any(methods: Sequence[str], explicit: set[str]) -> None:
         raise UserError(f"none of the methods {', '.join(methods)} uses {', '.join(unused)}; remove it")
 
 
-def prepare_out_dir(out: Path, marker: str = "runs") -> bool:
-    """Check `out` can hold a comparison (new, empty, or an earlier one with `marker`); True if it is new."""
+def prepare_out_dir(out: Path) -> bool:
+    """Check `out` can hold a comparison (new, empty, or an earlier one with runs/); True if it is new."""
     if out.exists() and not out.is_dir():
         raise UserError(f"--out '{out}' exists and is not a folder; choose another --out")
     created = not out.exists()
-    if not created and any(out.iterdir()) and not (out / marker).exists():
+    if not created and any(out.iterdir()) and not (out / "runs").is_dir():
         raise UserError(f"output folder '{out}' is not empty and holds no earlier comparison; choose another --out")
     return created
 

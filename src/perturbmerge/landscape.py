@@ -45,7 +45,9 @@ def load_task_models(run_dir: Path, task: int) -> tuple[dict[str, Any], dict[str
     results = json.loads(results_file.read_text())
     if not 1 <= task <= results["num_tasks"]:
         raise UserError(f"--task must be in 1..{results['num_tasks']} for '{run_dir}', got {task}")
-    file = run_dir / "task_models" / f"task{task}.safetensors"
+    from .runner import TASK_MODELS
+
+    file = run_dir / TASK_MODELS / f"task{task}.safetensors"
     if not file.is_file():
         raise UserError(f"'{run_dir}' has no saved task models; run it with --set save_task_models=true")
     return results, load_file(str(file)), json.loads(file.with_suffix(".json").read_text())
@@ -58,6 +60,7 @@ def loss_grid(run_dir: str | Path, task: int, alphas: Sequence[float], betas: Se
     from torch.func import functional_call
 
     from .config import build_config
+    from .learner import move_to
     from .runner import build_stream_and_backbone, resolve_device
 
     run_dir = Path(run_dir)
@@ -76,7 +79,6 @@ def loss_grid(run_dir: str | Path, task: int, alphas: Sequence[float], betas: Se
         items = [seen.test[i] for i in picks]
         batch = stream.collate(items) if stream.collate is not None else torch.utils.data.default_collate(items)
         batches.append(batch)
-    from .learner import move_to
 
     grid = np.zeros((len(betas), len(alphas)))
     bar = tqdm(total=grid.size, desc=f"loss landscape, task {task}", unit="point", disable=not progress, leave=False)

@@ -22,7 +22,7 @@ from .config import get_dotted, parse_set
 from .errors import UserError
 from .io import atomic_write_bytes, atomic_write_json, atomic_write_text, machine_description
 from .methods import get_method, unused_keys
-from .report import mean_std
+from .report import _cell, mean_std
 
 SWEEP_METRICS = ("final_acc", "aaa", "forgetting", "bwt", "plasticity", "wall_time_s")
 
@@ -41,19 +41,13 @@ def parse_params(texts: Sequence[str]) -> dict[str, list[Any]]:
         if key in ("method", "seed", "benchmark", "tasks"):
             raise UserError(f"--param {key}: {key} is not sweepable; use --methods, --seeds, or one sweep per "
                             f"benchmark and task count")
-        values = [_leaf(parse_set([f"{key}={item}"]), key) for item in items]
+        values = [get_dotted(parse_set([f"{key}={item}"]), key) for item in items]
         if len({repr(v) for v in values}) != len(values):
             raise UserError(f"--param {key} lists a value twice ('{raw}'); give each once")
         params[key] = values
     if not params:
         raise UserError("sweep needs at least one --param key=v1,v2,...; e.g. --param epochs=1,2,5")
     return params
-
-
-def _leaf(tree: Mapping[str, Any], key: str) -> Any:
-    for part in key.split("."):
-        tree = tree[part]
-    return tree
 
 
 def _format(value: Any) -> str:
@@ -85,7 +79,7 @@ def run_sweep(methods: Sequence[str], params: Mapping[str, list[Any]], seeds: Se
             raise UserError(f"none of the methods {', '.join(methods)} reads {key}; remove --param {key}")
     reads = {m: [k for k in params if not unused_keys([specs[m]], {k})] for m in methods}
     points = grid_points(params)
-    jobs, index = [], {}
+    configs_by_name: dict[str, Any] = {}  # one run per distinct name: a method ignoring a key shares its runs
     for point in points:
         for method in methods:
             own = {k: point[k] for k in reads[method]}
@@ -96,15 +90,12 @@ def run_sweep(methods: Sequence[str], params: Mapping[str, list[Any]], seeds: Se
                 for key, value in own.items():
                     if get_dotted(config.to_dict(), key) != value:
                         raise UserError(f"--param {key}={value!r} did not take effect; check the value's type")
-                name = _run_name(method, own, config.seed)
-                if name not in index:
-                    index[name] = len(jobs)
-                    jobs.append((config, None))
+                configs_by_name.setdefault(_run_name(method, own, config.seed), config)
     out = Path(out_dir)
     created = prepare_out_dir(out)
-    jobs = [(config, out / "runs" / name) for name, (config, _) in zip(index, jobs)]
+    jobs = [(config, out / "runs" / name) for name, config in configs_by_name.items()]
     runs = run_jobs(jobs, out, created, progress)
-    by_name = dict(zip(index, runs))
+    by_name = dict(zip(configs_by_name, runs))
     summary = summarise_sweep(methods, params, seeds, points, reads, by_name, out)
     summary.update({"command": command, "machine": machine_description()})
     atomic_write_json(out / "sweep.json", summary)
@@ -133,12 +124,6 @@ def summarise_sweep(methods: Sequence[str], params: Mapping[str, list[Any]], see
     return {"benchmark": first["benchmark"], "num_tasks": first["num_tasks"], "backbone": first.get("backbone"),
             "evaluated_on": first.get("evaluated_on", "test"), "methods": list(methods), "seeds": list(seeds),
             "params": {k: list(v) for k, v in params.items()}, "points": rows}
-
-
-def _cell(stats: Mapping[str, float | None]) -> str:
-    if stats["mean"] is None:
-        return "–"
-    return f"{stats['mean']:.2f} ± {stats['std']:.2f}"
 
 
 def sweep_markdown(summary: Mapping[str, Any], plots: Sequence[str]) -> str:

@@ -6,6 +6,7 @@ and checked in a temporary folder that is renamed into place only when every che
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -106,6 +107,12 @@ def _debian_download(package: str, version: str, sha256: str, work: Path) -> Pat
     return root
 
 
+@functools.lru_cache(maxsize=None)
+def _manifest_packages(manifest: str) -> list[dict]:
+    """The packages of a manifest under perturbmerge/data/splits/ (read once per process)."""
+    return json.loads((Path(__file__).parent / "splits" / manifest).read_text())["packages"]
+
+
 @dataclass(frozen=True)
 class DebianBundleSource(PackageSource):
     """Many pinned Debian packages, listed in a manifest shipped with perturbmerge (package, version, .deb sha256,
@@ -115,7 +122,7 @@ class DebianBundleSource(PackageSource):
     registry = "Debian"
 
     def packages(self) -> list[dict]:
-        return json.loads((Path(__file__).parent / "splits" / self.manifest).read_text())["packages"]
+        return _manifest_packages(self.manifest)
 
     def installed_files(self) -> dict[str, str]:
         return {f"{p['package']}/{inner}": digest for p in self.packages() for inner, digest in p["files"].items()}
