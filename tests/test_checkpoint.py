@@ -278,7 +278,9 @@ def test_latest_always_names_a_complete_checkpoint(tmp_path):
     assert latest_checkpoint(tmp_path) == first and torch.equal(load_checkpoint(first)["w"], torch.ones(2))
     third = save_checkpoint(tmp_path, {"w": torch.full((2,), 3.0)})
     assert latest_checkpoint(tmp_path) == third
-    assert sorted(p.name for p in (tmp_path / FOLDER).iterdir()) == ["LATEST", third.name]  # old ones removed
+    fourth = save_checkpoint(tmp_path, {"w": torch.full((2,), 4.0)})
+    # the previous checkpoint is kept as a fallback, older ones are removed
+    assert sorted(p.name for p in (tmp_path / FOLDER).iterdir()) == ["LATEST", third.name, fourth.name]
 
 
 def test_source_never_unpickles():

@@ -100,6 +100,26 @@ def test_shared_layer_called_twice_sums_its_gradients():
     torch.testing.assert_close(hooks["w"], loop["w"], rtol=1e-10, atol=1e-12)
 
 
+def test_a_layer_whose_output_misses_the_loss_gets_zero_fisher():
+    """BERT computes its pooler, mean pooling ignores it: LoRA on `dense` also hits the pooler. Its per-sample
+    gradient is zero (autograd loop: allow_unused → None), so its Fisher is exactly zero; the used layer's matches."""
+    torch.manual_seed(0)
+    used, unused = nn.Linear(4, 3).double(), nn.Linear(4, 4).double()
+    x = torch.randn(6, 4, dtype=torch.float64)
+    y = torch.randint(0, 3, (6,))
+    bias = nn.Parameter(torch.zeros(4, dtype=torch.float64))
+
+    def per_sample(batch):
+        inputs, labels = batch
+        unused(inputs + bias)  # computed and thrown away, like the pooler
+        return F.cross_entropy(used(inputs + bias), labels, reduction="none")
+
+    hooks = layer_weight_fisher({"used": used, "unused": unused}, [(x[:4], y[:4]), (x[4:], y[4:])], per_sample)
+    assert torch.equal(hooks["unused"], torch.zeros_like(unused.weight))
+    loop = _loop_fisher(lambda a: a + bias, {"used": used.weight}, used, x, y, _take_tensor)
+    torch.testing.assert_close(hooks["used"], loop["used"], rtol=1e-10, atol=1e-12)
+
+
 def test_full_parameter_fisher_matches_per_sample_autograd(mlp):
     mlp = mlp.double()
     adaptation = FullAdaptation()

@@ -6,8 +6,10 @@ Layout inside a run folder:
     checkpoints/ckpt-000042/    state.json (structure, numbers, RNG states of Python/NumPy) +
                                 tensors.safetensors (model, optimiser, running sums, torch RNG states)
 
-A checkpoint folder is written in full under a temporary name, renamed, and only then named in LATEST; the
-previous checkpoint is deleted after that. A crash at any point leaves LATEST naming a complete checkpoint.
+A checkpoint folder is written in full under a temporary name, renamed, and only then named in LATEST; of the
+older ones, the previous checkpoint is kept (a fallback should the latest be damaged) and the rest are deleted. A
+crash at any point leaves LATEST naming a complete checkpoint. state.json records the sha256 of
+tensors.safetensors; loading checks it, so a flipped bit is refused rather than resumed from.
 
 `split_tensors` / `join_tensors` turn a nested state (dicts, lists, tensors, numbers, strings) into a JSON tree
 with tensor placeholders plus a flat {key: tensor} dict, and back.
@@ -17,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
 from pathlib import Path
 from typing import Any, Callable
@@ -27,10 +30,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .errors import UserError
-from .io import atomic_write_text
+from .io import atomic_write_text, sha256_file
 
 FORMAT = "perturbmerge-checkpoint-1"
 FOLDER = "checkpoints"
+STATE, TENSORS = "state.json", "tensors.safetensors"
+_CHECKPOINT_NAME = re.compile(r"ckpt-\d{6,}")
 _TENSOR = "__tensor__"
 
 
@@ -91,8 +96,9 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(run_dir: str | Path, state: dict[str, Any], before_commit: Callable[[], None] | None = None) -> Path:
-    """Write the next checkpoint in full, then make it the latest and delete the previous one; return its folder.
-    `before_commit` runs between the complete write and the switch of LATEST (a hook for crash tests)."""
+    """Write the next checkpoint in full, then make it the latest; keep the previous one, delete older ones; return
+    its folder. `before_commit` runs between the complete write and the switch of LATEST (a hook for crash tests).
+    A failed write (e.g. a full disk) removes its partial files and raises a UserError."""
     root = Path(run_dir) / FOLDER
     root.mkdir(parents=True, exist_ok=True)
     previous = latest_checkpoint(run_dir)
@@ -101,52 +107,152 @@ def save_checkpoint(run_dir: str | Path, state: dict[str, Any], before_commit: C
     tree, tensors = split_tensors(state)
     staging = root / f".{name}.partial-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-    save_file(tensors, str(staging / "tensors.safetensors"))
-    (staging / "state.json").write_text(json.dumps({"format": FORMAT, "state": tree}))
-    for file in staging.iterdir():
-        _fsync(file)
+    try:
+        staging.mkdir()
+        save_file(tensors, str(staging / TENSORS))
+        document = {"format": FORMAT, "tensors_sha256": sha256_file(staging / TENSORS), "state": tree}
+        (staging / STATE).write_text(json.dumps(document))
+        for file in staging.iterdir():
+            _fsync(file)
+    except (OSError, SafetensorError) as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise UserError(f"cannot write a checkpoint in '{root}' ({reason}); free space or fix permissions, then "
+                        f"continue with `perturbmerge run --resume {run_dir}`") from None
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     final = root / name
     shutil.rmtree(final, ignore_errors=True)  # a leftover of a run killed after this rename, before LATEST
     os.replace(staging, final)
     if before_commit is not None:
         before_commit()
     atomic_write_text(root / "LATEST", name + "\n")
-    for old in root.iterdir():  # the previous checkpoint and leftovers of interrupted writes
-        if old.name not in (name, "LATEST"):
+    keep = {name, "LATEST"} | ({previous.name} if previous is not None else set())
+    for old in root.iterdir():  # older checkpoints and leftovers of interrupted writes
+        if old.name not in keep:
             shutil.rmtree(old, ignore_errors=True)
     return final
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    """The folder LATEST names, or None when no checkpoint was completed."""
+    """The folder LATEST names, or None when no checkpoint was ever committed (no LATEST). A LATEST that cannot
+    be read or names no checkpoint folder is an error, not a reason to start again."""
     pointer = Path(run_dir) / FOLDER / "LATEST"
-    if not pointer.is_file():
+    if not pointer.exists():
         return None
-    folder = pointer.parent / pointer.read_text().strip()
-    return folder if folder.is_dir() else None
+    try:
+        name = pointer.read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        name = None
+    folder = pointer.parent / name if name else None
+    if name is None or not _CHECKPOINT_NAME.fullmatch(name) or not folder.is_dir():
+        raise UserError(f"{pointer} does not name a checkpoint of this run{_fallback_hint(run_dir, exclude=name)}")
+    return folder
+
+
+def has_checkpoint(run_dir: str | Path) -> bool:
+    """Whether a checkpoint was committed (LATEST exists), without judging it: for clean-up decisions."""
+    return (Path(run_dir) / FOLDER / "LATEST").exists()
+
+
+def _fallback_hint(run_dir: str | Path, exclude: str | None) -> str:
+    """'; continue from ckpt-… with …' naming the newest other checkpoint that passes its integrity check."""
+    root = Path(run_dir) / FOLDER
+    candidates = sorted((p for p in root.glob("ckpt-*") if p.is_dir() and p.name != exclude), reverse=True)
+    for folder in candidates:
+        if _integrity_problem(folder) is None:
+            return (f"; continue from the previous checkpoint with `perturbmerge run --resume {run_dir} "
+                    f"--from-checkpoint {folder.name}`, or start a new run")
+    return "; no other intact checkpoint is left, start a new run"
+
+
+def _integrity_problem(folder: Path) -> str | None:
+    """Why `folder` is not an intact checkpoint (unreadable state.json, other format, sha256 mismatch), or None."""
+    try:
+        document = json.loads((folder / STATE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        return f"no readable {STATE} ({exc.__class__.__name__})"
+    if not isinstance(document, dict) or document.get("format") != FORMAT:
+        return f"not in format {FORMAT}"
+    expected = document.get("tensors_sha256")
+    try:
+        actual = sha256_file(folder / TENSORS)
+    except OSError as exc:
+        return f"{TENSORS} unreadable ({exc.__class__.__name__})"
+    if not isinstance(expected, str) or expected != actual:
+        return f"{TENSORS} fails its integrity check (its sha256 differs from the one in {STATE})"
+    return None
 
 
 def load_checkpoint(folder: str | Path) -> dict[str, Any]:
     """Read a checkpoint written by `save_checkpoint`. Only JSON and safetensors are parsed; anything else
-    (e.g. a pickle in place of the tensors file) is refused."""
+    (e.g. a pickle in place of the tensors file) is refused, as is a tensors file whose sha256 differs from the
+    one recorded at writing time."""
     folder = Path(folder)
-    fix = "resume from a checkpoint written by perturbmerge, or start a new run"
+    def fix() -> str:  # read the other checkpoints only when this one is refused
+        return _fallback_hint(folder.parent.parent, exclude=folder.name)
+
     try:
-        document = json.loads((folder / "state.json").read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"checkpoint '{folder}' has no readable state.json ({exc.__class__.__name__}); {fix}") from None
+        document = json.loads((folder / STATE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise UserError(f"checkpoint '{folder}' has no readable state.json ({exc.__class__.__name__}){fix()}") from None
     if not isinstance(document, dict) or document.get("format") != FORMAT:
-        raise UserError(f"checkpoint '{folder}' is not in format {FORMAT}; {fix}")
+        raise UserError(f"checkpoint '{folder}' is not in format {FORMAT}{fix()}")
     try:
-        tensors = load_file(str(folder / "tensors.safetensors"))
+        tensors = load_file(str(folder / TENSORS))
     except (OSError, SafetensorError) as exc:
-        raise UserError(f"checkpoint '{folder}': tensors.safetensors is not a valid safetensors file ({exc}); "
-                        f"{fix}") from None
+        raise UserError(f"checkpoint '{folder}': tensors.safetensors is not a valid safetensors file ({exc})"
+                        f"{fix()}") from None
+    problem = _integrity_problem(folder)
+    if problem is not None:
+        raise UserError(f"checkpoint '{folder}': {problem}{fix()}")
     try:
         return join_tensors(document["state"], tensors)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise UserError(f"checkpoint '{folder}' is inconsistent ({exc!r} missing or malformed); {fix}") from None
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+        raise UserError(f"checkpoint '{folder}' is inconsistent ({exc!r} missing or malformed){fix()}") from None
+
+
+def check_run_state(state: Any, folder: str | Path, num_tasks: int) -> None:
+    """Refuse (one line) a run checkpoint whose state does not have the shape `ContinualLearner` writes: a position
+    inside this stream, integer counters, a config mapping, complete RNG states."""
+    def fail(what: str) -> None:
+        raise UserError(f"checkpoint '{folder}' is malformed ({what}){_fallback_hint(Path(folder).parent.parent, Path(folder).name)}")
+
+    def integer(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    if not isinstance(state, dict):
+        fail("its state is not a mapping")
+    for key in ("position", "step", "result", "losses", "head_blocks", "model", "method", "rng", "config"):
+        if key not in state:
+            fail(f"no '{key}'")
+    position = state["position"]
+    if not isinstance(position, dict) or not all(integer(position.get(k)) and position[k] >= 0
+                                                 for k in ("task", "epoch", "batch")):
+        fail("position must hold non-negative integers task, epoch and batch")
+    if not isinstance(position.get("done"), bool):
+        fail("position.done must be true or false")
+    if position["task"] >= num_tasks:
+        fail(f"position.task {position['task']} is outside this run's {num_tasks} tasks")
+    if not integer(state["step"]) or state["step"] < 0:
+        fail(f"step {state['step']!r} is not a non-negative integer")
+    if not isinstance(state["config"], dict):
+        fail("config is not a mapping")
+    if not isinstance(state["model"], dict) or not isinstance(state["method"], dict):
+        fail("model and method must be mappings")
+    if not isinstance(state["head_blocks"], list) or not all(integer(n) and n > 0 for n in state["head_blocks"]):
+        fail("head_blocks must be a list of positive integers")
+    rng = state["rng"]
+    try:
+        python_ok = len(rng["python"]) == 3 and len(rng["python"][1]) == 625
+        numpy_ok = len(rng["numpy"]) == 5 and len(rng["numpy"][1]) == 624
+        torch_ok = isinstance(rng["torch"], torch.Tensor) and rng["torch"].dtype == torch.uint8 \
+            and rng["torch"].numel() == torch.get_rng_state().numel()
+    except (KeyError, TypeError, IndexError):
+        python_ok = numpy_ok = torch_ok = False
+    if not (python_ok and numpy_ok and torch_ok):
+        fail("the random-number-generator states are incomplete")
 
 
 def checkpoint_versions(folder: str | Path) -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import signal
 import sys
 import time
 from typing import Any, Sequence
@@ -53,11 +54,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     overrides = {**_overrides(args), "method": args.method, "seed": args.seed}
     if args.force and not args.resume:
         raise UserError("--force only applies with --resume DIR; drop --force")
+    if args.from_checkpoint and not args.resume:
+        raise UserError("--from-checkpoint only applies with --resume DIR; drop --from-checkpoint")
     if args.resume:
         if args.out:
             raise UserError("--resume DIR writes into DIR; drop --out")
+        finished = finished_without_report(args.resume)
+        if finished is not None:  # killed between results.json and its report: finish the report only
+            print(f"run '{args.resume}' had finished; writing its missing report", file=sys.stderr)
+            return _finish_run(args, finished, args.resume)
         given = {k: v for k, v in overrides.items() if v is not None}
-        results = resume_run(args.resume, given, args.config, _sets(args), args.force, progress=not args.quiet)
+        results = resume_run(args.resume, given, args.config, _sets(args), args.force, progress=not args.quiet,
+                             from_checkpoint=args.from_checkpoint)
         return _finish_run(args, results, args.resume)
     config, explicit = resolve_config(overrides, args.config, _sets(args), check_method_keys=False)
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -75,14 +83,28 @@ def cmd_run(args: argparse.Namespace) -> int:
     return _finish_run(args, results, out)
 
 
+def finished_without_report(run_dir: str) -> dict[str, Any] | None:
+    """The results of a finished run whose report.md is missing (a crash or full disk after results.json)."""
+    from pathlib import Path
+
+    from .report import read_results
+
+    run = Path(run_dir)
+    if not (run / "results.json").is_file() or (run / "report.md").is_file():
+        return None
+    return read_results(run)
+
+
 def _finish_run(args: argparse.Namespace, results: dict[str, Any], out: str) -> int:
+    from . import lock
     from .report import write_report
 
     if int(os.environ.get("RANK", "0")) != 0:  # several processes: rank 0 reports
         return 0
 
-    write_report(out, [results], "report.md", args.command_line, {(results["method"], results["seed"]): out},
-                 machine_description())
+    with lock.locked(out, "run folder"):
+        write_report(out, [results], "report.md", args.command_line, {(results["method"], results["seed"]): out},
+                     machine_description())
     print("\n".join(_summary_lines(results)))
     print(f"  results: {out}/results.json, report: {out}/report.md")
     return 0
@@ -118,6 +140,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                           for m, s in point["methods"].items())
         print(f"  {where}: {cells}")
     print(f"report: {args.out}/sweep.md")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import rewrite_report
+
+    path = rewrite_report(args.dir, args.command_line)
+    print(f"report: {path}")
     return 0
 
 
@@ -207,6 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                      "(its own config; options given again must match it)")
     run.add_argument("--force", action="store_true", help="with --resume: continue despite a changed config or "
                                                           "versions (the result is then not bit-identical)")
+    run.add_argument("--from-checkpoint", metavar="NAME", help="with --resume: continue from this checkpoint of the "
+                                                               "run (e.g. the previous one, when the latest is damaged)")
     run.set_defaults(func=cmd_run)
     compare = sub.add_parser(
         "compare", help="run several methods x seeds; write summary.json and summary.md with plots",
@@ -245,6 +277,12 @@ def build_parser() -> argparse.ArgumentParser:
     landscape.add_argument("--out", help="output path without suffix (default <first run>/landscape-task<t>)")
     landscape.add_argument("--quiet", action="store_true", help="no progress bars")
     landscape.set_defaults(func=cmd_landscape)
+    report = sub.add_parser(
+        "report", help="write the report of a finished run or comparison again from its results.json files",
+        description="Rewrites DIR/report.md (a run) or DIR/summary.md (a comparison: DIR/runs/*/results.json) and "
+                    "their plots from the recorded results; no training. For a sweep, re-run the sweep command.")
+    report.add_argument("dir", metavar="DIR", help="a run folder or a comparison folder")
+    report.set_defaults(func=cmd_report)
     sub.add_parser("methods", help="list methods").set_defaults(func=cmd_methods)
     sub.add_parser("benchmarks", help="list benchmarks").set_defaults(func=cmd_benchmarks)
     sub.add_parser("keys", help="list config keys and their defaults").set_defaults(func=cmd_keys)
@@ -264,14 +302,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.command_line = _command_line(argv)
+    previous = {signum: signal.signal(signum, _interrupt) for signum in (signal.SIGTERM, signal.SIGHUP)}
     try:
         return args.func(args)
     except UserError as exc:
         print(f"perturbmerge: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except Interrupted as exc:
+        print(f"perturbmerge: stopped by {signal.Signals(exc.signum).name}", file=sys.stderr)
+        return 128 + exc.signum
     except KeyboardInterrupt:
         print("perturbmerge: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:  # a full disk, a vanished folder, permissions: one line, not a traceback
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"perturbmerge: error: {exc.strerror or exc}{where}; free space or fix the folder, then run again "
+              f"(an interrupted run continues with `perturbmerge run --resume DIR`)", file=sys.stderr)
+        return 1
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, handled like Ctrl-C: a run keeps its last checkpoint, one without any is removed."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise Interrupted(signum)
 
 
 if __name__ == "__main__":

@@ -11,14 +11,16 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
+from . import lock
 from .config import RunConfig, config_differences
 from .errors import UserError
 from .io import machine_description
 from .methods import get_method, unused_keys
-from .report import table_lines, write_report
+from .report import read_results, table_lines, write_report
 
 DEFAULT_METHODS = ("pm-lora", "merge-lora", "seq-lora")
 
@@ -57,15 +59,16 @@ def _finished_run(run_dir: Path, config: RunConfig) -> dict[str, Any] | str | No
     from its checkpoint; None if there is nothing to reuse; error if a finished run's config differs."""
     results_file = run_dir / "results.json"
     if not results_file.is_file():
+        holder = lock.held_by_other(run_dir) if run_dir.is_dir() else None
+        if holder is not None:
+            raise UserError(f"run '{run_dir}' is being written by {holder}; wait for it to finish or stop it, "
+                            f"or use another --out")
         if run_dir.exists():
             if _resumable(run_dir, config):
                 return "resume"
             shutil.rmtree(run_dir)  # killed before its first checkpoint, or another config: start it again
         return None
-    try:
-        results = json.loads(results_file.read_text())
-    except (OSError, ValueError):
-        raise UserError(f"{results_file} is unreadable; delete {run_dir} to run it again") from None
+    results = read_results(run_dir)
     differing = config_differences(results.get("config", {}), config.to_dict())
     if differing:
         raise UserError(f"{run_dir} was run with a different config ({', '.join(differing)}); "
@@ -80,14 +83,22 @@ def check_keys_apply_to_any(methods: Sequence[str], explicit: set[str]) -> None:
         raise UserError(f"none of the methods {', '.join(methods)} uses {', '.join(unused)}; remove it")
 
 
-def prepare_out_dir(out: Path) -> bool:
-    """Check `out` can hold a comparison (new, empty, or an earlier one with runs/); True if it is new."""
+@contextmanager
+def output_folder(out: Path) -> Iterator[bool]:
+    """Create (if needed) and lock `out` for a comparison — new, empty, or an earlier one with runs/ — while the
+    block runs; yields True if this call created it. A second writer is refused by the lock, before it deletes
+    or writes anything."""
     if out.exists() and not out.is_dir():
         raise UserError(f"--out '{out}' exists and is not a folder; choose another --out")
     created = not out.exists()
-    if not created and any(out.iterdir()) and not (out / "runs").is_dir():
-        raise UserError(f"output folder '{out}' is not empty and holds no earlier comparison; choose another --out")
-    return created
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"output folder '{out}' cannot be created ({exc.strerror}); choose another --out") from None
+    with lock.locked(out):
+        if not created and any(not lock.is_lock_file(p) for p in out.iterdir()) and not (out / "runs").is_dir():
+            raise UserError(f"output folder '{out}' is not empty and holds no earlier comparison; choose another --out")
+        yield created
 
 
 def run_jobs(jobs: Sequence[tuple[RunConfig, Path]], out: Path, created: bool, progress: bool = True
@@ -151,11 +162,11 @@ def run_comparison(
     configs, explicit = resolve_method_configs(methods, seeds, overrides, config_file, sets)
     check_keys_apply_to_any(methods, explicit)
     out = Path(out_dir)
-    created = prepare_out_dir(out)
-    jobs = [(config, out / "runs" / f"{config.method}-seed{config.seed}") for config in configs]
-    runs = run_jobs(jobs, out, created, progress)
-    run_dirs = {(config.method, config.seed): str(run_dir) for config, run_dir in jobs}
-    return write_report(out, runs, markdown_name, command, run_dirs, machine_description())
+    with output_folder(out) as created:
+        jobs = [(config, out / "runs" / f"{config.method}-seed{config.seed}") for config in configs]
+        runs = run_jobs(jobs, out, created, progress)
+        run_dirs = {(config.method, config.seed): str(run_dir) for config, run_dir in jobs}
+        return write_report(out, runs, markdown_name, command, run_dirs, machine_description())
 
 
 def summary_text(summary: Mapping[str, Any], out_dir: str | Path, markdown_name: str) -> str:

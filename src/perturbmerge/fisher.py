@@ -143,9 +143,11 @@ def layer_weight_fisher(
             if missing:
                 raise RuntimeError(f"no gradient can reach layers {sorted(missing)[:3]}; is anything upstream trainable?")
             # δ_out for every call, without accumulating .grad anywhere
-            out_grads = torch.autograd.grad(losses.sum(), [out for _, _, out in calls])
+            # (an output that does not reach the loss, e.g. BERT's unused pooler, has δ_out = 0: zero Fisher)
+            out_grads = torch.autograd.grad(losses.sum(), [out for _, _, out in calls], allow_unused=True)
             positions: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
-            for (name, x, _), g in zip(calls, out_grads):
+            for (name, x, out), g in zip(calls, out_grads):
+                g = torch.zeros_like(out) if g is None else g
                 positions.setdefault(name, []).append(layer_positions(layers[name], x, g))
             for name, parts in positions.items():
                 # several calls of one layer: their positions add up inside the per-sample gradient

@@ -282,3 +282,53 @@ def write_report(out_dir: str | Path, runs: Sequence[Mapping[str, Any]], markdow
         lines += ["", "## Merge coefficient α per task", "", f"![alpha]({PLOTS['alpha']})", ""] + alpha_lines(summary)
     atomic_write_text(out / markdown_name, "\n".join(lines) + "\n")
     return summary
+
+
+RESULT_KEYS = ("benchmark", "method", "seed", "num_tasks", "accuracy_matrix", "acc_all_seen", "final_acc", "config")
+
+
+def read_results(run_dir: str | Path) -> dict[str, Any]:
+    """A run's results.json, checked to be the mapping a finished run writes (one-line error otherwise)."""
+    import json
+
+    from .errors import UserError
+
+    path = Path(run_dir) / "results.json"
+    try:
+        results = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise UserError(f"{path} is unreadable ({exc.__class__.__name__}); delete {run_dir} to run it again") from None
+    missing = [k for k in RESULT_KEYS if k not in results] if isinstance(results, dict) else list(RESULT_KEYS)
+    if missing:
+        raise UserError(f"{path} is not the results of a perturbmerge run (missing {', '.join(missing)}); delete "
+                        f"{run_dir} to run it again")
+    return results
+
+
+def rewrite_report(folder: str | Path, command: str) -> Path:
+    """Write the report of a finished run (report.md) or of a comparison (its existing report.md or summary.md,
+    from runs/*/results.json) again from the recorded results; return the markdown's path."""
+    from . import lock
+    from .errors import UserError
+    from .io import machine_description
+
+    out = Path(folder)
+    if (out / "sweep.json").is_file():
+        raise UserError(f"'{out}' is a sweep; run the same `perturbmerge sweep` command again (finished runs are "
+                        f"reused) to rewrite its report")
+    if (out / "results.json").is_file():
+        runs, name = [read_results(out)], "report.md"
+        dirs = {(runs[0]["method"], runs[0]["seed"]): str(out)}
+    elif (out / "runs").is_dir():
+        finished = sorted(p for p in (out / "runs").iterdir() if (p / "results.json").is_file())
+        if not finished:
+            raise UserError(f"'{out}/runs' holds no finished run; run the comparison (its runs resume)")
+        runs = [read_results(p) for p in finished]
+        dirs = {(r["method"], r["seed"]): str(p) for r, p in zip(runs, finished)}
+        name = "report.md" if (out / "report.md").is_file() else "summary.md"
+    else:
+        raise UserError(f"'{out}' holds neither results.json nor runs/; give a finished run's or a comparison's "
+                        f"folder")
+    with lock.locked(out):
+        write_report(out, runs, name, command, dirs, machine_description())
+    return out / name

@@ -16,9 +16,10 @@ import torch
 from torch.utils.data import TensorDataset
 from tqdm.auto import tqdm
 
-from . import __version__
+from . import __version__, lock
 from .backbones import get_backbone_spec
-from .checkpoint import FOLDER as CHECKPOINTS, checkpoint_versions, latest_checkpoint, load_checkpoint
+from .checkpoint import (FOLDER as CHECKPOINTS, check_run_state, checkpoint_versions, has_checkpoint,
+                         latest_checkpoint, load_checkpoint)
 from .config import RunConfig, build_config, config_differences, get_dotted, load_yaml, nested, parse_set
 from .data import TaskStream, get_benchmark
 from .distributed import init_world
@@ -79,22 +80,28 @@ def seed_everything(seed: int) -> None:
 
 
 def _prepare_out_dir(out_dir: Path) -> bool:
-    """Refuse a non-empty folder; return True if we created it (so a failed run can remove it)."""
-    if out_dir.exists():
-        if not out_dir.is_dir():
-            raise UserError(f"--out '{out_dir}' exists and is not a folder; choose another --out")
-        if any(out_dir.iterdir()):
-            raise UserError(f"output folder '{out_dir}' is not empty; choose another --out or remove it")
-        created = False
-    else:
-        created = True
+    """Create (if needed) and lock `out_dir`, refusing one that already holds files; True if we created it (so a
+    failed run can remove it). The caller releases the lock."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"--out '{out_dir}' exists and is not a folder; choose another --out")
+    created = not out_dir.exists()
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"output folder '{out_dir}' is not writable ({exc.strerror}); choose another --out") from None
+    lock.acquire(out_dir)
+    try:
+        if any(not lock.is_lock_file(p) for p in out_dir.iterdir()):
+            raise UserError(f"output folder '{out_dir}' is not empty; choose another --out or remove it")
         probe = out_dir / ".write-test"
         probe.write_text("")
         probe.unlink()
     except OSError as exc:
+        lock.release(out_dir)
         raise UserError(f"output folder '{out_dir}' is not writable ({exc.strerror}); choose another --out") from None
+    except UserError:
+        lock.release(out_dir)
+        raise
     return created
 
 
@@ -199,12 +206,26 @@ def task_model_writer(out_path: Path):
     return write
 
 
+def chosen_checkpoint(run_dir: Path, name: str | None) -> Path | None:
+    """The checkpoint folder to resume from: `name` inside the run's checkpoints/, or the one LATEST names."""
+    if name is None:
+        return latest_checkpoint(run_dir)
+    folder = run_dir / CHECKPOINTS / name
+    if "/" in name or not folder.is_dir():
+        there = sorted(p.name for p in (run_dir / CHECKPOINTS).glob("ckpt-*")) if (run_dir / CHECKPOINTS).is_dir() else []
+        raise UserError(f"--from-checkpoint '{name}' is not a checkpoint of '{run_dir}'; it has: "
+                        f"{', '.join(there) or 'none'}")
+    return folder
+
+
 def run_experiment(config: RunConfig, out_dir: str | Path | None = None, progress: bool = True,
-                   callbacks: list | None = None, resume: bool = False) -> dict[str, Any]:
+                   callbacks: list | None = None, resume: bool = False,
+                   from_checkpoint: str | None = None) -> dict[str, Any]:
     """Run one (benchmark, method, seed); return the results dict and write `out_dir/results.json` if given.
 
     With `out_dir`, checkpoints go to `out_dir/checkpoints/` (config key `checkpoint`); `resume=True` continues
-    from the latest one there (use `resume_run`, which also checks config and versions)."""
+    from the latest one there, or from the one named `from_checkpoint` (use `resume_run`, which also checks config
+    and versions)."""
     method_spec = get_method(config.method)
     device = resolve_device(config.device)
     start = time.perf_counter()
@@ -217,15 +238,33 @@ def run_experiment(config: RunConfig, out_dir: str | Path | None = None, progres
     world = init_world(device)  # several processes under torchrun; only rank 0 writes files
     writes = out_path is not None and world.is_main
     progress = progress and world.is_main
-    state, created = None, False
-    if resume:
-        folder = latest_checkpoint(out_path)
-        state = load_checkpoint(folder) if folder is not None else None  # none yet: start from the beginning
+    created = False
+    if resume and writes:
+        lock.acquire(out_path, "run folder")
     elif writes:
-        created = _prepare_out_dir(out_path)
-        atomic_write_json(out_path / RUN_CONFIG, {"config": config.to_dict(), "versions": run_versions()})
-    elapsed_before = state["elapsed_s"] if state is not None else 0.0
+        created = _prepare_out_dir(out_path)  # locks it
     try:
+        return _run_locked(config, method, stream, backbone, device, world, out_path, writes, progress, callbacks,
+                           resume, created, start, from_checkpoint)
+    finally:
+        if writes:
+            lock.release(out_path)
+
+
+def _run_locked(config: RunConfig, method, stream: TaskStream, backbone, device: torch.device, world,
+                out_path: Path | None, writes: bool, progress: bool, callbacks: list | None, resume: bool,
+                created: bool, start: float, from_checkpoint: str | None) -> dict[str, Any]:
+    """`run_experiment` once the output folder is locked: train, evaluate, write results.json."""
+    state = None
+    try:
+        if resume:
+            folder = chosen_checkpoint(out_path, from_checkpoint)
+            state = load_checkpoint(folder) if folder is not None else None  # none yet: start from the beginning
+            if state is not None:
+                check_run_state(state, folder, len(stream.tasks))
+        elif writes:
+            atomic_write_json(out_path / RUN_CONFIG, {"config": config.to_dict(), "versions": run_versions()})
+        elapsed_before = state["elapsed_s"] if state is not None else 0.0
         model = ContinualClassifier(backbone.module, backbone.feature_dim)
         keep = writes and config.checkpoint.enabled
         if writes and config.save_task_models:
@@ -269,15 +308,16 @@ def run_experiment(config: RunConfig, out_dir: str | Path | None = None, progres
         return results
     except BaseException:
         # A run that has a checkpoint is kept for --resume; one that never got that far is removed.
-        if created and out_path is not None and latest_checkpoint(out_path) is None:
+        if created and out_path is not None and not has_checkpoint(out_path):
             shutil.rmtree(out_path, ignore_errors=True)
         raise
 
 
 def resume_run(run_dir: str | Path, overrides: Mapping[str, Any] | None = None, config_file: str | Path | None = None,
                sets: Sequence[str] = (), force: bool = False, progress: bool = True,
-               callbacks: list | None = None) -> dict[str, Any]:
-    """Continue the run in `run_dir` from its latest checkpoint (from the start if it has none).
+               callbacks: list | None = None, from_checkpoint: str | None = None) -> dict[str, Any]:
+    """Continue the run in `run_dir` from its latest checkpoint (or the one named `from_checkpoint`; from the
+    start if it has none). The run folder is locked throughout: a run still being written is refused.
 
     Keys the user gives again must match the run's config, and the checkpoint must come from the same
     perturbmerge and torch versions; otherwise the resume is refused naming the keys, unless `force`."""
@@ -288,14 +328,23 @@ def resume_run(run_dir: str | Path, overrides: Mapping[str, Any] | None = None, 
     if not saved_file.is_file():
         raise UserError(f"'{run_dir}' is not a perturbmerge run folder (no {RUN_CONFIG}); give the --out folder "
                         f"of a run that was interrupted")
+    with lock.locked(run_dir, "run folder"):
+        return _resume_locked(run_dir, saved_file, overrides, config_file, sets, force, progress, callbacks,
+                              from_checkpoint)
+
+
+def _resume_locked(run_dir: Path, saved_file: Path, overrides: Mapping[str, Any] | None,
+                   config_file: str | Path | None, sets: Sequence[str], force: bool, progress: bool,
+                   callbacks: list | None, from_checkpoint: str | None) -> dict[str, Any]:
     try:
         saved = json.loads(saved_file.read_text())
-        saved["config"]
+        if not isinstance(saved["config"], dict):
+            raise TypeError("config is not a mapping")
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise UserError(f"{saved_file} is unreadable ({exc.__class__.__name__}); the run cannot be resumed, "
                         f"start a new one") from None
     # Versions first: a run written by another version may not even have the same config keys.
-    folder = latest_checkpoint(run_dir)
+    folder = chosen_checkpoint(run_dir, from_checkpoint)
     written_by = checkpoint_versions(folder) if folder is not None else saved.get("versions", {})
     problems = [f"{name} {written_by.get(name)} -> {run_versions().get(name)}" for name in VERSION_KEYS
                 if written_by.get(name) != run_versions().get(name)]
@@ -313,4 +362,5 @@ def resume_run(run_dir: str | Path, overrides: Mapping[str, Any] | None = None, 
                         f"(the run's own config is used) or pass --force to continue anyway")
     if problems:
         atomic_write_json(saved_file, {**saved, "config": config.to_dict(), "forced_changes": problems})
-    return run_experiment(config, run_dir, progress=progress, callbacks=callbacks, resume=True)
+    return run_experiment(config, run_dir, progress=progress, callbacks=callbacks, resume=True,
+                          from_checkpoint=from_checkpoint)

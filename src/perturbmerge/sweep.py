@@ -17,7 +17,7 @@ import math
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from .compare import check_keys_apply_to_any, prepare_out_dir, resolve_method_configs, run_jobs
+from .compare import check_keys_apply_to_any, output_folder, resolve_method_configs, run_jobs
 from .config import get_dotted, parse_set
 from .errors import UserError
 from .io import atomic_write_bytes, atomic_write_json, atomic_write_text, machine_description
@@ -92,16 +92,16 @@ def run_sweep(methods: Sequence[str], params: Mapping[str, list[Any]], seeds: Se
                         raise UserError(f"--param {key}={value!r} did not take effect; check the value's type")
                 configs_by_name.setdefault(_run_name(method, own, config.seed), config)
     out = Path(out_dir)
-    created = prepare_out_dir(out)
-    jobs = [(config, out / "runs" / name) for name, config in configs_by_name.items()]
-    runs = run_jobs(jobs, out, created, progress)
-    by_name = dict(zip(configs_by_name, runs))
-    summary = summarise_sweep(methods, params, seeds, points, reads, by_name, out)
-    summary.update({"command": command, "machine": machine_description()})
-    atomic_write_json(out / "sweep.json", summary)
-    plots = plot_sweep(summary, out)
-    atomic_write_text(out / "sweep.md", sweep_markdown(summary, plots))
-    return summary
+    with output_folder(out) as created:
+        jobs = [(config, out / "runs" / name) for name, config in configs_by_name.items()]
+        runs = run_jobs(jobs, out, created, progress)
+        by_name = dict(zip(configs_by_name, runs))
+        summary = summarise_sweep(methods, params, seeds, points, reads, by_name, out)
+        summary.update({"command": command, "machine": machine_description()})
+        atomic_write_json(out / "sweep.json", summary)
+        plots = plot_sweep(summary, out)
+        atomic_write_text(out / "sweep.md", sweep_markdown(summary, plots))
+        return summary
 
 
 def summarise_sweep(methods: Sequence[str], params: Mapping[str, list[Any]], seeds: Sequence[int],
