@@ -48,6 +48,34 @@ def out_is_a_file(tmp: Path) -> list[str]:
     return ["--out", str(tmp / "taken")]
 
 
+def write_file(name: str, content: bytes, *argv: str) -> Setup:
+    """A file `name` in the test folder; `{}` in argv becomes its path."""
+    def setup(tmp: Path) -> list[str]:
+        (tmp / name).write_bytes(content)
+        return [a.replace("{}", str(tmp / name)) for a in argv]
+    return setup
+
+
+def png_bomb(root: Path) -> None:
+    """A valid PNG whose header claims 20000 × 20000 pixels (Pillow refuses it as a decompression bomb)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", 20000, 20000, 8, 2, 0, 0, 0)
+    (root / "kind0" / "huge.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+                                              + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b""))
+
+
+def pickle_only_model(tmp: Path) -> list[str]:
+    (tmp / "enc").mkdir()
+    (tmp / "enc" / "config.json").write_text('{"model_type": "bert"}')
+    (tmp / "enc" / "pytorch_model.bin").write_bytes(b"a pickle would be here")
+    return ["--set", f"backbone=hf:{tmp / 'enc'}"]
+
+
 TWO_CLASSES = "text,label\na,x\nb,x\nc,y\nd,y\n"
 
 BAD_INPUTS: list[tuple[str, Setup, str]] = [
@@ -120,6 +148,27 @@ BAD_INPUTS: list[tuple[str, Setup, str]] = [
     ("out-is-a-file", out_is_a_file, "exists and is not a folder"),
     # a run that goes wrong: stops at once, names the task and step, and leaves nothing (no checkpoint yet)
     ("non-finite-loss", flags("--set", "lr=1e30", "head_lr=1e30"), "non-finite loss at task 1, step"),
+    # inputs found adversarially (issue 21): each once ended in a traceback, a wrong hint or a meaningless run
+    ("yaml-not-utf8", write_file("c.yaml", b"epochs: 2\nlr: \xff\xfe\n", "--config", "{}"),
+     "is not UTF-8 text (byte 0xff at offset 14)"),
+    ("yaml-deep", write_file("c.yaml", b"epsilon: " + b"[" * 20000 + b"]" * 20000 + b"\n", "--config", "{}"),
+     "is nested more than 64 levels deep"),
+    ("set-deep", flags("--set", "epsilon=" + "[" * 20000), "--set epsilon is nested more than 64 levels deep"),
+    ("yaml-duplicate-key", write_file("c.yaml", b"epochs: 1\nepochs: 2\n", "--config", "{}"),
+     "gives the key 'epochs' twice (line 2)"),
+    ("set-duplicate-key", flags("--set", "epochs=1", "--set", "epochs=2"), "--set gives epochs twice"),
+    ("seed-too-large", flags("--seed", str(2**32)), "seed must be in [0, 2**32 - 1]"),
+    ("device-name", flags("--set", "device=cuda:abc"), "device 'cuda:abc' is not a device name"),
+    ("lora-rank-huge", flags("--set", "lora.rank=1e18"), "lora.rank must be <= 65536"),
+    ("lora-alpha-huge", flags("--set", "lora.alpha=1e39"), "lora.alpha must be in (0, 1e6 × lora.rank]"),
+    ("out-name-too-long", flags("--out", "x" * 300), "--out has a name of 300 bytes"),
+    ("data-dir-is-a-file", write_file("data", b"x", "--benchmark", "wordnet", "--data-dir", "{}"),
+     "is a file, not a folder"),
+    ("one-class-per-task", flags("--tasks", "10"), "10 tasks of 10 classes leave task 1 with a single class"),
+    ("png-bomb", image_folder(png_bomb), "huge.png' claims a size above Pillow's safety limit"),
+    ("hf-pickle-only", pickle_only_model, "has no .safetensors weights (only pytorch_model.bin, pickles"),
+    ("epsilon-huge", flags("--set", "epsilon=1e308"), "non-finite loss at task 1, step 2; lower epsilon (now 1e+308)"),
+    ("weight-decay-huge", flags("--set", "weight_decay=1e300"), "lower weight_decay (now 1e+300)"),
     # resume targets
     ("resume-not-a-run", lambda tmp: ["--resume", str(tmp)], "is not a perturbmerge run folder"),
     ("force-without-resume", flags("--force"), "--force only applies with --resume"),

@@ -285,7 +285,7 @@ def test_latest_always_names_a_complete_checkpoint(tmp_path):
 
 def test_source_never_unpickles():
     """Static check of the package: torch.load only with weights_only=True; no pickle.load(s), marshal or shelve
-    (the one Unpickler is CIFAR's allow-list reader); YAML only through safe_load."""
+    (the one Unpickler is CIFAR's allow-list reader); YAML only through safe_load or a SafeLoader subclass."""
     import re
 
     root = Path(__file__).resolve().parents[1] / "src" / "perturbmerge"
@@ -298,4 +298,6 @@ def test_source_never_unpickles():
         if re.search(r"^\s*import\s+pickle\b", text, re.M):  # only for CIFAR's files, through an allow-list
             assert path.name == "paper.py" and "class _ArrayUnpickler(pickle.Unpickler)" in text
         assert not re.search(r"yaml\.(load|unsafe_load|full_load)\(", text), path.name
+        for loader in re.findall(r"yaml\.(\w*Loader)\b", text):  # a custom loader must build on SafeLoader
+            assert loader == "SafeLoader", f"{path.name}: yaml.{loader}"
         assert "allow_pickle=True" not in text, path.name

@@ -361,3 +361,23 @@ def test_a_full_disk_at_the_end_gives_one_line_and_resume_finishes(tmp_path, mon
 def test_lock_errors_are_user_errors():
     with pytest.raises(UserError, match="cannot lock"):
         lock.acquire("/proc/definitely-not-here")
+
+
+# ---- runs that finish but mean nothing are flagged --------------------------------------------------------------
+
+@pytest.mark.parametrize("lr, expected", [("1e6", "is at or above chance level (ln 5 = 1.609)"),
+                                          ("1e-300", "the task vector is exactly zero")])
+def test_meaningless_runs_are_flagged_in_results_report_and_stderr(tmp_path, capsys, lr, expected):
+    out = tmp_path / "run"
+    assert main(["run", "--method", "pm-lora", *RUN, "--set", f"lr={lr}", "--out", str(out)]) == 0
+    assert expected in capsys.readouterr().err
+    results = json.loads((out / "results.json").read_text())
+    assert any(expected in w for w in results["warnings"])
+    assert "## Warnings" in (out / "report.md").read_text()
+
+
+def test_a_healthy_run_has_no_warnings(tmp_path):
+    out = tmp_path / "run"
+    assert main(["run", "--method", "pm-lora", *RUN, "--out", str(out)]) == 0
+    assert json.loads((out / "results.json").read_text())["warnings"] == []
+    assert "## Warnings" not in (out / "report.md").read_text()

@@ -201,6 +201,11 @@ def local_model_path(name: str) -> Path:
     if not (path / "config.json").is_file():
         raise UserError(f"backbone '{name}': {path} has no config.json; give a local Hugging Face model folder "
                         f"(e.g. one written by save_pretrained)")
+    if not any(path.glob("*.safetensors")):
+        pickles = sorted(p.name for p in path.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
+        raise UserError(f"backbone '{name}': {path} has no .safetensors weights"
+                        f"{' (only ' + ', '.join(pickles) + ', pickles that perturbmerge never loads)' if pickles else ''}"
+                        f"; save the model with save_pretrained(..., safe_serialization=True)")
     return path
 
 

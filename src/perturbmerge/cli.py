@@ -10,7 +10,7 @@ import time
 from typing import Any, Sequence
 
 from .errors import UserError
-from .io import machine_description
+from .io import machine_description, slug
 
 
 def _fmt(value: Any) -> str:
@@ -72,13 +72,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     if "method" not in explicit:
         # No method named: the default comparison of P&M against its ablations on one seed.
         _single_process("the default comparison (run without --method)")
-        out = args.out or f"runs/{config.benchmark}-compare-seed{config.seed}-{stamp}"
+        out = args.out or f"runs/{slug(config.benchmark)}-compare-seed{config.seed}-{stamp}"
         summary = run_comparison(DEFAULT_METHODS, [config.seed], out, overrides, args.config, _sets(args),
                                  progress=not args.quiet, markdown_name="report.md", command=args.command_line)
         print(summary_text(summary, out, "report.md"))
         return 0
     config, _ = resolve_config(overrides, args.config, _sets(args))
-    out = args.out or f"runs/{config.benchmark}-{config.method}-seed{config.seed}-{stamp}"
+    out = args.out or f"runs/{slug(config.benchmark)}-{config.method}-seed{config.seed}-{stamp}"
     results = run_experiment(config, out, progress=not args.quiet)
     return _finish_run(args, results, out)
 
@@ -105,6 +105,8 @@ def _finish_run(args: argparse.Namespace, results: dict[str, Any], out: str) -> 
     with lock.locked(out, "run folder"):
         write_report(out, [results], "report.md", args.command_line, {(results["method"], results["seed"]): out},
                      machine_description())
+    for warning in results.get("warnings", []):
+        print(f"perturbmerge: warning: {warning}", file=sys.stderr)
     print("\n".join(_summary_lines(results)))
     print(f"  results: {out}/results.json, report: {out}/report.md")
     return 0

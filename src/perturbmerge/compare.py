@@ -18,7 +18,7 @@ from typing import Any, Iterator, Mapping, Sequence
 from . import lock
 from .config import RunConfig, config_differences
 from .errors import UserError
-from .io import machine_description
+from .io import check_out_path, machine_description
 from .methods import get_method, unused_keys
 from .report import read_results, table_lines, write_report
 
@@ -88,6 +88,7 @@ def output_folder(out: Path) -> Iterator[bool]:
     """Create (if needed) and lock `out` for a comparison — new, empty, or an earlier one with runs/ — while the
     block runs; yields True if this call created it. A second writer is refused by the lock, before it deletes
     or writes anything."""
+    out = check_out_path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out '{out}' exists and is not a folder; choose another --out")
     created = not out.exists()

@@ -231,13 +231,17 @@ def _merge_into(target: Any, data: Mapping[str, Any], prefix: str, explicit: set
 def parse_set(assignments: list[str]) -> dict[str, Any]:
     """['lora.rank=4', 'lr=1e-3'] → {'lora': {'rank': 4}, 'lr': 0.001}; values parsed as YAML scalars."""
     nested: dict[str, Any] = {}
+    given: set[str] = set()
     for item in assignments:
         if "=" not in item:
             raise UserError(f"--set expects key=value, got '{item}'; e.g. --set epochs=3")
         key, raw = item.split("=", 1)
         key = key.strip()
+        if key in given:
+            raise UserError(f"--set gives {key} twice; keep one")
+        given.add(key)
         try:
-            value = yaml.safe_load(raw) if raw.strip() else None
+            value = safe_load_strict(raw, f"--set {key}") if raw.strip() else None
         except yaml.YAMLError:
             value = raw
         if isinstance(value, str) and _looks_numeric(value):
@@ -260,12 +264,71 @@ def _looks_numeric(text: str) -> bool:
     return True
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key given twice in one mapping (instead of silently keeping the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, (str, int, float, bool, type(None))):
+                continue  # a complex key: left to the base loader (config keys are strings)
+            if key in seen:
+                raise _DuplicateKey(key, key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+class _DuplicateKey(yaml.YAMLError):
+    def __init__(self, key: Any, mark) -> None:
+        super().__init__(f"key {key!r} given twice")
+        self.key, self.problem_mark = key, mark
+
+
+MAX_YAML_DEPTH = 64  # no config is nested this deep; deeper input is refused before the parser recurses
+
+
+def _nesting_depth(text: str) -> int:
+    """An upper bound of the bracket / indentation nesting of YAML `text`, without parsing it."""
+    depth = deepest = 0
+    for char in text:
+        if char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth -= 1
+    indents = {len(line) - len(line.lstrip(" ")) for line in text.splitlines() if line.strip()}
+    return max(deepest, len(indents))
+
+
+def safe_load_strict(text: str, what: str) -> Any:
+    """yaml.safe_load with duplicate keys and absurd nesting refused (UserError naming `what`)."""
+    if _nesting_depth(text) > MAX_YAML_DEPTH:
+        raise UserError(f"{what} is nested more than {MAX_YAML_DEPTH} levels deep; config keys nest a few levels "
+                        f"at most")
+    loader = _StrictLoader(text)  # what yaml.safe_load does, with the stricter SafeLoader
+    try:
+        return loader.get_single_data()
+    except _DuplicateKey as exc:
+        raise UserError(f"{what} gives the key {exc.key!r} twice (line {exc.problem_mark.line + 1}); keep one") from None
+    except RecursionError:
+        raise UserError(f"{what} is nested too deeply to read; config keys nest a few levels at most") from None
+    finally:
+        loader.dispose()
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"config file '{path}' not found; pass an existing YAML file to --config")
+    raw = path.read_bytes()
     try:
-        data = yaml.safe_load(path.read_text())
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"config file '{path}' is not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start});"
+                        f" save it as UTF-8") from None
+    try:
+        data = safe_load_strict(text, f"config file '{path}'")
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
@@ -307,7 +370,7 @@ def _require(condition: bool, message: str) -> None:
 def validate(c: RunConfig) -> None:
     """Range checks; each failure is one line with the fix."""
     finite = math.isfinite
-    _require(c.seed >= 0, f"seed must be >= 0, got {c.seed}")
+    _require(0 <= c.seed < 2**32, f"seed must be in [0, 2**32 - 1] (NumPy's seed range), got {c.seed}")
     _require(c.tasks is None or c.tasks >= 1, f"tasks must be >= 1, got {c.tasks}")
     _require(c.epochs >= 1, f"epochs must be >= 1, got {c.epochs}; e.g. --set epochs=5")
     _require(c.batch_size >= 1, f"batch_size must be >= 1, got {c.batch_size}; e.g. --set batch_size=32")
@@ -325,7 +388,11 @@ def validate(c: RunConfig) -> None:
     _require(c.device == "auto" or c.device.split(":")[0] in ("cpu", "cuda", "mps"),
              f"device must be auto, cpu, cuda[:N] or mps, got '{c.device}'")
     _require(c.lora.rank >= 1, f"lora.rank must be >= 1, got {c.lora.rank}; e.g. --set lora.rank=8")
-    _require(finite(c.lora.alpha) and c.lora.alpha > 0, f"lora.alpha must be > 0, got {c.lora.alpha}")
+    _require(c.lora.rank <= 65536, f"lora.rank must be <= 65536 (a rank above a layer's width adds nothing), got "
+                                   f"{c.lora.rank}; e.g. --set lora.rank=8")
+    _require(finite(c.lora.alpha) and 0 < c.lora.alpha <= 1e6 * c.lora.rank,
+             f"lora.alpha must be in (0, 1e6 × lora.rank] (the LoRA scale alpha/rank multiplies every update), "
+             f"got {c.lora.alpha}; e.g. --set lora.alpha=16")
     _require(0.0 <= c.lora.dropout < 1.0, f"lora.dropout must be in [0, 1), got {c.lora.dropout}")
     _require(c.lora.targets is None or len(c.lora.targets) > 0, "lora.targets must name at least one module, e.g. --set lora.targets=key,value")
     _require(c.fisher.max_samples is None or c.fisher.max_samples >= 1, f"fisher.max_samples must be >= 1 or null, got {c.fisher.max_samples}")

@@ -27,6 +27,30 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         raise
 
 
+NAME_MAX = 255  # bytes per path component on Linux and macOS file systems
+
+
+def check_out_path(path: str | Path) -> Path:
+    """`path` as a Path, refusing (UserError) a component longer than the file system allows."""
+    from .errors import UserError
+
+    path = Path(path)
+    for part in path.parts:
+        if len(os.fsencode(part)) > NAME_MAX:
+            raise UserError(f"--out has a name of {len(os.fsencode(part))} bytes ('{part[:20]}…'); file systems "
+                            f"allow {NAME_MAX}, choose a shorter --out")
+    return path
+
+
+def slug(text: str) -> str:
+    """`text` made safe as one folder name: runs of anything but letters, digits, '.', '_', '-' become '-'
+    (so 'csv:x/../../y.csv' cannot lead a default output folder out of runs/)."""
+    import re
+
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+|\.{2,}", "-", text).strip("-.")
+    return cleaned[:80] or "run"
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 

@@ -39,6 +39,21 @@ MERGE_KEYS = frozenset({"alpha_rule", "fixed_alpha", "alpha_granularity", "ancho
                         "fisher.normalise"}) | FISHER_KEYS
 
 
+
+# (key, the largest value in normal use): a diverged run names the settings above these before blaming lr
+UNUSUAL_ABOVE = (("epsilon", 10.0), ("weight_decay", 1.0), ("head_lr", 1.0), ("ewc_lambda", 1e8), ("lr", 0.1))
+
+
+def divergence_advice(config: RunConfig, extra: str = "") -> str:
+    """'lower epsilon (now 1e+308)' for the settings far outside their usual range, else 'lower lr (now …)'."""
+    unusual = [f"{key} (now {getattr(config, key)})" for key, limit in UNUSUAL_ABOVE
+               if isinstance(getattr(config, key, None), (int, float)) and getattr(config, key) > limit]
+    scale = config.lora.alpha / config.lora.rank
+    if scale > 1e3:
+        unusual.append(f"lora.alpha (now {config.lora.alpha}, a LoRA scale of {scale:.3g})")
+    return f"lower {' or '.join(unusual)}" if unusual else f"lower lr (now {config.lr}){extra}"
+
+
 class Method:
     """Hooks the learner calls. Subclasses override what they need."""
 
@@ -195,7 +210,7 @@ class TaskVectorMethod(Method):
                 objective, loss = objective_of(chunk)
             if not torch.isfinite(objective):
                 raise TrainingDiverged(f"non-finite loss at task {learner.task.index + 1}, step {learner.step}; "
-                                       f"lower lr (now {self.config.lr}){self.divergence_hint}")
+                                       f"{divergence_advice(self.config, self.divergence_hint)}")
             (objective if weight == 1.0 else objective * weight).backward()
             reported += loss.item() * weight
         learner.sum_gradients([p for group in self.optimizer.param_groups for p in group["params"]])

@@ -270,6 +270,10 @@ def write_report(out_dir: str | Path, runs: Sequence[Mapping[str, Any]], markdow
     lines += ["Metrics in %, mean ± std over seeds (sample std) where several seeds ran; wall time in seconds.", ""]
     lines += table_lines(summary)
     lines += ["", seed_noise_sentence(summary)]
+    flagged = [(run["method"], run["seed"], w) for run in runs for w in run.get("warnings", [])]
+    if flagged:
+        lines += ["", "## Warnings", "", "These runs finished, but their numbers may be meaningless:", ""]
+        lines += [f"- **{m}**, seed {seed}: {w}" for m, seed, w in flagged]
     if has_difference:
         lines += ["", f"## Difference to {REFERENCE}", "",
                   f"Final Acc minus {REFERENCE}'s, seed by seed (mean ± sample std over the common seeds):", ""]

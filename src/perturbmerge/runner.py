@@ -5,6 +5,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import math
 import random
 import shutil
 import time
@@ -26,7 +27,7 @@ from .distributed import init_world
 from .data.base import GENERIC_DATA_KEYS, LoadRequest, joint_stream, validation_stream
 from .errors import UserError
 from .heads import ContinualClassifier
-from .io import atomic_write_json, package_versions
+from .io import atomic_write_json, check_out_path, package_versions
 from .learner import ContinualLearner
 from .methods import check_keys_apply, get_method
 from .metrics import summarise
@@ -67,9 +68,17 @@ def resolve_config(
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"device '{name}' is not a device name; use auto, cpu, cuda, cuda:N or mps") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"device '{name}' requested but no CUDA device is available; use --set device=cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UserError(f"device '{name}' requested but this machine has {torch.cuda.device_count()} CUDA "
+                        f"device(s); use cuda:0 … cuda:{torch.cuda.device_count() - 1}")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"device '{name}' requested but MPS (Apple GPU) is not available here; use --set device=cpu")
     return device
 
 
@@ -82,6 +91,7 @@ def seed_everything(seed: int) -> None:
 def _prepare_out_dir(out_dir: Path) -> bool:
     """Create (if needed) and lock `out_dir`, refusing one that already holds files; True if we created it (so a
     failed run can remove it). The caller releases the lock."""
+    out_dir = check_out_path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"--out '{out_dir}' exists and is not a folder; choose another --out")
     created = not out_dir.exists()
@@ -206,6 +216,24 @@ def task_model_writer(out_path: Path):
     return write
 
 
+def run_warnings(results: Mapping[str, Any], config: RunConfig, trains: bool) -> list[str]:
+    """Signs that a finished run is meaningless though nothing crashed: a task whose training loss stayed at the
+    chance level ln C of its C competing classes (the masked loss), or whose task vector is exactly zero."""
+    warnings = []
+    if not trains:
+        return warnings
+    for t, log in enumerate(results["task_logs"]):
+        classes = len(results["classes_per_task"][t])
+        loss = log.get("train_loss_last_epoch")
+        if config.head.train_logits == "task" and classes >= 2 and loss is not None and loss >= 0.98 * math.log(classes):
+            warnings.append(f"task {t + 1}: the training loss ({loss:.4g}) is at or above chance level (ln {classes} = "
+                            f"{math.log(classes):.3f}); nothing was learned — check lr (now {config.lr})")
+        if log.get("task_vector_norm") == 0.0:
+            warnings.append(f"task {t + 1}: the task vector is exactly zero (the weights did not move); check lr "
+                            f"(now {config.lr}) and lora.alpha (now {config.lora.alpha})")
+    return warnings
+
+
 def chosen_checkpoint(run_dir: Path, name: str | None) -> Path | None:
     """The checkpoint folder to resume from: `name` inside the run's checkpoints/, or the one LATEST names."""
     if name is None:
@@ -230,9 +258,16 @@ def run_experiment(config: RunConfig, out_dir: str | Path | None = None, progres
     device = resolve_device(config.device)
     start = time.perf_counter()
     stream, backbone = build_stream_and_backbone(config, device, progress)
+    method = method_spec.build(config, backbone.lora_targets)
+    single = [task.index + 1 for task in stream.tasks if task.num_classes == 1]
+    if (single and stream.scenario == "class-incremental" and config.head.train_logits == "task"
+            and method.trains and not method_spec.joint):
+        classes = sum(task.num_classes for task in stream.tasks)
+        raise UserError(f"{len(stream.tasks)} tasks of {classes} classes leave task {single[0]} with a single class: "
+                        f"its masked loss is 0, so nothing trains; use --tasks {classes // 2} or fewer (or "
+                        f"--set head.train_logits=seen)")
     if method_spec.joint:
         stream = joint_stream(stream)
-    method = method_spec.build(config, backbone.lora_targets)
     method.check_backbone(backbone.module)
     out_path = Path(out_dir) if out_dir is not None else None
     world = init_world(device)  # several processes under torchrun; only rank 0 writes files
@@ -301,6 +336,7 @@ def _run_locked(config: RunConfig, method, stream: TaskStream, backbone, device:
             "config": config.to_dict(),
             "versions": run_versions(),
         }
+        results["warnings"] = run_warnings(results, config, method.trains)
         if writes:
             atomic_write_json(out_path / "results.json", results)
             if not config.checkpoint.keep_final:  # finished: the checkpoints are no longer needed

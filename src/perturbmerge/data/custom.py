@@ -74,7 +74,7 @@ def read_text_csv(path: Path) -> tuple[list[str], list[str]]:
     if not path.is_file():
         raise UserError(f"CSV file '{path}' not found; give --benchmark csv:PATH with an existing file")
     try:
-        with path.open(newline="", encoding="utf-8") as handle:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
             reader = csv.DictReader(handle)
             columns = reader.fieldnames or []
             if "text" not in columns or "label" not in columns:
@@ -122,6 +122,9 @@ def decode_image(path: Path, size: int = IMAGE_SIZE) -> np.ndarray:
         with Image.open(path) as image:
             image = image.convert("RGB").resize((size, size), Image.BILINEAR)
             return np.asarray(image, dtype=np.uint8).transpose(2, 0, 1).copy()
+    except Image.DecompressionBombError as exc:
+        raise UserError(f"image '{path}' claims a size above Pillow's safety limit ({exc}); replace or remove it") \
+            from None
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise UserError(f"image '{path}' cannot be decoded ({type(exc).__name__}); replace or remove it") from None
 

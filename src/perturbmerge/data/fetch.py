@@ -234,11 +234,16 @@ SOURCES: dict[str, PackageSource] = {
 
 
 def data_root(data_dir: str | os.PathLike | None = None) -> Path:
+    """The data cache: --data-dir, else $PERTURBMERGE_DATA, else ~/.cache/perturbmerge (refused if not a folder)."""
     if data_dir:
-        return Path(data_dir).expanduser()
-    if os.environ.get("PERTURBMERGE_DATA"):
-        return Path(os.environ["PERTURBMERGE_DATA"]).expanduser()
-    return Path.home() / ".cache" / "perturbmerge"
+        root, given = Path(data_dir).expanduser(), "--data-dir"
+    elif os.environ.get("PERTURBMERGE_DATA"):
+        root, given = Path(os.environ["PERTURBMERGE_DATA"]).expanduser(), "$PERTURBMERGE_DATA"
+    else:
+        root, given = Path.home() / ".cache" / "perturbmerge", "the default data folder"
+    if root.exists() and not root.is_dir():
+        raise UserError(f"{given} '{root}' is a file, not a folder; pass a folder with --data-dir (or move the file)")
+    return root
 
 
 def _verify(path: Path, expected: str, what: str) -> None:
