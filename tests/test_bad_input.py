@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
+import torch
 
 from perturbmerge.cli import main
 
@@ -159,6 +160,8 @@ BAD_INPUTS: list[tuple[str, Setup, str]] = [
     ("set-duplicate-key", flags("--set", "epochs=1", "--set", "epochs=2"), "--set gives epochs twice"),
     ("seed-too-large", flags("--seed", str(2**32)), "seed must be in [0, 2**32 - 1]"),
     ("device-name", flags("--set", "device=cuda:abc"), "device 'cuda:abc' is not a device name"),
+    *([("device-mps-missing", flags("--set", "device=mps"), "MPS (Apple GPU) is not available here")]
+      if not torch.backends.mps.is_available() else []),
     ("lora-rank-huge", flags("--set", "lora.rank=1e18"), "lora.rank must be <= 65536"),
     ("lora-alpha-huge", flags("--set", "lora.alpha=1e39"), "lora.alpha must be in (0, 1e6 × lora.rank]"),
     ("out-name-too-long", flags("--out", "x" * 300), "--out has a name of 300 bytes"),

@@ -381,3 +381,10 @@ def test_a_healthy_run_has_no_warnings(tmp_path):
     assert main(["run", "--method", "pm-lora", *RUN, "--out", str(out)]) == 0
     assert json.loads((out / "results.json").read_text())["warnings"] == []
     assert "## Warnings" not in (out / "report.md").read_text()
+
+
+def test_data_fetch_into_a_data_dir_that_is_a_file_is_one_line(tmp_path, capsys):
+    (tmp_path / "data").write_text("x")
+    assert main(["data", "fetch", "wordnet", "--data-dir", str(tmp_path / "data")]) == 2
+    message = capsys.readouterr().err.strip()
+    assert "is a file, not a folder" in message and len(message.splitlines()) == 1

@@ -355,7 +355,9 @@ class ContinualLearner:
         for t in range(first, len(tasks)):
             log = self.train_task(tasks[t], inside)
             inside = None
+            started = time.perf_counter()
             per_task, overall = self.evaluate(tasks[: t + 1])
+            log["eval_s"] = time.perf_counter() - started
             self.result.accuracy_matrix.append(per_task + [None] * (len(tasks) - t - 1))
             self.result.acc_all_seen.append(overall)
             self.result.task_logs.append(log)

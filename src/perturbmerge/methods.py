@@ -7,6 +7,8 @@ The P&M family is one class, `TaskVectorMethod`, configured by three choices:
 """
 from __future__ import annotations
 
+import time
+
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
@@ -313,7 +315,10 @@ class TaskVectorMethod(Method):
             before = {k: v.detach().clone() for k, v in self.adaptation.merged_weights().items()}
             self.task_models = {"previous": before, "optimum": {k: before[k] + task_vector[k] for k in task_vector}}
         if self.merges:
+            started = time.perf_counter()
             log["acc_before_merge"] = learner.evaluate([task])[0][0]
+            log["acc_before_merge_s"] = time.perf_counter() - started
+        started = time.perf_counter()
         if self.merges and not self.needs_fisher:
             alpha = decide_alpha(self.alpha_rule, 0.0, 0.0, 0.0, task.index + 1, c.fixed_alpha).alpha
             log.update(alpha=alpha, alpha_raw=None, alpha_simplified=None, alpha_fallback=False)
@@ -325,7 +330,9 @@ class TaskVectorMethod(Method):
                     pretrained_fisher = self._task_fisher(learner, task)
                 self.merge_state.update(normalised(pretrained_fisher), previous)
                 log["pretrained_fisher_mass"] = _total(pretrained_fisher)
+            fisher_started = time.perf_counter()
             raw_fisher = self._task_fisher(learner, task)
+            log["fisher_s"] = time.perf_counter() - fisher_started
             fisher = normalised(raw_fisher)
             dtype = self.merge_state.dtype  # θ*_t = θ̂_{t-1} + Δ_t formed in the sums' precision (α_1 = 1 exactly)
             optimum = {k: previous[k].to(dtype) + task_vector[k].to(dtype) for k in task_vector}
@@ -345,6 +352,7 @@ class TaskVectorMethod(Method):
         if self.task_models is not None:
             self.task_models["alpha"] = alpha
         self._fold_into_learner(learner, alpha)
+        log["merge_s"] = time.perf_counter() - started - log.get("fisher_s", 0.0)  # α + fold (+ drift), Fisher aside
         log.update(self._finish_head(learner, task))
         return log
 

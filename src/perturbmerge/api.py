@@ -1,0 +1,165 @@
+"""P&M inside your own training loop: `PerturbAndMerge` wraps any `nn.Module` (a Hugging Face model included).
+
+    pm = PerturbAndMerge(model, targets=["query", "value"])
+    for task in tasks:
+        trainable = pm.begin_task()                      # a fresh LoRA adapter (PEFT) on the targets
+        optimizer = torch.optim.AdamW(pm.parameters() + list(head.parameters()), lr=1e-3)
+        for batch in task.batches:
+            with pm.perturbed():                         # one draw s ∈ {−1, 0, +1}: W + (1 + sε)·ΔW inside
+                loss = my_loss(trainable, batch)
+            loss.backward(); optimizer.step(); optimizer.zero_grad()
+        record = pm.end_task(task.batches, per_sample_loss)   # Fisher → α* → W ← W + α*·ΔW
+    pm.model                                             # the merged model, original architecture
+
+The math is the library's own (pm-method.md): the ±ε schedule of `perturb.PerturbationSchedule`, the per-sample
+hook Fisher of `fisher.layer_weight_fisher` at the unperturbed trained weights, and the constant-memory closed form
+of `merge.RunningMergeState`:
+
+    α_t* = − Σ_k Δ_k (θ̂_{t−1,k} S_{t,k} − M_{t,k}) / Σ_k S_{t,k} Δ_k²,   S_t = Σ_{i≤t} F_i,   M_t = Σ_{i≤t} F_i ⊙ θ*_i.
+
+`state_dict()` holds S, M, the task count and the perturbation stream, so the next task can run in another process
+(`load_state_dict` onto the merged model saved with `save_pretrained` or `model.state_dict()`).
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Iterable, Iterator, Literal
+
+import torch
+from torch import nn
+
+from .adaptation import LoraAdaptation
+from .errors import UserError
+from .fisher import layer_weight_fisher
+from .merge import RunningMergeState, decide_alpha
+from .perturb import PerturbationSchedule, lora_branch_scale
+
+MergeRule = Literal["closed_form", "simplified", "average", "fixed"]
+MERGE_RULES = ("closed_form", "simplified", "average", "fixed")
+
+
+@dataclass
+class TaskRecord:
+    """What `end_task` decided: α_t, the raw closed form before clipping, the Fisher mass Σ F_t, ‖Δ_t‖, draws."""
+
+    task: int
+    alpha: float
+    alpha_raw: float | None
+    alpha_fallback: bool
+    fisher_mass: float | None
+    task_vector_norm: float
+    perturbation_draws: dict[str, int]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class PerturbAndMerge:
+    """Perturb-and-Merge for a model you train yourself (one LoRA adapter per task, folded in after it).
+
+    Args:
+        model: any `nn.Module` whose Linear / Conv layers `targets` name (PEFT-style name suffixes).
+        targets: the LoRA target modules, e.g. ["query", "value"] or ["q_proj", "v_proj"].
+        rank, lora_alpha, dropout: the LoRA adapter of each task (scale = lora_alpha / rank).
+        epsilon, p0: the perturbation W + (1 + sε)ΔW, s = 0 with probability p0, ±1 with (1 − p0)/2 each.
+        merge: "closed_form" (α*, the paper), "simplified" (current task's Fisher only), "average" (1/t),
+            "fixed" (`fixed_alpha`).
+        seed: the perturbation stream's seed (the adapter initialisation follows torch's global RNG).
+    """
+
+    def __init__(self, model: nn.Module, targets: list[str], rank: int = 8, lora_alpha: float = 16.0,
+                 dropout: float = 0.0, epsilon: float = 0.5, p0: float = 1.0 / 3.0, merge: MergeRule = "closed_form",
+                 fixed_alpha: float = 0.5, seed: int = 0) -> None:
+        if not isinstance(model, nn.Module):
+            raise UserError(f"PerturbAndMerge needs an nn.Module, got {type(model).__name__}")
+        if not targets:
+            raise UserError("PerturbAndMerge needs LoRA targets, e.g. targets=['query', 'value']")
+        if merge not in MERGE_RULES:
+            raise UserError(f"merge must be one of {', '.join(MERGE_RULES)}, got '{merge}'")
+        if not (epsilon >= 0 and 0.0 <= p0 <= 1.0 and rank >= 1):
+            raise UserError(f"need epsilon >= 0, 0 <= p0 <= 1 and rank >= 1; got {epsilon}, {p0}, {rank}")
+        self.model = model
+        self.targets, self.rank, self.lora_alpha, self.dropout = list(targets), rank, lora_alpha, dropout
+        self.epsilon, self.merge, self.fixed_alpha = epsilon, merge, fixed_alpha
+        self.schedule = PerturbationSchedule(epsilon, p0, seed)
+        self.merge_state = RunningMergeState()
+        self.adaptation: LoraAdaptation | None = None
+        self.draws = {-1: 0, 0: 0, 1: 0}
+
+    # ---- a task --------------------------------------------------------------------------------------------
+    def begin_task(self) -> nn.Module:
+        """Attach a fresh adapter (B = 0) to the targets; return the module to call while training this task."""
+        if self.adaptation is not None:
+            raise UserError("begin_task called twice; call end_task first")
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.adaptation = LoraAdaptation(self.rank, self.lora_alpha, self.dropout, self.targets)
+        self.draws = {-1: 0, 0: 0, 1: 0}
+        return self.adaptation.attach(self.model)
+
+    def parameters(self) -> list[nn.Parameter]:
+        """The adapter's trainable parameters (A and B of every target), for your optimiser."""
+        return self._active().trainable_parameters()
+
+    @contextmanager
+    def perturbed(self) -> Iterator[int]:
+        """One optimiser step's perturbation: draw s and, inside the block, scale every LoRA branch by 1 + sε
+        (the weights are W + (1 + sε)ΔW); yields s. Compute the loss and call backward inside or after."""
+        adaptation = self._active()
+        sign = self.schedule.draw()
+        self.draws[sign] += 1
+        with lora_branch_scale(adaptation.layers, 1.0 + sign * self.epsilon):
+            yield sign
+
+    def end_task(self, batches: Iterable[Any], per_sample_loss: Callable[[nn.Module, Any], torch.Tensor]
+                 ) -> TaskRecord:
+        """Estimate the task's diagonal Fisher at the trained, unperturbed weights (eval mode; `per_sample_loss(
+        module, batch)` returns one loss per example), decide α_t, fold W ← W + α_t·ΔW and remove the adapter."""
+        adaptation = self._active()
+        module = adaptation.peft_model
+        task_vector = adaptation.task_vector()
+        previous = adaptation.merged_weights()
+        task = self.merge_state.num_tasks + 1
+        fisher_mass = None
+        was_training = module.training
+        module.eval()
+        try:
+            if self.merge in ("closed_form", "simplified"):
+                fisher = layer_weight_fisher(adaptation.layers, batches, lambda batch: per_sample_loss(module, batch),
+                                             progress=False, description=f"Fisher, task {task}")
+                fisher_mass = float(sum(float(f.sum()) for f in fisher.values()))
+                optimum = {k: previous[k].to(torch.float64) + task_vector[k].to(torch.float64) for k in task_vector}
+                self.merge_state.update(fisher, optimum)
+                decision = self.merge_state.decide(previous, task_vector, fisher, self.merge, self.fixed_alpha)
+            else:
+                self.merge_state.num_tasks += 1  # data-free rules: only the task count
+                decision = decide_alpha(self.merge, 0.0, 0.0, 0.0, task, self.fixed_alpha)
+        finally:
+            module.train(was_training)
+        norm = float(sum(float((v.double() ** 2).sum()) for v in task_vector.values())) ** 0.5
+        self.model = adaptation.fold(decision.alpha)
+        self.adaptation = None
+        return TaskRecord(task, decision.alpha, decision.raw, decision.fallback, fisher_mass, norm,
+                          {str(k): v for k, v in self.draws.items()})
+
+    # ---- the running sums, for the next task in another process ---------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """S, M, the task count and the perturbation stream (tensors and plain values: safetensors-friendly)."""
+        if self.adaptation is not None:
+            raise UserError("state_dict between tasks only (after end_task): the adapter is not part of it")
+        return {"fisher_sum": dict(self.merge_state.fisher_sum),
+                "weighted_optimum_sum": dict(self.merge_state.weighted_optimum_sum),
+                "num_tasks": self.merge_state.num_tasks, "schedule": self.schedule.state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.merge_state.fisher_sum = {k: v.to(self.merge_state.dtype) for k, v in state["fisher_sum"].items()}
+        self.merge_state.weighted_optimum_sum = {k: v.to(self.merge_state.dtype)
+                                                 for k, v in state["weighted_optimum_sum"].items()}
+        self.merge_state.num_tasks = int(state["num_tasks"])
+        self.schedule.set_state(state["schedule"])
+
+    def _active(self) -> LoraAdaptation:
+        if self.adaptation is None:
+            raise UserError("no task is open; call begin_task() first")
+        return self.adaptation
