@@ -176,3 +176,14 @@ def test_misuse_is_one_clear_error(net):
         pm.state_dict()
     with pytest.raises(UserError, match="match no Linear/Conv module"):
         PerturbAndMerge(Net(), targets=["nope"]).begin_task()
+    with pytest.raises(UserError, match="train_modules \\['hed'\\] match no module"):
+        PerturbAndMerge(Net(), targets=["fc1"], train_modules=["hed"]).begin_task()
+
+
+def test_train_modules_train_directly_and_are_not_merged(net):
+    pm = PerturbAndMerge(net, targets=["fc1"], train_modules=["head"])
+    before = net.head.weight.detach().clone()
+    train(pm, task_data(0), steps=3)
+    assert any(p is net.head.weight for p in pm.parameters())
+    pm.end_task(task_data(0), per_sample_loss)
+    assert not torch.equal(pm.model.head.weight, before)  # trained in place, kept as trained

@@ -66,11 +66,13 @@ class PerturbAndMerge:
         merge: "closed_form" (α*, the paper), "simplified" (current task's Fisher only), "average" (1/t),
             "fixed" (`fixed_alpha`).
         seed: the perturbation stream's seed (the adapter initialisation follows torch's global RNG).
+        train_modules: modules trained directly and kept as trained, not merged (name suffixes, e.g.
+            ["classifier"] for a Hugging Face classification head); everything else not adapted is frozen.
     """
 
     def __init__(self, model: nn.Module, targets: list[str], rank: int = 8, lora_alpha: float = 16.0,
                  dropout: float = 0.0, epsilon: float = 0.5, p0: float = 1.0 / 3.0, merge: MergeRule = "closed_form",
-                 fixed_alpha: float = 0.5, seed: int = 0) -> None:
+                 fixed_alpha: float = 0.5, seed: int = 0, train_modules: list[str] | None = None) -> None:
         if not isinstance(model, nn.Module):
             raise UserError(f"PerturbAndMerge needs an nn.Module, got {type(model).__name__}")
         if not targets:
@@ -82,6 +84,7 @@ class PerturbAndMerge:
         self.model = model
         self.targets, self.rank, self.lora_alpha, self.dropout = list(targets), rank, lora_alpha, dropout
         self.epsilon, self.merge, self.fixed_alpha = epsilon, merge, fixed_alpha
+        self.train_modules = list(train_modules or [])
         self.schedule = PerturbationSchedule(epsilon, p0, seed)
         self.merge_state = RunningMergeState()
         self.adaptation: LoraAdaptation | None = None
@@ -96,10 +99,21 @@ class PerturbAndMerge:
             p.requires_grad_(False)
         self.adaptation = LoraAdaptation(self.rank, self.lora_alpha, self.dropout, self.targets)
         self.draws = {-1: 0, 0: 0, 1: 0}
-        return self.adaptation.attach(self.model)
+        module = self.adaptation.attach(self.model)
+        found = set()
+        for name, sub in module.named_modules():
+            for wanted in self.train_modules:
+                if name == wanted or name.endswith("." + wanted):
+                    sub.requires_grad_(True)
+                    found.add(wanted)
+        missing = [m for m in self.train_modules if m not in found]
+        if missing:
+            raise UserError(f"train_modules {missing} match no module of the model; give name suffixes such as "
+                            f"'classifier'")
+        return module
 
     def parameters(self) -> list[nn.Parameter]:
-        """The adapter's trainable parameters (A and B of every target), for your optimiser."""
+        """The trainable parameters (A and B of every target, and `train_modules`), for your optimiser."""
         return self._active().trainable_parameters()
 
     @contextmanager

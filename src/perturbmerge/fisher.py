@@ -25,11 +25,18 @@ from .errors import TrainingDiverged
 Batch = tuple[Any, torch.Tensor]
 
 
-def _batch_size(labels: torch.Tensor) -> int:
-    return int(labels.shape[0])
+def _batch_size(batch: Any) -> int:
+    """Examples in a batch: (inputs, labels) — the learner's — or a mapping of tensors (a collated Hugging Face
+    batch, counted by its `labels`, else its first tensor)."""
+    if isinstance(batch, Mapping):
+        tensor = batch["labels"] if "labels" in batch else next(v for v in batch.values() if isinstance(v, torch.Tensor))
+        return int(tensor.shape[0])
+    return int(batch[1].shape[0])
 
 
-def _take(batch: Batch, count: int) -> Batch:
+def _take(batch: Any, count: int) -> Any:
+    if isinstance(batch, Mapping):
+        return {k: v[:count] if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
     inputs, labels = batch
     if isinstance(inputs, Mapping):
         inputs = {k: v[:count] for k, v in inputs.items()}
@@ -45,9 +52,9 @@ def _capped(batches: Iterable[Batch], max_samples: int | None) -> Iterable[Batch
             remaining = max_samples - seen
             if remaining <= 0:
                 return
-            if _batch_size(batch[1]) > remaining:
+            if _batch_size(batch) > remaining:
                 batch = _take(batch, remaining)
-        seen += _batch_size(batch[1])
+        seen += _batch_size(batch)
         yield batch
 
 
@@ -154,7 +161,7 @@ def layer_weight_fisher(
                 x = torch.cat([p[0] for p in parts], 1).to(totals[name].dtype)
                 g = torch.cat([p[1] for p in parts], 1).to(totals[name].dtype)
                 totals[name] += to_weight_layout(layers[name], sum_squared_sample_grads(x, g))
-            count += _batch_size(batch[1])
+            count += _batch_size(batch)
     finally:
         calls.clear()
         for handle in handles:
@@ -190,7 +197,7 @@ def parameter_fisher(
         grads = per_sample_grads(params, inputs, labels)
         for n, g in grads.items():
             totals[n] += g.detach().to(totals[n].dtype).pow(2).sum(0)
-        count += _batch_size(labels)
+        count += int(labels.shape[0])
     return _normalise(totals, count, description)
 
 

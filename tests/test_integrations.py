@@ -1,0 +1,61 @@
+"""`PerturbAndMergeCallback` with a plain `transformers.Trainer`, two tasks, a tiny BERT classifier on CPU."""
+from __future__ import annotations
+
+import torch
+from transformers import BertConfig, BertForSequenceClassification, Trainer, TrainingArguments
+
+from perturbmerge import PerturbAndMerge
+from perturbmerge.integrations import PerturbAndMergeCallback
+
+EPSILON = 0.5
+
+
+class TinyTask(torch.utils.data.Dataset):
+    def __init__(self, seed: int, n: int = 16) -> None:
+        g = torch.Generator().manual_seed(seed)
+        self.ids = torch.randint(1, 50, (n, 6), generator=g)
+        self.labels = torch.randint(0, 2, (n,), generator=g)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"input_ids": self.ids[i], "attention_mask": torch.ones(6, dtype=torch.long), "labels": self.labels[i]}
+
+
+def test_trainer_callback_perturbs_each_optimiser_step_and_merges_each_task(tmp_path):
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=32, max_position_embeddings=16, num_labels=2)
+    model = BertForSequenceClassification(config)
+    pm = PerturbAndMerge(model, targets=["query", "value"], rank=2, epsilon=EPSILON, seed=1,
+                         train_modules=["classifier"])
+    head_before = model.classifier.weight.detach().clone()
+    callback = PerturbAndMergeCallback(pm)
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=4, gradient_accumulation_steps=2,
+                             max_steps=3, learning_rate=1e-2, report_to=[], use_cpu=True, save_strategy="no",
+                             logging_steps=1, disable_tqdm=True, seed=0)
+    for task in range(2):
+        trainable = pm.begin_task()
+        layer = next(iter(pm.adaptation.layers.values()))
+        base_scale = layer.scaling["default"]
+        seen: list[float] = []
+        handle = layer.register_forward_hook(lambda module, inputs, output: seen.append(module.scaling["default"]))
+        Trainer(model=trainable, args=args, train_dataset=TinyTask(task), callbacks=[callback]).train()
+        handle.remove()
+        record = callback.records[-1]
+        draws = record.perturbation_draws
+        assert sum(draws.values()) == 3  # one draw per optimiser step, not per micro-batch
+        training = seen[: 3 * 2]  # 3 steps x 2 micro-batches; the Fisher pass comes after, at scale 1
+        assert all(a == b for a, b in zip(training[::2], training[1::2]))  # both micro-batches: the same draw
+        counts = {s: sum(abs(v - (1 + s * EPSILON) * base_scale) < 1e-12 for v in training[::2]) for s in (-1, 0, 1)}
+        assert counts == {int(k): v for k, v in draws.items()}
+        assert all(abs(v - base_scale) < 1e-12 for v in seen[6:])  # Fisher at the unperturbed weights
+        assert record.fisher_mass > 0 and 0.0 <= record.alpha <= 1.0
+    assert type(pm.model) is BertForSequenceClassification
+    assert not torch.equal(pm.model.classifier.weight, head_before)  # the head trained directly
+    assert callback.records[0].task == 1 and callback.records[1].task == 2 and 0 < callback.records[1].alpha < 1
+    assert {entry["task"] for entry in callback.losses} == {1, 2}
+    with torch.no_grad():  # the merged classifier still runs, adapters gone
+        logits = pm.model(input_ids=torch.randint(1, 50, (2, 6))).logits
+    assert logits.shape == (2, 2) and not any("lora" in n for n, _ in pm.model.named_parameters())
