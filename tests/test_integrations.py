@@ -59,3 +59,26 @@ def test_trainer_callback_perturbs_each_optimiser_step_and_merges_each_task(tmp_
     with torch.no_grad():  # the merged classifier still runs, adapters gone
         logits = pm.model(input_ids=torch.randint(1, 50, (2, 6))).logits
     assert logits.shape == (2, 2) and not any("lora" in n for n, _ in pm.model.named_parameters())
+
+
+def test_save_pretrained_writes_a_plain_hf_model_and_the_running_sums(tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=32, max_position_embeddings=16, num_labels=2)
+    pm = PerturbAndMerge(BertForSequenceClassification(config), targets=["query", "value"], rank=2,
+                         train_modules=["classifier"])
+    callback = PerturbAndMergeCallback(pm)
+    args = TrainingArguments(output_dir=str(tmp_path / "t"), per_device_train_batch_size=4, max_steps=2,
+                             report_to=[], use_cpu=True, save_strategy="no", disable_tqdm=True)
+    Trainer(model=pm.begin_task(), args=args, train_dataset=TinyTask(0), callbacks=[callback]).train()
+    pm.save_pretrained(tmp_path / "merged")
+    loaded = AutoModelForSequenceClassification.from_pretrained(str(tmp_path / "merged"))
+    for (k, a), b in zip(pm.model.state_dict().items(), loaded.state_dict().values()):
+        assert torch.equal(a, b), k
+    again = PerturbAndMerge(loaded, targets=["query", "value"], rank=2)
+    again.load_running_state(tmp_path / "merged")
+    for k, v in pm.state_dict()["fisher_sum"].items():
+        assert torch.equal(again.state_dict()["fisher_sum"][k], v)
+    assert again.state_dict()["num_tasks"] == 1

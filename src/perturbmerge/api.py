@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Literal
 
 import torch
@@ -172,6 +173,47 @@ class PerturbAndMerge:
                                                  for k, v in state["weighted_optimum_sum"].items()}
         self.merge_state.num_tasks = int(state["num_tasks"])
         self.schedule.set_state(state["schedule"])
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write the merged model so that plain transformers loads it (`AutoModel...from_pretrained(directory)`,
+        perturbmerge not needed): `save_pretrained` for a Hugging Face model, else `model.safetensors` of its
+        state dict; plus `perturbmerge_state.safetensors` / `perturbmerge.json` (S, M, draw stream, settings) to
+        continue P&M later. Between tasks only."""
+        from safetensors.torch import save_file
+
+        from .io import atomic_write_json
+
+        state = self.state_dict()
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        if hasattr(self.model, "save_pretrained"):
+            self.model.save_pretrained(str(directory), safe_serialization=True)
+        else:
+            save_file({k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()},
+                      str(directory / "model.safetensors"))
+        tensors = {f"fisher_sum.{k}": v.cpu().contiguous() for k, v in state["fisher_sum"].items()}
+        tensors.update({f"weighted_optimum_sum.{k}": v.cpu().contiguous()
+                        for k, v in state["weighted_optimum_sum"].items()})
+        tensors["schedule"] = state["schedule"]
+        save_file(tensors, str(directory / "perturbmerge_state.safetensors"))
+        atomic_write_json(directory / "perturbmerge.json", {
+            "num_tasks": state["num_tasks"], "targets": self.targets, "rank": self.rank, "lora_alpha": self.lora_alpha,
+            "epsilon": self.epsilon, "p0": self.schedule.p0, "merge": self.merge, "train_modules": self.train_modules})
+        return directory
+
+    def load_running_state(self, directory: str | Path) -> None:
+        """Read back the `perturbmerge_state.safetensors` / `perturbmerge.json` written by `save_pretrained`."""
+        import json
+
+        from safetensors.torch import load_file
+
+        tensors = load_file(str(Path(directory) / "perturbmerge_state.safetensors"))
+        info = json.loads((Path(directory) / "perturbmerge.json").read_text())
+        self.load_state_dict({
+            "fisher_sum": {k.removeprefix("fisher_sum."): v for k, v in tensors.items() if k.startswith("fisher_sum.")},
+            "weighted_optimum_sum": {k.removeprefix("weighted_optimum_sum."): v for k, v in tensors.items()
+                                     if k.startswith("weighted_optimum_sum.")},
+            "num_tasks": info["num_tasks"], "schedule": tensors["schedule"]})
 
     def _active(self) -> LoraAdaptation:
         if self.adaptation is None:
