@@ -171,6 +171,12 @@ def test_langid_fetch_and_load(tmp_path):
     stream = get_benchmark("langid").load(LoadRequest(0, 10, str(tmp_path), "minilm", DataSettings(), False))
     assert [t.num_classes for t in stream.tasks] == [2] * 10
     assert all(len(t.train) == 2000 and len(t.test) == 600 for t in stream.tasks)
+    small = get_benchmark("langid").load(LoadRequest(0, 5, str(tmp_path), "minilm", DataSettings(train_per_class=150),
+                                                     False))
+    assert all(len(t.train) == 600 and len(t.test) == 1200 for t in small.tasks)  # 4 languages x 150, test unchanged
+    with pytest.raises(UserError, match="more than the 1000 training words"):
+        get_benchmark("langid").load(LoadRequest(0, 5, str(tmp_path), "minilm", DataSettings(train_per_class=1001),
+                                                 False))
 
 
 @pytest.mark.slow

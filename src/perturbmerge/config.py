@@ -50,6 +50,8 @@ class DataSettings:
     validation_fraction: float = 0.0
     # paper image benchmarks: random-resized-crop + flip on training batches (their default: true)
     augment: bool = False
+    # langid: training words per language, the first N of its fixed sample (None: all 1,000); for quick runs
+    train_per_class: int | None = None
 
 
 @dataclass
@@ -370,6 +372,8 @@ def _require(condition: bool, message: str) -> None:
 def validate(c: RunConfig) -> None:
     """Range checks; each failure is one line with the fix."""
     finite = math.isfinite
+    _require(c.data.train_per_class is None or c.data.train_per_class >= 2,
+             f"data.train_per_class must be >= 2, got {c.data.train_per_class}; e.g. --set data.train_per_class=200")
     _require(0 <= c.seed < 2**32, f"seed must be in [0, 2**32 - 1] (NumPy's seed range), got {c.seed}")
     _require(c.tasks is None or c.tasks >= 1, f"tasks must be >= 1, got {c.tasks}")
     _require(c.epochs >= 1, f"epochs must be >= 1, got {c.epochs}; e.g. --set epochs=5")
