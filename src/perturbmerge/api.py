@@ -34,6 +34,7 @@ from .adaptation import LoraAdaptation
 from .errors import UserError
 from .fisher import layer_weight_fisher
 from .merge import RunningMergeState, decide_alpha
+from .methods import _sum_norm_sq, _total
 from .perturb import PerturbationSchedule, lora_branch_scale
 
 MergeRule = Literal["closed_form", "simplified", "average", "fixed"]
@@ -143,7 +144,7 @@ class PerturbAndMerge:
             if self.merge in ("closed_form", "simplified"):
                 fisher = layer_weight_fisher(adaptation.layers, batches, lambda batch: per_sample_loss(module, batch),
                                              progress=False, description=f"Fisher, task {task}")
-                fisher_mass = float(sum(float(f.sum()) for f in fisher.values()))
+                fisher_mass = _total(fisher)
                 optimum = {k: previous[k].to(torch.float64) + task_vector[k].to(torch.float64) for k in task_vector}
                 self.merge_state.update(fisher, optimum)
                 decision = self.merge_state.decide(previous, task_vector, fisher, self.merge, self.fixed_alpha)
@@ -152,7 +153,7 @@ class PerturbAndMerge:
                 decision = decide_alpha(self.merge, 0.0, 0.0, 0.0, task, self.fixed_alpha)
         finally:
             module.train(was_training)
-        norm = float(sum(float((v.double() ** 2).sum()) for v in task_vector.values())) ** 0.5
+        norm = _sum_norm_sq(task_vector) ** 0.5
         self.model = adaptation.fold(decision.alpha)
         self.adaptation = None
         return TaskRecord(task, decision.alpha, decision.raw, decision.fallback, fisher_mass, norm,
