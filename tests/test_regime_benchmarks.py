@@ -184,3 +184,42 @@ def test_glyph_fonts_fetch(tmp_path):
     """Real download through apt (71 font packages, about 90 MB)."""
     folder = fetch_module.fetch("glyph-fonts", tmp_path)
     assert len(list(folder.rglob("*.[ot]tf"))) == 630
+
+
+def test_tokenizer_form_ascii_shortcut_equals_the_definition():
+    """The ASCII shortcut gives what NFD + dropping marks gives, for ASCII and for accented words alike."""
+    import unicodedata
+
+    def definition(word):
+        return "".join(c for c in unicodedata.normalize("NFD", word.lower()) if unicodedata.category(c) != "Mn")
+
+    for word in ["Haus", "ZEBRA", "Straße", "Ærø", "Éclair", "naïve", "Łódź", "київ", "Ṁaċ", "İstanbul", "ǅemal"]:
+        assert langid.tokenizer_form(word) == definition(word), word
+
+
+def test_langid_sample_cache_is_used_keyed_and_rewritten(tmp_path, monkeypatch):
+    """The sample is written once and read back equal; a corrupt cache is re-sampled; another rule is another file."""
+    rng = np.random.RandomState(1)
+    languages = {}
+    for name, alphabet in {"A": "abcde", "B": "fghij"}.items():
+        words = {"".join(rng.choice(list(alphabet), 6)) for _ in range(200)}
+        (tmp_path / f"{name}.txt").write_text("\n".join(sorted(words)) + "\n", encoding="utf-8")
+        languages[name] = f"{name}.txt"
+    monkeypatch.setattr(langid, "LANGUAGES", languages)
+    monkeypatch.setattr(langid, "TRAIN_PER_CLASS", 30)
+    monkeypatch.setattr(langid, "TEST_PER_CLASS", 10)
+    langid.sampled_words.cache_clear()
+    first = langid.sampled_words(str(tmp_path))
+    cache = langid.sample_cache_path(tmp_path)
+    assert cache.is_file() and list(tmp_path.glob("sample-v*.json")) == [cache]
+    calls = []
+    monkeypatch.setattr(langid, "_sample_words", lambda folder: calls.append(folder) or first)
+    langid.sampled_words.cache_clear()
+    assert langid.sampled_words(str(tmp_path)) == first and calls == []  # read from disk, not sampled
+    cache.write_text("{not json", encoding="utf-8")
+    langid.sampled_words.cache_clear()
+    assert langid.sampled_words(str(tmp_path)) == first and len(calls) == 1  # corrupt: sampled again, rewritten
+    assert json.loads(cache.read_text(encoding="utf-8"))["train"] == first[1]
+    monkeypatch.setattr(langid, "TRAIN_PER_CLASS", 20)
+    assert langid.sample_cache_path(tmp_path) != cache  # another rule, another file
+    langid.sampled_words.cache_clear()

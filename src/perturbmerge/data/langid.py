@@ -12,12 +12,16 @@ first N training words of each language (quick runs, e.g. the demo).
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import unicodedata
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import UserError
+from ..io import atomic_write_json
 from .base import BenchmarkSpec, LoadRequest, TaskStream, register_benchmark
 from .fetch import require
 from .text import class_incremental_text_tasks, make_pad_collate, tokenize_per_class
@@ -48,11 +52,15 @@ TRAIN_PER_CLASS = 1000
 TEST_PER_CLASS = 300
 MIN_LENGTH, MAX_LENGTH = 4, 20
 MAX_TOKENS = 24
+SAMPLE_VERSION = 1  # bump when the sampling changes: invalidates the on-disk cache of the sample
 
 
 def tokenizer_form(word: str) -> str:
     """The word as an uncased WordPiece tokenizer sees it: lower case, accents stripped (NFD, marks dropped)."""
-    return "".join(c for c in unicodedata.normalize("NFD", word.lower()) if unicodedata.category(c) != "Mn")
+    lower = word.lower()
+    if lower.isascii():  # NFD leaves ASCII unchanged and adds no marks: skip the per-character pass
+        return lower
+    return "".join(c for c in unicodedata.normalize("NFD", lower) if unicodedata.category(c) != "Mn")
 
 
 def read_words(path: Path) -> dict[str, str]:
@@ -66,9 +74,39 @@ def read_words(path: Path) -> dict[str, str]:
     return words
 
 
+def sample_cache_path(folder: Path) -> Path:
+    """`<folder>/sample-v<N>-<key>.json`, the key hashing the word lists' sha256 (as listed in the manifest) and every
+    constant of the sampling, so a changed list or rule never reads a stale sample."""
+    from .fetch import SOURCES
+
+    digests = SOURCES["langid-words"].installed_files()
+    rule = {"languages": LANGUAGES, "files": {name: digests.get(inner) for name, inner in LANGUAGES.items()},
+            "train": TRAIN_PER_CLASS, "test": TEST_PER_CLASS, "length": [MIN_LENGTH, MAX_LENGTH]}
+    key = hashlib.sha256(json.dumps(rule, sort_keys=True).encode()).hexdigest()[:16]
+    return folder / f"sample-v{SAMPLE_VERSION}-{key}.json"
+
+
 @functools.lru_cache(maxsize=2)
 def sampled_words(folder: str) -> tuple[list[str], list[list[str]], list[list[str]]]:
-    """Language names and their fixed train/test samples (words unique to their language)."""
+    """Language names and their fixed train/test samples (words unique to their language), read from the on-disk
+    cache when an earlier process wrote it (reading the 12 million words of the lists takes about a minute)."""
+    cache = sample_cache_path(Path(folder))
+    try:
+        stored = json.loads(cache.read_text(encoding="utf-8"))
+        return stored["names"], stored["train"], stored["test"]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # absent or unreadable: sample again and rewrite it
+    names, train, test = _sample_words(folder)
+    try:
+        atomic_write_json(cache, {"names": names, "train": train, "test": test})
+    except OSError as error:  # a read-only data folder: correct, only slower next time
+        warnings.warn(f"langid: could not cache the word sample in {cache} ({error}); every run samples again",
+                      stacklevel=2)
+    return names, train, test
+
+
+def _sample_words(folder: str) -> tuple[list[str], list[list[str]], list[list[str]]]:
+    """Read every list, drop words whose tokenizer form occurs in two or more languages, draw the fixed sample."""
     names = sorted(LANGUAGES)
     forms = {name: read_words(Path(folder) / LANGUAGES[name]) for name in names}
     owners: dict[str, int] = {}
