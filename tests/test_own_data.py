@@ -15,7 +15,7 @@ from perturbmerge.cli import main
 from perturbmerge.data import custom, fetch as fetch_module, get_benchmark, images
 from perturbmerge.errors import UserError
 
-from helpers import request
+from helpers import csv_rows, request, save_tiny_hf_encoder, write_csv
 
 
 def write_idx(path, array: np.ndarray, gz: bool = False) -> None:
@@ -95,20 +95,6 @@ def test_digits_domains_rejects_too_many_tasks():
 
 
 # ---- csv:PATH ---------------------------------------------------------------------------------------------
-def write_csv(path, rows) -> None:
-    import csv
-
-    with path.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["id", "text", "label"])
-        for i, (text, label) in enumerate(rows):
-            writer.writerow([i, text, label])
-
-
-def csv_rows(classes: int = 4, per_class: int = 10):
-    return [(f"example {i} of class {c}, words {c * i}", f"class_{c}") for c in range(classes) for i in range(per_class)]
-
-
 def test_csv_loader_splits_and_orders(tmp_path):
     path = tmp_path / "data.csv"
     write_csv(path, csv_rows())
@@ -242,20 +228,6 @@ def test_image_sources_fetch_and_load(tmp_path):
 
 
 # ---- local Hugging Face encoders ----------------------------------------------------------------------------
-def save_tiny_hf_encoder(folder) -> None:
-    from transformers import BertConfig, BertModel, BertTokenizerFast
-
-    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(40)] + \
-        ["example", "of", "class", "words", ","] + [str(i) for i in range(100)]
-    folder.mkdir()
-    (folder / "vocab.txt").write_text("\n".join(words) + "\n")
-    BertTokenizerFast(vocab_file=str(folder / "vocab.txt")).save_pretrained(str(folder))
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(words), hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=32, max_position_embeddings=160)
-    BertModel(config, add_pooling_layer=False).save_pretrained(str(folder))
-
-
 def test_csv_with_local_hf_encoder_end_to_end(tmp_path):
     save_tiny_hf_encoder(tmp_path / "enc")
     path = tmp_path / "data.csv"

@@ -125,6 +125,9 @@ class RunConfig:
     # true: after each task, write θ̂_{t-1}, θ*_t (merge space), α and the head to <run>/task_models/ for
     # `perturbmerge landscape` (does not change results)
     save_task_models: bool = False
+    # true: at the end, write the final model (merged backbone, classifier, class names) to <run>/model/ for
+    # `perturbmerge export` / `predict` (does not change results)
+    save_model: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -132,7 +135,7 @@ class RunConfig:
 
 PRECISIONS = ("fp32", "bf16")
 HEAD_KINDS = ("linear", "prototype", "lda")
-RESULT_NEUTRAL_KEYS = frozenset({"checkpoint", "save_task_models"})  # settings that cannot change a run's results
+RESULT_NEUTRAL_KEYS = frozenset({"checkpoint", "save_task_models", "save_model"})  # settings that cannot change a run's results
 
 
 def config_differences(old: Mapping[str, Any], new: Mapping[str, Any], defaults: Mapping[str, Any] | None = None,

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 COMMON_KEYS = frozenset(
     {"benchmark", "method", "seed", "tasks", "epochs", "batch_size", "eval_batch_size", "lr", "head_lr",
      "weight_decay", "device", "data_dir", "backbone", "checkpoint.enabled", "checkpoint.every_steps", "checkpoint.keep_final",
-     "precision", "grad_accumulation"}
+     "precision", "grad_accumulation", "save_model"}
 )
 LORA_KEYS = frozenset({"lora.rank", "lora.alpha", "lora.dropout", "lora.targets"})
 PERTURB_KEYS = frozenset({"epsilon", "p0"})

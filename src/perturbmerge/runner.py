@@ -216,6 +216,22 @@ def task_model_writer(out_path: Path):
     return write
 
 
+def _save_final_model(learner: ContinualLearner, config: RunConfig, stream: TaskStream, out_path: Path) -> Path:
+    """The final model as deployed, with every seen class's name, to `<run>/model/` (export.write_model)."""
+    from .export import SAVED_MODEL, write_model
+
+    folder = out_path / SAVED_MODEL
+    if folder.exists():  # left by an attempt that stopped before results.json: written again from the same state
+        shutil.rmtree(folder)
+    backbone_name = config.backbone or get_benchmark(config.benchmark).backbone
+    provenance = {"benchmark": config.benchmark, "method": config.method, "seed": config.seed,
+                  "final_acc_all_seen": learner.result.acc_all_seen[-1], "versions": run_versions()}
+    learner.model.eval()
+    with learner.deployed_weights():
+        return write_model(learner, folder, backbone_name, get_backbone_spec(backbone_name).modality,
+                           stream.class_names, provenance, stream.info.get("max_tokens"))
+
+
 def run_warnings(results: Mapping[str, Any], config: RunConfig, trains: bool) -> list[str]:
     """Signs that a finished run is meaningless though nothing crashed: a task whose training loss stayed at the
     chance level ln C of its C competing classes (the masked loss), or whose task vector is exactly zero."""
@@ -314,6 +330,9 @@ def _run_locked(config: RunConfig, method, stream: TaskStream, backbone, device:
         learner.checkpoint_meta_fn = lambda: {"config": config.to_dict(), "versions": run_versions(),
                                               "elapsed_s": elapsed_before + time.perf_counter() - start}
         outcome = learner.run(resume=state)
+        model_dir = None
+        if writes and config.save_model:
+            model_dir = _save_final_model(learner, config, stream, out_path)
         results = {
             "benchmark": config.benchmark,
             "method": config.method,
@@ -336,6 +355,8 @@ def _run_locked(config: RunConfig, method, stream: TaskStream, backbone, device:
             "config": config.to_dict(),
             "versions": run_versions(),
         }
+        if model_dir is not None:
+            results["model_dir"] = str(model_dir)
         results["warnings"] = run_warnings(results, config, method.trains)
         if writes:
             atomic_write_json(out_path / "results.json", results)

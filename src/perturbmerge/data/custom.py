@@ -110,7 +110,7 @@ def load_csv(path: Path, request: LoadRequest) -> TaskStream:
                         lambda picks, positions: TokenizedDataset([ids[i] for i in picks], positions.tolist()))
     return TaskStream(f"csv:{path}", "class-incremental", request.backbone, tasks,
                       collate=make_pad_collate(tokenizer.pad_token_id),
-                      info={"examples": len(texts), "classes": len(class_names)})
+                      info={"examples": len(texts), "classes": len(class_names), "max_tokens": MAX_TOKENS})
 
 
 # ---- folder:PATH ----------------------------------------------------------------------------------------

@@ -144,7 +144,8 @@ def load(request: LoadRequest) -> TaskStream:
         train_ids = [ids[:keep] for ids in train_ids]
     tasks = class_incremental_text_tasks(names, train_ids, test_ids, request.num_tasks, request.seed)
     return TaskStream("langid", "class-incremental", request.backbone, tasks, collate=make_pad_collate(pad_id),
-                      info={"train_per_class": keep or TRAIN_PER_CLASS, "test_per_class": TEST_PER_CLASS})
+                      info={"train_per_class": keep or TRAIN_PER_CLASS, "test_per_class": TEST_PER_CLASS,
+                            "max_tokens": MAX_TOKENS})
 
 
 # Chosen on the validation split with baselines only (docs/results.md, "Where P&M's premise holds"): the highest
