@@ -184,6 +184,7 @@ class TaskVectorMethod(Method):
     def train_step(self, learner: "ContinualLearner", batch: tuple[Any, torch.Tensor]) -> float:
         sign = self.schedule.draw() if self.perturbation != "none" else 0  # one draw per optimiser step
         self.draws[sign] += 1
+        self.last_draw = sign  # for the per-step log
         return self._optimise(learner, batch, lambda chunk: self.objective(learner, chunk, sign))
 
     def objective(self, learner: "ContinualLearner", batch: tuple[Any, torch.Tensor],
