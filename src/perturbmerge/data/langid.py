@@ -11,9 +11,12 @@ first N training words of each language (quick runs, e.g. the demo).
 """
 from __future__ import annotations
 
+import collections
 import functools
 import hashlib
+import itertools
 import json
+import sys
 import unicodedata
 import warnings
 from pathlib import Path
@@ -55,12 +58,18 @@ MAX_TOKENS = 24
 SAMPLE_VERSION = 1  # bump when the sampling changes: invalidates the on-disk cache of the sample
 
 
+@functools.lru_cache(maxsize=1)
+def _combining_marks() -> dict[int, None]:
+    """Every code point of category Mn (non-spacing mark), mapped to None: a `str.translate` table that drops them."""
+    return {c: None for c in range(sys.maxunicode + 1) if unicodedata.category(chr(c)) == "Mn"}
+
+
 def tokenizer_form(word: str) -> str:
     """The word as an uncased WordPiece tokenizer sees it: lower case, accents stripped (NFD, marks dropped)."""
     lower = word.lower()
     if lower.isascii():  # NFD leaves ASCII unchanged and adds no marks: skip the per-character pass
         return lower
-    return "".join(c for c in unicodedata.normalize("NFD", lower) if unicodedata.category(c) != "Mn")
+    return unicodedata.normalize("NFD", lower).translate(_combining_marks())
 
 
 def read_words(path: Path) -> dict[str, str]:
@@ -109,10 +118,7 @@ def _sample_words(folder: str) -> tuple[list[str], list[list[str]], list[list[st
     """Read every list, drop words whose tokenizer form occurs in two or more languages, draw the fixed sample."""
     names = sorted(LANGUAGES)
     forms = {name: read_words(Path(folder) / LANGUAGES[name]) for name in names}
-    owners: dict[str, int] = {}
-    for name in names:
-        for form in forms[name]:
-            owners[form] = owners.get(form, 0) + 1
+    owners = collections.Counter(itertools.chain.from_iterable(forms.values()))  # languages per form
     rng = np.random.RandomState(0)
     train, test = [], []
     for name in names:
