@@ -131,6 +131,48 @@ def test_csv_missing_file(tmp_path):
         get_benchmark(f"csv:{tmp_path / 'none.csv'}").load(request(0, 2, backbone="minilm"))
 
 
+def test_jsonl_equals_csv_and_a_split_column_is_the_test_split(tmp_path):
+    rows = csv_rows(classes=4, per_class=6)
+    write_csv(tmp_path / "data.csv", rows)
+    (tmp_path / "data.jsonl").write_text("".join(json.dumps({"text": t, "label": l, "id": i}) + "\n\n"
+                                                 for i, (t, l) in enumerate(rows)), encoding="utf-8")
+    from_csv = get_benchmark(f"csv:{tmp_path / 'data.csv'}").load(request(0, 2, backbone="minilm"))
+    from_jsonl = get_benchmark(f"jsonl:{tmp_path / 'data.jsonl'}").load(request(0, 2, backbone="minilm"))
+    for a, b in zip(from_csv.tasks, from_jsonl.tasks):
+        assert a.class_names == b.class_names and a.train.ids == b.train.ids and a.test.ids == b.test.ids
+    # a split column: exactly the rows marked test are tested on, whatever data.test_fraction says
+    split_rows = [{"text": t, "label": l, "split": "test" if i % 3 == 0 else "train"} for i, (t, l) in enumerate(rows)]
+    (tmp_path / "split.jsonl").write_text("".join(json.dumps(r) + "\n" for r in split_rows), encoding="utf-8")
+    stream = get_benchmark(f"jsonl:{tmp_path / 'split.jsonl'}").load(request(0, 2, backbone="minilm",
+                                                                               test_fraction=0.5))
+    from perturbmerge.backbones import load_tokenizer
+
+    tokenizer = load_tokenizer("minilm")
+    wanted = {tuple(tokenizer(r["text"], truncation=True, max_length=128)["input_ids"]): r["split"] for r in split_rows}
+    assert sum(len(t.test) for t in stream.tasks) == sum(r["split"] == "test" for r in split_rows)
+    for task in stream.tasks:
+        assert all(wanted[tuple(ids)] == "test" for ids in task.test.ids)
+        assert all(wanted[tuple(ids)] == "train" for ids in task.train.ids)
+    assert stream.info["split"] == "given" and from_csv.info["split"] == "random"
+
+
+@pytest.mark.parametrize("kind, content, message", [
+    ("jsonl", '{"text": "a", "label": "x"}\nnot json\n', "line 2 is not JSON"),
+    ("jsonl", '{"text": "a"}\n', "needs an object with"),
+    ("jsonl", '[1, 2]\n', "needs an object with"),
+    ("jsonl", '{"text": "a", "label": "x", "split": "dev"}\n', "split is 'dev'"),
+    ("csv", "text,label,split\na,x,train\nb,x,test\nc,y,train\nd,y,train\n", "class 'y' has no test example"),
+    ("csv", "text,label,split\na,x,train\nb,x,\n", "line 3: split is ''"),
+])
+def test_text_table_bad_data(tmp_path, kind, content, message):
+    path = tmp_path / f"bad.{kind}"
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(UserError, match=message):
+        get_benchmark(f"{kind}:{path}").load(request(0, 1, backbone="minilm"))
+    with pytest.raises(UserError, match="not found"):
+        get_benchmark(f"{kind}:{tmp_path / 'none'}").load(request(0, 1, backbone="minilm"))
+
+
 # ---- folder:PATH ------------------------------------------------------------------------------------------
 def make_image_folder(root, classes: int = 4, per_class: int = 5, size: int = 20) -> None:
     from PIL import Image

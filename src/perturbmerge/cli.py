@@ -227,7 +227,9 @@ def cmd_benchmarks(args: argparse.Namespace) -> int:
 
     for spec in BENCHMARKS.values():
         print(f"{spec.name:<14} {spec.scenario:<19} {spec.description}")
-    print(f"{'csv:PATH':<14} {'class-incremental':<19} your CSV with columns text,label; MiniLM or --set backbone=hf:DIR")
+    print(f"{'csv:PATH':<14} {'class-incremental':<19} your CSV with columns text,label[,split]; MiniLM or --set "
+          f"backbone=hf:DIR")
+    print(f"{'jsonl:PATH':<14} {'class-incremental':<19} your JSON lines with text, label[, split]; as csv:PATH")
     print(f"{'folder:PATH':<14} {'class-incremental':<19} your images, one sub-folder per class; EfficientNet-Lite0")
     return 0
 
