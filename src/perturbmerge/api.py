@@ -227,8 +227,8 @@ def load_tasks(benchmark: str = "wordnet", num_tasks: int | None = None, seed: i
                data_dir: str | None = None, **data: Any):
     """A benchmark's task stream as `perturbmerge run` sees it: `.tasks` (each with `.train`, `.test` datasets of
     (inputs, global label), `.label_offset`, `.num_classes`, `.class_names`), `.collate` for a DataLoader and
-    `.backbone`, the backbone name it was tokenised for. `benchmark` is a built-in name, `csv:PATH` or
-    `folder:PATH`; `data` are the `data.*` config keys (e.g. `test_fraction=0.2`)."""
+    `.backbone`, the backbone name it was tokenised for. `benchmark` is a built-in name, `csv:PATH`,
+    `jsonl:PATH` or `folder:PATH`; `data` are the `data.*` config keys (e.g. `test_fraction=0.2`)."""
     from .config import DataSettings
     from .data import get_benchmark
     from .data.base import LoadRequest

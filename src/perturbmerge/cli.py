@@ -344,7 +344,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "encoders), classifier.safetensors over every seen class and perturbmerge_model.json with the "
                     "class names. The run must have been made with --set save_model=true.")
     export.add_argument("--run", required=True, metavar="DIR", help="a finished run folder (made with save_model=true)")
-    export.add_argument("--out", required=True, metavar="MODEL_DIR", help="the new model folder (must not exist or be empty)")
+    export.add_argument("--out", required=True, metavar="MODEL_DIR",
+                        help="the new model folder (must not exist or be empty)")
     export.set_defaults(func=cmd_export)
     predict = sub.add_parser(
         "predict", help="top-k classes of texts with an exported model",

@@ -137,7 +137,8 @@ class RunConfig:
 
 PRECISIONS = ("fp32", "bf16")
 HEAD_KINDS = ("linear", "prototype", "lda")
-RESULT_NEUTRAL_KEYS = frozenset({"checkpoint", "save_task_models", "save_model"})  # settings that cannot change a run's results
+# settings that cannot change a run's results
+RESULT_NEUTRAL_KEYS = frozenset({"checkpoint", "save_task_models", "save_model"})
 
 
 def config_differences(old: Mapping[str, Any], new: Mapping[str, Any], defaults: Mapping[str, Any] | None = None,

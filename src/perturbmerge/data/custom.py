@@ -8,8 +8,8 @@ jsonl:PATH   the same as JSON lines: one object per line with "text" and "label"
 folder:PATH  one sub-folder per class holding images (png, jpg, jpeg, bmp, gif, webp, tif, tiff), decoded as RGB
              and resized to 64×64; image backbone (default EfficientNet-Lite0).
 
-Without a `split` column, each class is split into train and test once, with split seed 0 (independent of the run seed):
-`data.test_fraction` of its examples (at least one) are held out for testing. Classes are cut into `--tasks`
+Without a `split` column, each class is split into train and test once, with split seed 0 (independent of the run
+seed): `data.test_fraction` of its examples (at least one) are held out for testing. Classes are cut into `--tasks`
 near-equal groups, in the run seed's order or in the order given by `data.class_order`.
 """
 from __future__ import annotations
@@ -248,7 +248,7 @@ def _custom_spec(kind: str, path_text: str) -> BenchmarkSpec:
         backbone="minilm" if text else "efficientnet-lite0",
         modality="text" if text else "image",
         default_tasks=5,
-        load=(lambda request: load_text_table(path, kind, request)) if text else (lambda request: load_folder(path, request)),
+        load=functools.partial(load_text_table, path, kind) if text else functools.partial(load_folder, path),
         defaults={"epochs": 2, "batch_size": 32, "lr": 1e-3, "head_lr": 1e-2},
         data_keys=DATA_KEYS,
     )

@@ -124,8 +124,8 @@ def write_sample_index(folder: str, path: Path = SAMPLE_INDEX) -> Path:
 
     _, train, test = _sample_words(folder)
     lines = sample_line_numbers(folder, train, test)
-    atomic_write_text(path, "{" + f'"version": {SAMPLE_VERSION}, "key": "{sample_key()}", "lines": {{\n' + ",\n".join(
-        f"{json.dumps(name)}: {json.dumps(numbers, separators=(',', ':'))}" for name, numbers in lines.items()) + "}}\n")
+    rows = ",\n".join(f"{json.dumps(name)}: {json.dumps(numbers, separators=(',', ':'))}" for name, numbers in lines.items())
+    atomic_write_text(path, f'{{"version": {SAMPLE_VERSION}, "key": "{sample_key()}", "lines": {{\n{rows}}}}}\n')
     return path
 
 
