@@ -77,7 +77,7 @@ def reference(tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("reference") / "run"
     assert main(["run", "--benchmark", "digits", "--method", "pm-lora", "--tasks", "3", "--out", str(out),
                  "--quiet", "--set", *SETS]) == 0
-    return json.loads((out / "results.json").read_text())
+    return {**json.loads((out / "results.json").read_text()), "steps.csv": (out / "steps.csv").read_text()}
 
 
 # (event, occurrence, where the resume must start). digits, 3 tasks: 499, 379, 379 training examples, batch 32,
@@ -107,6 +107,7 @@ def test_sigkill_then_resume_is_bit_identical(reference, tmp_path, event, count,
     assert position == "start" if start == "start" else (
         (position["task"], position["epoch"], position["batch"], position["done"]) == start)
     _same_outcome(resumed, reference)
+    assert (out / "steps.csv").read_text() == reference["steps.csv"]  # the per-step log as if never killed
 
 
 def test_two_kills_in_a_row_then_resume(reference, tmp_path):
@@ -120,6 +121,24 @@ def test_two_kills_in_a_row_then_resume(reference, tmp_path):
                           capture_output=True, text=True)
     assert done.returncode == -9, done.stderr[-2000:]
     _same_outcome(_resume(out), reference)
+    assert (out / "steps.csv").read_text() == reference["steps.csv"]
+
+
+def test_step_log_has_one_row_per_optimiser_step_with_the_draws(reference):
+    """steps.csv: every step once, in order, its loss as the run saw it, draws matching the per-task counts."""
+    import csv
+    import io
+
+    rows = list(csv.DictReader(io.StringIO(reference["steps.csv"])))
+    assert [int(r["step"]) for r in rows] == list(range(1, 81))  # 32 + 24 + 24 steps (see KILL_POINTS)
+    assert [int(r["task"]) for r in rows] == [1] * 32 + [2] * 24 + [3] * 24
+    assert {int(r["epoch"]) for r in rows} == {1, 2}
+    for task, log in enumerate(reference["task_logs"], start=1):
+        mine = [r for r in rows if int(r["task"]) == task]
+        counts = {str(s): sum(r["draw"] == str(s) for r in mine) for s in (-1, 0, 1)}
+        assert counts == log["perturbation_draws"]
+        last_epoch = [float(r["loss"]) for r in mine if r["epoch"] == "2"]
+        assert sum(last_epoch) / len(last_epoch) == pytest.approx(log["train_loss_last_epoch"], rel=1e-12)
 
 
 @pytest.mark.parametrize("method,event,count", [

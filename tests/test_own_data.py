@@ -15,7 +15,7 @@ from perturbmerge.cli import main
 from perturbmerge.data import custom, fetch as fetch_module, get_benchmark, images
 from perturbmerge.errors import UserError
 
-from helpers import request
+from helpers import csv_rows, request, save_tiny_hf_encoder, write_csv
 
 
 def write_idx(path, array: np.ndarray, gz: bool = False) -> None:
@@ -95,20 +95,6 @@ def test_digits_domains_rejects_too_many_tasks():
 
 
 # ---- csv:PATH ---------------------------------------------------------------------------------------------
-def write_csv(path, rows) -> None:
-    import csv
-
-    with path.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["id", "text", "label"])
-        for i, (text, label) in enumerate(rows):
-            writer.writerow([i, text, label])
-
-
-def csv_rows(classes: int = 4, per_class: int = 10):
-    return [(f"example {i} of class {c}, words {c * i}", f"class_{c}") for c in range(classes) for i in range(per_class)]
-
-
 def test_csv_loader_splits_and_orders(tmp_path):
     path = tmp_path / "data.csv"
     write_csv(path, csv_rows())
@@ -143,6 +129,48 @@ def test_csv_bad_data(tmp_path, content, tasks, data, message):
 def test_csv_missing_file(tmp_path):
     with pytest.raises(UserError, match="not found"):
         get_benchmark(f"csv:{tmp_path / 'none.csv'}").load(request(0, 2, backbone="minilm"))
+
+
+def test_jsonl_equals_csv_and_a_split_column_is_the_test_split(tmp_path):
+    rows = csv_rows(classes=4, per_class=6)
+    write_csv(tmp_path / "data.csv", rows)
+    (tmp_path / "data.jsonl").write_text("".join(json.dumps({"text": t, "label": l, "id": i}) + "\n\n"
+                                                 for i, (t, l) in enumerate(rows)), encoding="utf-8")
+    from_csv = get_benchmark(f"csv:{tmp_path / 'data.csv'}").load(request(0, 2, backbone="minilm"))
+    from_jsonl = get_benchmark(f"jsonl:{tmp_path / 'data.jsonl'}").load(request(0, 2, backbone="minilm"))
+    for a, b in zip(from_csv.tasks, from_jsonl.tasks):
+        assert a.class_names == b.class_names and a.train.ids == b.train.ids and a.test.ids == b.test.ids
+    # a split column: exactly the rows marked test are tested on, whatever data.test_fraction says
+    split_rows = [{"text": t, "label": l, "split": "test" if i % 3 == 0 else "train"} for i, (t, l) in enumerate(rows)]
+    (tmp_path / "split.jsonl").write_text("".join(json.dumps(r) + "\n" for r in split_rows), encoding="utf-8")
+    stream = get_benchmark(f"jsonl:{tmp_path / 'split.jsonl'}").load(request(0, 2, backbone="minilm",
+                                                                               test_fraction=0.5))
+    from perturbmerge.backbones import load_tokenizer
+
+    tokenizer = load_tokenizer("minilm")
+    wanted = {tuple(tokenizer(r["text"], truncation=True, max_length=128)["input_ids"]): r["split"] for r in split_rows}
+    assert sum(len(t.test) for t in stream.tasks) == sum(r["split"] == "test" for r in split_rows)
+    for task in stream.tasks:
+        assert all(wanted[tuple(ids)] == "test" for ids in task.test.ids)
+        assert all(wanted[tuple(ids)] == "train" for ids in task.train.ids)
+    assert stream.info["split"] == "given" and from_csv.info["split"] == "random"
+
+
+@pytest.mark.parametrize("kind, content, message", [
+    ("jsonl", '{"text": "a", "label": "x"}\nnot json\n', "line 2 is not JSON"),
+    ("jsonl", '{"text": "a"}\n', "needs an object with"),
+    ("jsonl", '[1, 2]\n', "needs an object with"),
+    ("jsonl", '{"text": "a", "label": "x", "split": "dev"}\n', "split is 'dev'"),
+    ("csv", "text,label,split\na,x,train\nb,x,test\nc,y,train\nd,y,train\n", "class 'y' has no test example"),
+    ("csv", "text,label,split\na,x,train\nb,x,\n", "line 3: split is ''"),
+])
+def test_text_table_bad_data(tmp_path, kind, content, message):
+    path = tmp_path / f"bad.{kind}"
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(UserError, match=message):
+        get_benchmark(f"{kind}:{path}").load(request(0, 1, backbone="minilm"))
+    with pytest.raises(UserError, match="not found"):
+        get_benchmark(f"{kind}:{tmp_path / 'none'}").load(request(0, 1, backbone="minilm"))
 
 
 # ---- folder:PATH ------------------------------------------------------------------------------------------
@@ -242,20 +270,6 @@ def test_image_sources_fetch_and_load(tmp_path):
 
 
 # ---- local Hugging Face encoders ----------------------------------------------------------------------------
-def save_tiny_hf_encoder(folder) -> None:
-    from transformers import BertConfig, BertModel, BertTokenizerFast
-
-    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(40)] + \
-        ["example", "of", "class", "words", ","] + [str(i) for i in range(100)]
-    folder.mkdir()
-    (folder / "vocab.txt").write_text("\n".join(words) + "\n")
-    BertTokenizerFast(vocab_file=str(folder / "vocab.txt")).save_pretrained(str(folder))
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(words), hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=32, max_position_embeddings=160)
-    BertModel(config, add_pooling_layer=False).save_pretrained(str(folder))
-
-
 def test_csv_with_local_hf_encoder_end_to_end(tmp_path):
     save_tiny_hf_encoder(tmp_path / "enc")
     path = tmp_path / "data.csv"

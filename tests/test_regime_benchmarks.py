@@ -174,6 +174,14 @@ def test_langid_fetch_and_load(tmp_path):
     small = get_benchmark("langid").load(LoadRequest(0, 5, str(tmp_path), "minilm", DataSettings(train_per_class=150),
                                                      False))
     assert all(len(t.train) == 600 and len(t.test) == 1200 for t in small.tasks)  # 4 languages x 150, test unchanged
+    smaller = get_benchmark("langid").load(LoadRequest(0, 5, str(tmp_path), "minilm",
+                                                       DataSettings(train_per_class=150, test_per_class=40), False))
+    assert all(len(t.train) == 600 and len(t.test) == 160 for t in smaller.tasks)  # 4 languages x 40
+    assert [t.test.ids for t in smaller.tasks] == [
+        [ids for c in range(4) for ids in t.test.ids[300 * c: 300 * c + 40]] for t in small.tasks]  # the first 40
+    with pytest.raises(UserError, match="more than the 300 test words"):
+        get_benchmark("langid").load(LoadRequest(0, 5, str(tmp_path), "minilm", DataSettings(test_per_class=301),
+                                                 False))
     with pytest.raises(UserError, match="more than the 1000 training words"):
         get_benchmark("langid").load(LoadRequest(0, 5, str(tmp_path), "minilm", DataSettings(train_per_class=1001),
                                                  False))
@@ -222,4 +230,33 @@ def test_langid_sample_cache_is_used_keyed_and_rewritten(tmp_path, monkeypatch):
     assert json.loads(cache.read_text(encoding="utf-8"))["train"] == first[1]
     monkeypatch.setattr(langid, "TRAIN_PER_CLASS", 20)
     assert langid.sample_cache_path(tmp_path) != cache  # another rule, another file
+    langid.sampled_words.cache_clear()
+
+
+def test_langid_shipped_line_numbers_give_the_sample_without_reading_every_word(tmp_path, monkeypatch):
+    rng = np.random.RandomState(2)
+    languages = {}
+    for name, alphabet in {"A": "abcde", "B": "fghij", "C": "abfgk"}.items():  # C shares forms with A and B
+        words = sorted({"".join(rng.choice(list(alphabet), 5)) for _ in range(300)})
+        (tmp_path / f"{name}.txt").write_text("\n".join(["x1", *words, "Zz"]) + "\n", encoding="utf-8")
+        languages[name] = f"{name}.txt"
+    monkeypatch.setattr(langid, "LANGUAGES", languages)
+    monkeypatch.setattr(langid, "TRAIN_PER_CLASS", 40)
+    monkeypatch.setattr(langid, "TEST_PER_CLASS", 15)
+    index = tmp_path / "index.json"
+    monkeypatch.setattr(langid, "SAMPLE_INDEX", index)
+    expected = langid._sample_words(str(tmp_path))
+    langid.write_sample_index(str(tmp_path), index)
+    shipped = json.loads(index.read_text(encoding="utf-8"))
+    assert shipped["key"] == langid.sample_key() and sorted(shipped["lines"]) == ["A", "B", "C"]
+    monkeypatch.setattr(langid, "_sample_words", lambda folder: pytest.fail("read every word"))
+    langid.sampled_words.cache_clear()
+    assert langid.sampled_words(str(tmp_path)) == expected  # from the line numbers, then cached on disk
+    assert json.loads(langid.sample_cache_path(tmp_path).read_text(encoding="utf-8"))["train"] == expected[1]
+    monkeypatch.setattr(langid, "TEST_PER_CLASS", 14)  # another rule: the shipped numbers do not apply
+    assert langid._indexed_sample(str(tmp_path)) is None
+    monkeypatch.setattr(langid, "TEST_PER_CLASS", 15)
+    (tmp_path / "B.txt").write_text("zzz\n" * 400, encoding="utf-8")  # a list that does not match them
+    with pytest.raises(UserError, match="does not match the B word list"):
+        langid._indexed_sample(str(tmp_path))
     langid.sampled_words.cache_clear()

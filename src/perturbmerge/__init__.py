@@ -8,7 +8,7 @@ from .errors import UserError  # noqa: E402
 from .merge import RunningMergeState, closed_form_alpha  # noqa: E402
 
 __all__ = ["RunConfig", "LoraSettings", "FisherSettings", "UserError", "RunningMergeState", "closed_form_alpha",
-           "PerturbAndMerge", "run_experiment", "resolve_config", "__version__"]
+           "PerturbAndMerge", "load_tasks", "load_backbone", "run_experiment", "resolve_config", "__version__"]
 
 
 def __getattr__(name: str):
@@ -17,8 +17,8 @@ def __getattr__(name: str):
         from . import runner
 
         return getattr(runner, name)
-    if name == "PerturbAndMerge":
-        from .api import PerturbAndMerge
+    if name in ("PerturbAndMerge", "load_tasks", "load_backbone"):
+        from . import api
 
-        return PerturbAndMerge
+        return getattr(api, name)
     raise AttributeError(name)

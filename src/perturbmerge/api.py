@@ -220,3 +220,27 @@ class PerturbAndMerge:
         if self.adaptation is None:
             raise UserError("no task is open; call begin_task() first")
         return self.adaptation
+
+
+# ---- the library's data and backbones, for your own loop (examples/) ---------------------------------------------
+def load_tasks(benchmark: str = "wordnet", num_tasks: int | None = None, seed: int = 0, backbone: str | None = None,
+               data_dir: str | None = None, **data: Any):
+    """A benchmark's task stream as `perturbmerge run` sees it: `.tasks` (each with `.train`, `.test` datasets of
+    (inputs, global label), `.label_offset`, `.num_classes`, `.class_names`), `.collate` for a DataLoader and
+    `.backbone`, the backbone name it was tokenised for. `benchmark` is a built-in name, `csv:PATH`,
+    `jsonl:PATH` or `folder:PATH`; `data` are the `data.*` config keys (e.g. `test_fraction=0.2`)."""
+    from .config import DataSettings
+    from .data import get_benchmark
+    from .data.base import LoadRequest
+
+    spec = get_benchmark(benchmark)
+    return spec.load(LoadRequest(seed, num_tasks or spec.default_tasks, data_dir, backbone or spec.backbone,
+                                 DataSettings(**data), False))
+
+
+def load_backbone(name: str, seed: int = 0):
+    """A backbone by name (`minilm`, `vit-b16`, `hf:DIR`, ...): `.module` maps a batch to [N, d] features,
+    `.feature_dim` is d, `.lora_targets` the default LoRA targets (the attention keys and values)."""
+    from .backbones import build_backbone
+
+    return build_backbone(name, seed)

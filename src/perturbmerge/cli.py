@@ -163,6 +163,57 @@ def cmd_landscape(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_run
+
+    folder = export_run(args.run, args.out)
+    print(f"model: {folder} (load the backbone with transformers.AutoModel.from_pretrained('{folder}/backbone'); "
+          f"try `perturbmerge predict --model {folder} --text ...`)")
+    return 0
+
+
+def _texts_of(args: argparse.Namespace) -> list[str]:
+    import csv
+
+    texts = list(args.text)
+    if args.csv:
+        try:
+            with open(args.csv, newline="", encoding="utf-8-sig") as handle:
+                rows = list(csv.DictReader(handle))
+        except OSError as error:
+            raise UserError(f"cannot read --csv {args.csv}: {error.strerror}") from None
+        except UnicodeDecodeError:
+            raise UserError(f"--csv {args.csv} is not UTF-8 text; save it as UTF-8") from None
+        if rows and args.column not in rows[0]:
+            raise UserError(f"--csv {args.csv} has no column '{args.column}' (columns: {', '.join(rows[0])}); "
+                            f"name it with --column")
+        texts += [row[args.column] or "" for row in rows]
+    if not texts:
+        raise UserError("nothing to predict; give --text \"...\" (repeatable) or --csv FILE")
+    return texts
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import json
+
+    from .export import ExportedClassifier
+
+    if args.top_k < 1 or args.batch_size < 1:
+        raise UserError(f"--top-k and --batch-size must be at least 1, got {args.top_k} and {args.batch_size}")
+    model = ExportedClassifier(args.model)
+    texts = _texts_of(args)
+    predictions = []
+    for start in range(0, len(texts), args.batch_size):
+        predictions += model.predict(texts[start:start + args.batch_size], args.top_k)
+    if args.json:
+        print(json.dumps([{"text": text, "top": [{"class": c, "probability": p} for c, p in top]}
+                          for text, top in zip(texts, predictions)], ensure_ascii=False, indent=1))
+    else:
+        for text, top in zip(texts, predictions):
+            print(f"{text}\t" + ", ".join(f"{c} {p:.3f}" for c, p in top))
+    return 0
+
+
 def cmd_methods(args: argparse.Namespace) -> int:
     from .methods import METHODS
 
@@ -176,7 +227,9 @@ def cmd_benchmarks(args: argparse.Namespace) -> int:
 
     for spec in BENCHMARKS.values():
         print(f"{spec.name:<14} {spec.scenario:<19} {spec.description}")
-    print(f"{'csv:PATH':<14} {'class-incremental':<19} your CSV with columns text,label; MiniLM or --set backbone=hf:DIR")
+    print(f"{'csv:PATH':<14} {'class-incremental':<19} your CSV with columns text,label[,split]; MiniLM or --set "
+          f"backbone=hf:DIR")
+    print(f"{'jsonl:PATH':<14} {'class-incremental':<19} your JSON lines with text, label[, split]; as csv:PATH")
     print(f"{'folder:PATH':<14} {'class-incremental':<19} your images, one sub-folder per class; EfficientNet-Lite0")
     return 0
 
@@ -285,6 +338,27 @@ def build_parser() -> argparse.ArgumentParser:
                     "their plots from the recorded results; no training. For a sweep, re-run the sweep command.")
     report.add_argument("dir", metavar="DIR", help="a run folder or a comparison folder")
     report.set_defaults(func=cmd_report)
+    export = sub.add_parser(
+        "export", help="copy a run's final model (run with --set save_model=true) to a folder of its own",
+        description="Writes MODEL_DIR: the merged backbone (a plain Hugging Face model in backbone/ for HF "
+                    "encoders), classifier.safetensors over every seen class and perturbmerge_model.json with the "
+                    "class names. The run must have been made with --set save_model=true.")
+    export.add_argument("--run", required=True, metavar="DIR", help="a finished run folder (made with save_model=true)")
+    export.add_argument("--out", required=True, metavar="MODEL_DIR",
+                        help="the new model folder (must not exist or be empty)")
+    export.set_defaults(func=cmd_export)
+    predict = sub.add_parser(
+        "predict", help="top-k classes of texts with an exported model",
+        description="Scores texts with a model written by `perturbmerge export` (or a run's model/ folder) exactly "
+                    "as the run evaluated: one line per text, tab, the top-k classes with probabilities.")
+    predict.add_argument("--model", required=True, metavar="MODEL_DIR", help="an exported model folder")
+    predict.add_argument("--text", action="append", default=[], help="a text to classify (repeat for several)")
+    predict.add_argument("--csv", metavar="FILE", help="a CSV file with a header; its --column is classified")
+    predict.add_argument("--column", default="text", help="the CSV column holding the texts (default text)")
+    predict.add_argument("--top-k", type=int, default=3, help="classes shown per text (default 3)")
+    predict.add_argument("--batch-size", type=int, default=64, help="texts per forward pass (default 64)")
+    predict.add_argument("--json", action="store_true", help="print JSON instead of lines")
+    predict.set_defaults(func=cmd_predict)
     sub.add_parser("methods", help="list methods").set_defaults(func=cmd_methods)
     sub.add_parser("benchmarks", help="list benchmarks").set_defaults(func=cmd_benchmarks)
     sub.add_parser("keys", help="list config keys and their defaults").set_defaults(func=cmd_keys)

@@ -52,6 +52,8 @@ class DataSettings:
     augment: bool = False
     # langid: training words per language, the first N of its fixed sample (None: all 1,000); for quick runs
     train_per_class: int | None = None
+    # langid: test words per language, the first N of its fixed sample (None: all 300); for quick runs (the demo)
+    test_per_class: int | None = None
 
 
 @dataclass
@@ -125,6 +127,9 @@ class RunConfig:
     # true: after each task, write θ̂_{t-1}, θ*_t (merge space), α and the head to <run>/task_models/ for
     # `perturbmerge landscape` (does not change results)
     save_task_models: bool = False
+    # true: at the end, write the final model (merged backbone, classifier, class names) to <run>/model/ for
+    # `perturbmerge export` / `predict` (does not change results)
+    save_model: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -132,7 +137,8 @@ class RunConfig:
 
 PRECISIONS = ("fp32", "bf16")
 HEAD_KINDS = ("linear", "prototype", "lda")
-RESULT_NEUTRAL_KEYS = frozenset({"checkpoint", "save_task_models"})  # settings that cannot change a run's results
+# settings that cannot change a run's results
+RESULT_NEUTRAL_KEYS = frozenset({"checkpoint", "save_task_models", "save_model"})
 
 
 def config_differences(old: Mapping[str, Any], new: Mapping[str, Any], defaults: Mapping[str, Any] | None = None,
@@ -374,6 +380,8 @@ def validate(c: RunConfig) -> None:
     finite = math.isfinite
     _require(c.data.train_per_class is None or c.data.train_per_class >= 2,
              f"data.train_per_class must be >= 2, got {c.data.train_per_class}; e.g. --set data.train_per_class=200")
+    _require(c.data.test_per_class is None or c.data.test_per_class >= 1,
+             f"data.test_per_class must be >= 1, got {c.data.test_per_class}; e.g. --set data.test_per_class=100")
     _require(0 <= c.seed < 2**32, f"seed must be in [0, 2**32 - 1] (NumPy's seed range), got {c.seed}")
     _require(c.tasks is None or c.tasks >= 1, f"tasks must be >= 1, got {c.tasks}")
     _require(c.epochs >= 1, f"epochs must be >= 1, got {c.epochs}; e.g. --set epochs=5")

@@ -321,7 +321,7 @@ class ContinualLearner:
                 self.step += 1
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
-                self._emit("train_step", task=task.index, step=self.step)
+                self._emit("train_step", task=task.index, epoch=epoch, step=self.step, loss=loss)
                 if self.checkpoint_every and self.step % self.checkpoint_every == 0:
                     self.save_checkpoint({"task": task.index, "epoch": epoch, "batch": batch_index + 1,
                                           "done": False}, losses)

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 COMMON_KEYS = frozenset(
     {"benchmark", "method", "seed", "tasks", "epochs", "batch_size", "eval_batch_size", "lr", "head_lr",
      "weight_decay", "device", "data_dir", "backbone", "checkpoint.enabled", "checkpoint.every_steps", "checkpoint.keep_final",
-     "precision", "grad_accumulation"}
+     "precision", "grad_accumulation", "save_model"}
 )
 LORA_KEYS = frozenset({"lora.rank", "lora.alpha", "lora.dropout", "lora.targets"})
 PERTURB_KEYS = frozenset({"epsilon", "p0"})
@@ -184,6 +184,7 @@ class TaskVectorMethod(Method):
     def train_step(self, learner: "ContinualLearner", batch: tuple[Any, torch.Tensor]) -> float:
         sign = self.schedule.draw() if self.perturbation != "none" else 0  # one draw per optimiser step
         self.draws[sign] += 1
+        self.last_draw = sign  # for the per-step log
         return self._optimise(learner, batch, lambda chunk: self.objective(learner, chunk, sign))
 
     def objective(self, learner: "ContinualLearner", batch: tuple[Any, torch.Tensor],

@@ -193,6 +193,36 @@ def build_stream_and_backbone(config: RunConfig, device: torch.device, progress:
 TASK_MODELS = "task_models"  # save_task_models: task<t>.safetensors (+ .json) per task, for `perturbmerge landscape`
 
 
+STEP_LOG = "steps.csv"  # one row per optimiser step: task, epoch, step, loss, perturbation draw
+
+
+def step_logger(out_path: Path, resumed_at_step: int):
+    """A learner callback appending one CSV row per optimiser step to `<run>/steps.csv` (task and epoch 1-based,
+    the global step, the training loss, the perturbation draw s ∈ {−1, 0, 1}, empty for methods without one).
+    On resume the rows after the checkpoint's step are dropped first, so the file matches an uninterrupted run."""
+    import csv
+
+    path = out_path / STEP_LOG
+    header = ["task", "epoch", "step", "loss", "draw"]
+    kept = []
+    if resumed_at_step and path.is_file():
+        with path.open(newline="", encoding="utf-8") as handle:
+            kept = [row for row in csv.reader(handle)][1:]
+        kept = [row for row in kept if len(row) == len(header) and row[2].isdigit() and int(row[2]) <= resumed_at_step]
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        csv.writer(handle).writerows([header, *kept])
+
+    def write(event: str, learner: ContinualLearner, info: dict[str, Any]) -> None:
+        if event != "train_step":
+            return
+        draw = getattr(learner.method, "last_draw", None)
+        with path.open("a", newline="", encoding="utf-8") as handle:
+            csv.writer(handle).writerow([info["task"] + 1, info["epoch"] + 1, info["step"], repr(float(info["loss"])),
+                                         "" if draw is None else draw])
+
+    return write
+
+
 def task_model_writer(out_path: Path):
     """A learner callback that writes, at each task's end, θ̂_{t-1} and θ*_t (merge space, prefixed `previous.`
     and `optimum.`), the head as one dense matrix (`head.weight`, `head.bias`) and α — atomically."""
@@ -214,6 +244,22 @@ def task_model_writer(out_path: Path):
         atomic_write_json(folder / f"task{info['task'] + 1}.json", {"task": info["task"] + 1, "alpha": models["alpha"]})
 
     return write
+
+
+def _save_final_model(learner: ContinualLearner, config: RunConfig, stream: TaskStream, out_path: Path) -> Path:
+    """The final model as deployed, with every seen class's name, to `<run>/model/` (export.write_model)."""
+    from .export import SAVED_MODEL, write_model
+
+    folder = out_path / SAVED_MODEL
+    if folder.exists():  # left by an attempt that stopped before results.json: written again from the same state
+        shutil.rmtree(folder)
+    backbone_name = config.backbone or get_benchmark(config.benchmark).backbone
+    provenance = {"benchmark": config.benchmark, "method": config.method, "seed": config.seed,
+                  "final_acc_all_seen": learner.result.acc_all_seen[-1], "versions": run_versions()}
+    learner.model.eval()
+    with learner.deployed_weights():
+        return write_model(learner, folder, backbone_name, get_backbone_spec(backbone_name).modality,
+                           stream.class_names, provenance, stream.info.get("max_tokens"))
 
 
 def run_warnings(results: Mapping[str, Any], config: RunConfig, trains: bool) -> list[str]:
@@ -302,6 +348,8 @@ def _run_locked(config: RunConfig, method, stream: TaskStream, backbone, device:
         elapsed_before = state["elapsed_s"] if state is not None else 0.0
         model = ContinualClassifier(backbone.module, backbone.feature_dim)
         keep = writes and config.checkpoint.enabled
+        if writes:
+            callbacks = [*(callbacks or []), step_logger(out_path, state["step"] if state is not None else 0)]
         if writes and config.save_task_models:
             callbacks = [*(callbacks or []), task_model_writer(out_path)]
         learner = ContinualLearner(
@@ -314,6 +362,9 @@ def _run_locked(config: RunConfig, method, stream: TaskStream, backbone, device:
         learner.checkpoint_meta_fn = lambda: {"config": config.to_dict(), "versions": run_versions(),
                                               "elapsed_s": elapsed_before + time.perf_counter() - start}
         outcome = learner.run(resume=state)
+        model_dir = None
+        if writes and config.save_model:
+            model_dir = _save_final_model(learner, config, stream, out_path)
         results = {
             "benchmark": config.benchmark,
             "method": config.method,
@@ -336,6 +387,8 @@ def _run_locked(config: RunConfig, method, stream: TaskStream, backbone, device:
             "config": config.to_dict(),
             "versions": run_versions(),
         }
+        if model_dir is not None:
+            results["model_dir"] = str(model_dir)
         results["warnings"] = run_warnings(results, config, method.trains)
         if writes:
             atomic_write_json(out_path / "results.json", results)

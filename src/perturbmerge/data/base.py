@@ -94,7 +94,7 @@ def get_benchmark(name: str) -> BenchmarkSpec:
     if name not in BENCHMARKS:
         raise UserError(
             f"unknown benchmark '{name}'{did_you_mean(name, BENCHMARKS)}; `perturbmerge benchmarks` lists them "
-            f"(own data: csv:PATH or folder:PATH)"
+            f"(own data: csv:PATH, jsonl:PATH or folder:PATH)"
         )
     return BENCHMARKS[name]
 

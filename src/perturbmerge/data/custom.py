@@ -2,16 +2,20 @@
 
 csv:PATH     a CSV file with a header holding the columns `text` and `label` (other columns ignored);
              text backbone (default MiniLM; `--set backbone=hf:DIR` for a local Hugging Face encoder).
+jsonl:PATH   the same as JSON lines: one object per line with "text" and "label" (e.g. a Hugging Face dataset
+             written with `Dataset.to_json`).
+             Either may have a `split` column/field (train or test): your own test split instead of the random one.
 folder:PATH  one sub-folder per class holding images (png, jpg, jpeg, bmp, gif, webp, tif, tiff), decoded as RGB
              and resized to 64×64; image backbone (default EfficientNet-Lite0).
 
-Each class is split into train and test once, with split seed 0 (independent of the run seed):
-`data.test_fraction` of its examples (at least one) are held out for testing. Classes are cut into `--tasks`
+Without a `split` column, each class is split into train and test once, with split seed 0 (independent of the run
+seed): `data.test_fraction` of its examples (at least one) are held out for testing. Classes are cut into `--tasks`
 near-equal groups, in the run seed's order or in the order given by `data.class_order`.
 """
 from __future__ import annotations
 
 import csv
+import functools
 from pathlib import Path
 from typing import Sequence
 
@@ -70,7 +74,31 @@ def build_tasks(groups: list[np.ndarray], class_names: list[str], labels: np.nda
 
 
 # ---- csv:PATH -------------------------------------------------------------------------------------------
-def read_text_csv(path: Path) -> tuple[list[str], list[str]]:
+TextTable = tuple[list[str], list[str], list[str] | None]  # texts, labels, splits ("train" / "test") or None
+
+
+def _check_rows(rows: list[tuple[int, dict]], path: Path, kind: str) -> TextTable:
+    """(line, record) pairs → texts, labels and, when any record has a split, the splits (each checked)."""
+    texts, labels, splits = [], [], []
+    has_split = any("split" in record for _, record in rows)
+    for line, record in rows:
+        text, label = str(record.get("text") or "").strip(), str(record.get("label") or "").strip()
+        if not text or not label:
+            raise UserError(f"{kind} '{path}' line {line}: empty text or label; fill it in or remove the line")
+        texts.append(text)
+        labels.append(label)
+        if has_split:
+            split = str(record.get("split") or "").strip().lower()
+            if split not in ("train", "test"):
+                raise UserError(f"{kind} '{path}' line {line}: split is '{record.get('split')}'; use train or test "
+                                f"(or drop the split column to hold out data.test_fraction at random)")
+            splits.append(split)
+    if not texts:
+        raise UserError(f"{kind} '{path}' has no rows; add examples")
+    return texts, labels, splits if has_split else None
+
+
+def read_text_csv(path: Path) -> TextTable:
     if not path.is_file():
         raise UserError(f"CSV file '{path}' not found; give --benchmark csv:PATH with an existing file")
     try:
@@ -80,37 +108,70 @@ def read_text_csv(path: Path) -> tuple[list[str], list[str]]:
             if "text" not in columns or "label" not in columns:
                 raise UserError(f"CSV '{path}' needs a header with columns text,label; found: "
                                 f"{', '.join(columns) if columns else 'no header'}")
-            texts, labels = [], []
-            for line, row in enumerate(reader, start=2):
-                text, label = (row.get("text") or "").strip(), (row.get("label") or "").strip()
-                if not text or not label:
-                    raise UserError(f"CSV '{path}' line {line}: empty text or label; fill it in or remove the line")
-                texts.append(text)
-                labels.append(label)
+            rows = [(line, {k: v for k, v in row.items() if k in ("text", "label", "split")})
+                    for line, row in enumerate(reader, start=2)]
     except UnicodeDecodeError:
         raise UserError(f"CSV '{path}' is not UTF-8 text; save it as UTF-8") from None
     except csv.Error as exc:
         raise UserError(f"CSV '{path}' is malformed ({exc}); fix the quoting") from None
-    if not texts:
-        raise UserError(f"CSV '{path}' has a header but no rows; add examples")
-    return texts, labels
+    return _check_rows(rows, path, "CSV")
 
 
-def load_csv(path: Path, request: LoadRequest) -> TaskStream:
+def read_text_jsonl(path: Path) -> TextTable:
+    import json
+
+    if not path.is_file():
+        raise UserError(f"JSON-lines file '{path}' not found; give --benchmark jsonl:PATH with an existing file")
+    rows = []
+    try:
+        with path.open(encoding="utf-8-sig") as handle:
+            for line, raw in enumerate(handle, start=1):
+                if not raw.strip():
+                    continue
+                try:
+                    record = json.loads(raw)
+                except ValueError as exc:
+                    raise UserError(f"JSONL '{path}' line {line} is not JSON ({exc.args[0][:60]}); one object per "
+                                    f"line") from None
+                if not isinstance(record, dict) or "text" not in record or "label" not in record:
+                    raise UserError(f"JSONL '{path}' line {line}: needs an object with \"text\" and \"label\"")
+                rows.append((line, record))
+    except UnicodeDecodeError:
+        raise UserError(f"JSONL '{path}' is not UTF-8 text; save it as UTF-8") from None
+    return _check_rows(rows, path, "JSONL")
+
+
+def given_split(labels: np.ndarray, class_names: Sequence[str], splits: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Train and test indices from the data's own split column; every class needs examples in both."""
+    split = np.array(splits)
+    for c, name in enumerate(class_names):
+        members = split[labels == c]
+        if not (members == "train").any() or not (members == "test").any():
+            missing = "train" if not (members == "train").any() else "test"
+            raise UserError(f"class '{name}' has no {missing} example in the split column; every class needs at "
+                            f"least one train and one test example")
+    return np.flatnonzero(split == "train"), np.flatnonzero(split == "test")
+
+
+def load_text_table(path: Path, kind: str, request: LoadRequest) -> TaskStream:
     from ..backbones import load_tokenizer
 
-    texts, label_names = read_text_csv(path)
+    texts, label_names, splits = (read_text_csv if kind == "csv" else read_text_jsonl)(path)
     class_names = sorted(set(label_names))
     labels = np.array([class_names.index(n) for n in label_names])
-    train_idx, test_idx = split_per_class(labels, class_names, request.data.test_fraction)
+    if splits is None:
+        train_idx, test_idx = split_per_class(labels, class_names, request.data.test_fraction)
+    else:
+        train_idx, test_idx = given_split(labels, class_names, splits)
     groups = ordered_groups(class_names, request)
     tokenizer = load_tokenizer(request.backbone)
     ids = tokenizer(texts, truncation=True, max_length=MAX_TOKENS)["input_ids"]
     tasks = build_tasks(groups, class_names, labels, train_idx, test_idx,
                         lambda picks, positions: TokenizedDataset([ids[i] for i in picks], positions.tolist()))
-    return TaskStream(f"csv:{path}", "class-incremental", request.backbone, tasks,
+    return TaskStream(f"{kind}:{path}", "class-incremental", request.backbone, tasks,
                       collate=make_pad_collate(tokenizer.pad_token_id),
-                      info={"examples": len(texts), "classes": len(class_names)})
+                      info={"examples": len(texts), "classes": len(class_names), "max_tokens": MAX_TOKENS,
+                            "split": "given" if splits is not None else "random"})
 
 
 # ---- folder:PATH ----------------------------------------------------------------------------------------
@@ -177,19 +238,21 @@ def _custom_spec(kind: str, path_text: str) -> BenchmarkSpec:
     if not path_text:
         raise UserError(f"--benchmark {kind}: needs a path, e.g. --benchmark {kind}:data/my_{kind}")
     path = Path(path_text).expanduser()
-    text = kind == "csv"
+    text = kind in ("csv", "jsonl")
+    description = {"csv": "your CSV (text,label[,split])", "jsonl": "your JSON lines (text, label[, split])",
+                   "folder": "your image folder (one sub-folder per class)"}[kind]
     return BenchmarkSpec(
         name=f"{kind}:{path_text}",
-        description="your CSV (text,label)" if text else "your image folder (one sub-folder per class)",
+        description=description,
         scenario="class-incremental",
         backbone="minilm" if text else "efficientnet-lite0",
         modality="text" if text else "image",
         default_tasks=5,
-        load=(lambda request: load_csv(path, request)) if text else (lambda request: load_folder(path, request)),
+        load=functools.partial(load_text_table, path, kind) if text else functools.partial(load_folder, path),
         defaults={"epochs": 2, "batch_size": 32, "lr": 1e-3, "head_lr": 1e-2},
         data_keys=DATA_KEYS,
     )
 
 
-CUSTOM_PREFIXES["csv"] = lambda rest: _custom_spec("csv", rest)
-CUSTOM_PREFIXES["folder"] = lambda rest: _custom_spec("folder", rest)
+for _kind in ("csv", "jsonl", "folder"):
+    CUSTOM_PREFIXES[_kind] = functools.partial(_custom_spec, _kind)

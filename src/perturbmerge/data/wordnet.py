@@ -73,7 +73,8 @@ def load(request: LoadRequest) -> TaskStream:
     names, train_ids, test_ids, pad_id = _tokenized(str(path), request.backbone)
     tasks = class_incremental_text_tasks(names, train_ids, test_ids, request.num_tasks, request.seed)
     return TaskStream("wordnet", "class-incremental", request.backbone, tasks, collate=make_pad_collate(pad_id),
-                      info={"train_per_class": TRAIN_PER_CLASS, "test_per_class": TEST_PER_CLASS})
+                      info={"train_per_class": TRAIN_PER_CLASS, "test_per_class": TEST_PER_CLASS,
+                            "max_tokens": MAX_TOKENS})
 
 
 SPEC = register_benchmark(

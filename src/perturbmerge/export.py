@@ -1,0 +1,207 @@
+"""A run's final model as a folder that outlives perturbmerge: the merged backbone, the classifier over every seen
+class and the class names (`--set save_model=true`, `perturbmerge export`, `perturbmerge predict`).
+
+Layout of MODEL_DIR (safetensors + JSON only; nothing is pickled):
+
+    perturbmerge_model.json   classes (head order), modality, features rule, max_tokens, ensemble weight, provenance
+    classifier.safetensors    weight [C, d], bias [C]: logits = f(x) Wᵀ + b on the merged backbone's features f
+                              (+ pretrained.weight / pretrained.bias: the LDA rows on θ₀ when the run ensembles them)
+    backbone/                 a Hugging Face encoder: `save_pretrained` of the merged model + its tokenizer, so plain
+                              `transformers.AutoModel.from_pretrained("MODEL_DIR/backbone")` loads it
+    backbone.safetensors      any other backbone: its state dict (rebuilt by perturbmerge from the backbone's name)
+    pretrained/ (or pretrained.safetensors)  the backbone at θ₀, only for the ensemble (head.frozen_weight > 0)
+
+The scores are those the run evaluated with: logits, or with the ensemble (weight w)
+    score_c(x) = log softmax_c(f_θ̂(x) Wᵀ + b) + w · log softmax_c(f_θ₀(x) W₀ᵀ + b₀).
+Text features are the mean of the encoder's last hidden state over the attention mask (`backbones.HFEncoderBackbone`).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import torch
+from torch import nn
+
+from .errors import UserError
+from .io import atomic_write_json
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .learner import ContinualLearner
+
+MODEL_CARD = "perturbmerge_model.json"
+FORMAT_VERSION = 1
+SAVED_MODEL = "model"  # the folder a run with save_model=true writes its final model to
+
+
+def _hf_encoder(backbone: nn.Module):
+    from .backbones import HFEncoderBackbone
+
+    return backbone.model if isinstance(backbone, HFEncoderBackbone) else None
+
+
+def _write_backbone(backbone: nn.Module, folder: Path, name: str, tokenizer_from: str | None) -> str:
+    """`folder/name/` as a plain Hugging Face model (+ tokenizer) when the backbone is one, else
+    `folder/name.safetensors`; returns the kind written ("hf" or "state_dict")."""
+    from safetensors.torch import save_file
+
+    encoder = _hf_encoder(backbone)
+    if encoder is not None:
+        encoder.save_pretrained(str(folder / name), safe_serialization=True)
+        if tokenizer_from is not None:
+            from .backbones import load_tokenizer
+
+            load_tokenizer(tokenizer_from).save_pretrained(str(folder / name))
+        return "hf"
+    save_file({k: v.detach().cpu().contiguous() for k, v in backbone.state_dict().items()},
+              str(folder / f"{name}.safetensors"))
+    return "state_dict"
+
+
+def write_model(learner: "ContinualLearner", folder: str | Path, backbone_name: str, modality: str,
+                class_names: Sequence[str], provenance: dict[str, Any], max_tokens: int | None = None) -> Path:
+    """Write the learner's model as the method deploys it (call inside `learner.deployed_weights()`) to `folder`,
+    atomically: a temporary sibling folder renamed into place."""
+    from safetensors.torch import save_file
+
+    model = learner.model
+    head = model.head
+    if head.num_classes != len(class_names):
+        raise RuntimeError(f"the head has {head.num_classes} classes but {len(class_names)} class names were given")
+    folder = Path(folder)
+    if folder.exists():
+        raise UserError(f"{folder} exists; choose a new folder for the model")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        tokenizer = backbone_name if modality == "text" else None
+        kind = _write_backbone(model.backbone, work, "backbone", tokenizer)
+        weight = torch.cat([b.weight.detach() for b in head.blocks]).float().cpu().contiguous()
+        bias = torch.cat([b.bias.detach() for b in head.blocks]).float().cpu().contiguous()
+        tensors = {"weight": weight, "bias": bias}
+        ensemble_weight = 0.0
+        if model.ensemble is not None:
+            ensemble = model.ensemble
+            pretrained = copy.deepcopy(model.backbone)
+            params = dict(pretrained.named_parameters())
+            with torch.no_grad():
+                for key, value in ensemble.pretrained.items():
+                    params[key].copy_(value)
+            _write_backbone(pretrained, work, "pretrained", tokenizer)
+            tensors["pretrained.weight"] = ensemble.rows.float().cpu().contiguous()
+            tensors["pretrained.bias"] = ensemble.biases.float().cpu().contiguous()
+            ensemble_weight = float(ensemble.weight)
+        save_file(tensors, str(work / "classifier.safetensors"))
+        atomic_write_json(work / MODEL_CARD, {
+            "format": FORMAT_VERSION, "classes": list(class_names), "modality": modality, "backbone": backbone_name,
+            "backbone_files": kind, "features": "mean of the last hidden state over the attention mask"
+            if kind == "hf" else f"perturbmerge backbone '{backbone_name}'", "max_tokens": max_tokens,
+            "ensemble_weight": ensemble_weight, **provenance})
+        work.rename(folder)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return folder
+
+
+def export_run(run_dir: str | Path, out: str | Path) -> Path:
+    """Copy a finished run's saved model (`<run>/model`, written with save_model=true) to `out`, atomically."""
+    source = Path(run_dir) / SAVED_MODEL
+    if not (source / MODEL_CARD).is_file():
+        if not (Path(run_dir) / "results.json").is_file():
+            raise UserError(f"'{run_dir}' is not a finished run folder (no results.json); give the --out of a "
+                            f"finished `perturbmerge run`")
+        raise UserError(f"run '{run_dir}' kept no model; run it again with --set save_model=true")
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserError(f"{out} exists and is not empty; choose a new --out")
+    if out.exists():
+        out.rmdir()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        shutil.copytree(source, work, dirs_exist_ok=True)
+        work.rename(out)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return out
+
+
+class ExportedClassifier(nn.Module):
+    """An exported model loaded back: `scores(inputs)` gives what the run evaluated with (see the module doc)."""
+
+    def __init__(self, folder: str | Path) -> None:
+        super().__init__()
+        from safetensors.torch import load_file
+
+        self.folder = Path(folder)
+        card_path = self.folder / MODEL_CARD
+        if not card_path.is_file():
+            raise UserError(f"'{folder}' has no {MODEL_CARD}; give a folder written by `perturbmerge export` or a "
+                            f"run's model/ folder")
+        try:
+            self.card = json.loads(card_path.read_text(encoding="utf-8"))
+        except ValueError as error:
+            raise UserError(f"{card_path} is not valid JSON ({error}); export the model again") from None
+        if self.card.get("format") != FORMAT_VERSION:
+            raise UserError(f"{card_path} has format {self.card.get('format')!r}; this perturbmerge reads format "
+                            f"{FORMAT_VERSION}: export the model again with this version")
+        tensors = load_file(str(self.folder / "classifier.safetensors"))
+        self.weight, self.bias = tensors["weight"], tensors["bias"]
+        self.ensemble_weight = float(self.card.get("ensemble_weight", 0.0))
+        self.backbone = self._load_backbone("backbone")
+        self.pretrained = None
+        if self.ensemble_weight > 0:
+            self.pretrained = self._load_backbone("pretrained")
+            self.pretrained_weight, self.pretrained_bias = tensors["pretrained.weight"], tensors["pretrained.bias"]
+        self.eval()
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.card["classes"])
+
+    def _load_backbone(self, name: str) -> nn.Module:
+        from .backbones import HFEncoderBackbone, _offline_transformers, build_backbone
+
+        if self.card["backbone_files"] == "hf":
+            model = _offline_transformers().AutoModel.from_pretrained(str(self.folder / name))
+            return HFEncoderBackbone(model)
+        from safetensors.torch import load_file
+
+        module = build_backbone(self.card["backbone"], 0).module
+        module.load_state_dict(load_file(str(self.folder / f"{name}.safetensors")))
+        return module
+
+    def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        """The texts as the run's benchmark tokenised them (truncated to its max_tokens), padded."""
+        if self.card["modality"] != "text":
+            raise UserError(f"this model takes {self.card['modality']} inputs, not text")
+        from .backbones import _offline_transformers
+
+        tokenizer = _offline_transformers().AutoTokenizer.from_pretrained(str(self.folder / "backbone"))
+        limit = self.card.get("max_tokens")
+        return dict(tokenizer(list(texts), truncation=limit is not None, max_length=limit, padding=True,
+                              return_tensors="pt"))
+
+    @torch.no_grad()
+    def scores(self, inputs: Any) -> torch.Tensor:
+        logits = self.backbone(inputs) @ self.weight.T + self.bias
+        if self.pretrained is None:
+            return logits
+        reference = self.pretrained(inputs) @ self.pretrained_weight.T + self.pretrained_bias
+        return logits.log_softmax(-1) + self.ensemble_weight * reference.log_softmax(-1)
+
+    forward = scores
+
+    def predict(self, texts: Sequence[str], top_k: int = 3) -> list[list[tuple[str, float]]]:
+        """Top-k (class, probability) per text; probabilities are the softmax of the scores."""
+        probabilities = self.scores(self.tokenize(texts)).softmax(-1)
+        k = max(1, min(top_k, probabilities.shape[-1]))
+        values, indices = probabilities.topk(k, dim=-1)
+        return [[(self.classes[i], float(v)) for v, i in zip(row_v, row_i)]
+                for row_v, row_i in zip(values.tolist(), indices.tolist())]

@@ -1,0 +1,28 @@
+"""Write tests/golden/digits.json: every registered method on `digits` (3 tasks, 1 epoch, seed 0, one torch thread)
+— accuracy matrix, α, Fisher mass, task-vector norms and training losses — the reference that refactors must
+reproduce bit for bit (tests/test_golden.py). Run from the repository root at the commit whose results are the
+reference: `.venv/bin/python tests/golden/make_golden.py`."""
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from test_golden import GOLDEN, golden_record, machine, run_digits  # noqa: E402
+
+from perturbmerge.methods import METHODS  # noqa: E402
+from perturbmerge.runner import run_versions  # noqa: E402
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    records = {}
+    with tempfile.TemporaryDirectory() as scratch:
+        for name in sorted(METHODS):
+            records[name] = golden_record(run_digits(name, Path(scratch) / name))
+            print(name, records[name]["accuracy_matrix"][-1], flush=True)
+    GOLDEN.write_text(json.dumps({"machine": machine(), "versions": run_versions(), "methods": records}, indent=1)
+                      + "\n")

@@ -1,0 +1,145 @@
+"""The final model of a run, exported: loads with plain transformers (no perturbmerge) in a fresh interpreter and
+gives the run's own scores; `perturbmerge predict` ranks classes with it; save_model does not change results."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from perturbmerge.cli import main
+from perturbmerge.export import ExportedClassifier
+from perturbmerge.runner import resolve_config, run_experiment
+
+from helpers import csv_rows, save_tiny_hf_encoder, write_csv
+
+TEXTS = ["example 3 of class 1, words 3", "example 7 of class 2, words 14", "w1 w2 w3 of", "class 0"]
+
+# Plain transformers + safetensors, as a user without perturbmerge would write it: mean pooling over the mask, the
+# classifier rows, and for the ensemble the same on the pretrained backbone, combined in log space.
+PLAIN = r"""
+import json, sys
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModel, AutoTokenizer
+folder, texts = sys.argv[1], json.loads(sys.argv[2])
+card = json.load(open(f"{folder}/perturbmerge_model.json"))
+head = load_file(f"{folder}/classifier.safetensors")
+tokenizer = AutoTokenizer.from_pretrained(f"{folder}/backbone")
+batch = tokenizer(texts, truncation=True, max_length=card["max_tokens"], padding=True, return_tensors="pt")
+def features(name):
+    model = AutoModel.from_pretrained(f"{folder}/{name}").eval()
+    with torch.no_grad():
+        hidden = model(**batch).last_hidden_state
+    mask = batch["attention_mask"].unsqueeze(-1).float()
+    return (hidden * mask).sum(1) / mask.sum(1)
+scores = features("backbone") @ head["weight"].T + head["bias"]
+if card["ensemble_weight"] > 0:
+    reference = features("pretrained") @ head["pretrained.weight"].T + head["pretrained.bias"]
+    scores = scores.log_softmax(-1) + card["ensemble_weight"] * reference.log_softmax(-1)
+print(json.dumps({"scores": scores.tolist(), "classes": card["classes"], "modules": sorted(sys.modules)}))
+"""
+
+
+def _run(tmp_path, method: str, save_model: bool, name: str, sets: tuple[str, ...] = ()):
+    """A 2-task run on a CSV of texts with a tiny local BERT; also returns the run's own scores of TEXTS."""
+    if not (tmp_path / "enc").exists():
+        save_tiny_hf_encoder(tmp_path / "enc")
+        write_csv(tmp_path / "data.csv", csv_rows(classes=4, per_class=16))
+    config, _ = resolve_config({"benchmark": f"csv:{tmp_path / 'data.csv'}", "method": method, "seed": 0,
+                                "tasks": 2}, sets=["epochs=2", f"backbone=hf:{tmp_path / 'enc'}",
+                                                   f"save_model={str(save_model).lower()}", *sets])
+    seen = {}
+
+    def capture(event, learner, info):
+        if event == "evaluated" and info["task"] == 1:
+            from perturbmerge.backbones import load_tokenizer
+
+            tokenizer = load_tokenizer(f"hf:{tmp_path / 'enc'}")
+            batch = dict(tokenizer(TEXTS, truncation=True, max_length=128, padding=True, return_tensors="pt"))
+            with torch.no_grad(), learner.deployed_weights():
+                seen["scores"] = learner.model.eval()(batch)
+
+    results = run_experiment(config, tmp_path / name, progress=False, callbacks=[capture])
+    return results, seen.get("scores")
+
+
+@pytest.mark.parametrize("ensemble", [False, True])
+def test_exported_model_loads_with_plain_transformers_and_gives_the_runs_scores(tmp_path, ensemble):
+    """pm-lora's linear head, and the LDA head in the log-linear ensemble with the pretrained backbone's."""
+    sets = ("head.kind=lda", "head.frozen_weight=0.5") if ensemble else ()
+    results, scores = _run(tmp_path, "pm-lora", True, "run", sets)
+    assert results["model_dir"] == str(tmp_path / "run" / "model")
+    assert main(["export", "--run", str(tmp_path / "run"), "--out", str(tmp_path / "exported")]) == 0
+    out = subprocess.run([sys.executable, "-c", PLAIN, str(tmp_path / "exported"), json.dumps(TEXTS)],
+                         capture_output=True, text=True, check=True)
+    plain = json.loads(out.stdout)
+    assert not any(m == "perturbmerge" or m.startswith("perturbmerge.") for m in plain["modules"])
+    assert plain["classes"] == [n for names in results["classes_per_task"] for n in names]
+    assert torch.allclose(torch.tensor(plain["scores"]), scores, rtol=1e-4, atol=1e-4), (plain["scores"], scores)
+    card = json.loads((tmp_path / "exported" / "perturbmerge_model.json").read_text())
+    assert card["ensemble_weight"] == (0.5 if ensemble else 0.0)
+    assert (tmp_path / "exported" / "pretrained").is_dir() == ensemble
+    loaded = ExportedClassifier(tmp_path / "exported")  # perturbmerge's own loader agrees too
+    assert torch.allclose(loaded.scores(loaded.tokenize(TEXTS)), scores, rtol=1e-4, atol=1e-4)
+
+
+def test_save_model_does_not_change_results(tmp_path):
+    with_model, _ = _run(tmp_path, "pm-lora", True, "a")
+    without, _ = _run(tmp_path, "pm-lora", False, "b")
+    assert with_model["accuracy_matrix"] == without["accuracy_matrix"] and with_model["alphas"] == without["alphas"]
+    assert [t["train_loss_last_epoch"] for t in with_model["task_logs"]] == \
+        [t["train_loss_last_epoch"] for t in without["task_logs"]]
+    assert not (tmp_path / "b" / "model").exists() and "model_dir" not in without
+
+
+def test_predict_ranks_classes_from_text_and_csv(tmp_path, capsys):
+    results, scores = _run(tmp_path, "pm-lora", True, "run")
+    model = tmp_path / "run" / "model"
+    classes = [n for names in results["classes_per_task"] for n in names]
+    argv = ["predict", "--model", str(model), "--top-k", "2"] + [a for t in TEXTS[:2] for a in ("--text", t)]
+    assert main(argv) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2
+    for line, text, row in zip(lines, TEXTS, scores):
+        shown_text, ranked = line.split("\t")
+        assert shown_text == text and ranked.split(" ")[0] == classes[int(row.argmax())]
+        probabilities = [float(part.rsplit(" ", 1)[1]) for part in ranked.split(", ")]
+        assert len(probabilities) == 2 and probabilities[0] >= probabilities[1]
+        assert probabilities[0] == pytest.approx(float(row.softmax(-1).max()), abs=5e-4)
+    csv_file = tmp_path / "texts.csv"
+    csv_file.write_text("sentence\n" + "\n".join(f'"{t}"' for t in TEXTS) + "\n", encoding="utf-8")
+    assert main(["predict", "--model", str(model), "--csv", str(csv_file), "--column", "sentence", "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert [r["text"] for r in shown] == TEXTS
+    assert [r["top"][0]["class"] for r in shown] == [classes[int(i)] for i in scores.argmax(-1)]
+    assert all(len(r["top"]) == 3 for r in shown)
+
+
+def test_export_and_predict_bad_input(tmp_path, capsys):
+    _run(tmp_path, "seq-lora", False, "plain")
+    cases = [
+        (["export", "--run", str(tmp_path / "plain"), "--out", str(tmp_path / "x")], "--set save_model=true"),
+        (["export", "--run", str(tmp_path / "nothing"), "--out", str(tmp_path / "x")], "not a finished run"),
+        (["predict", "--model", str(tmp_path / "plain"), "--text", "a"], "perturbmerge_model.json"),
+    ]
+    _run(tmp_path, "seq-lora", True, "kept")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "f").write_text("x")
+    cases += [
+        (["export", "--run", str(tmp_path / "kept"), "--out", str(tmp_path / "full")], "not empty"),
+        (["predict", "--model", str(tmp_path / "kept" / "model")], "nothing to predict"),
+        (["predict", "--model", str(tmp_path / "kept" / "model"), "--text", "a", "--top-k", "0"], "--top-k"),
+        (["predict", "--model", str(tmp_path / "kept" / "model"), "--csv", str(tmp_path / "none.csv")], "cannot read"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, (argv, err)
+    assert not (tmp_path / "x").exists() and (tmp_path / "full" / "f").read_text() == "x"
+    card = tmp_path / "kept" / "model" / "perturbmerge_model.json"
+    card.write_text(json.dumps({**json.loads(card.read_text()), "format": 99}))
+    assert main(["predict", "--model", str(tmp_path / "kept" / "model"), "--text", "a"]) == 2
+    assert "format 99" in capsys.readouterr().err
