@@ -17,12 +17,13 @@ Text features are the mean of the encoder's last hidden state over the attention
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import shutil
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -62,6 +63,19 @@ def _write_backbone(backbone: nn.Module, folder: Path, name: str, tokenizer_from
     return "state_dict"
 
 
+@contextlib.contextmanager
+def _atomic_folder(folder: Path) -> Iterator[Path]:
+    """A temporary sibling folder to fill, renamed to `folder` on success and removed on any failure."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        yield work
+        work.rename(folder)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+
+
 def write_model(learner: "ContinualLearner", folder: str | Path, backbone_name: str, modality: str,
                 class_names: Sequence[str], provenance: dict[str, Any], max_tokens: int | None = None) -> Path:
     """Write the learner's model as the method deploys it (call inside `learner.deployed_weights()`) to `folder`,
@@ -75,9 +89,7 @@ def write_model(learner: "ContinualLearner", folder: str | Path, backbone_name: 
     folder = Path(folder)
     if folder.exists():
         raise UserError(f"{folder} exists; choose a new folder for the model")
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
+    with _atomic_folder(folder) as work:
         tokenizer = backbone_name if modality == "text" else None
         kind = _write_backbone(model.backbone, work, "backbone", tokenizer)
         weight = torch.cat([b.weight.detach() for b in head.blocks]).float().cpu().contiguous()
@@ -101,10 +113,6 @@ def write_model(learner: "ContinualLearner", folder: str | Path, backbone_name: 
             "backbone_files": kind, "features": "mean of the last hidden state over the attention mask"
             if kind == "hf" else f"perturbmerge backbone '{backbone_name}'", "max_tokens": max_tokens,
             "ensemble_weight": ensemble_weight, **provenance})
-        work.rename(folder)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
     return folder
 
 
@@ -121,14 +129,8 @@ def export_run(run_dir: str | Path, out: str | Path) -> Path:
         raise UserError(f"{out} exists and is not empty; choose a new --out")
     if out.exists():
         out.rmdir()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with _atomic_folder(out) as work:
         shutil.copytree(source, work, dirs_exist_ok=True)
-        work.rename(out)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
     return out
 
 
@@ -156,6 +158,7 @@ class ExportedClassifier(nn.Module):
         self.ensemble_weight = float(self.card.get("ensemble_weight", 0.0))
         self.backbone = self._load_backbone("backbone")
         self.pretrained = None
+        self._tokenizer = None
         if self.ensemble_weight > 0:
             self.pretrained = self._load_backbone("pretrained")
             self.pretrained_weight, self.pretrained_bias = tensors["pretrained.weight"], tensors["pretrained.bias"]
@@ -181,9 +184,11 @@ class ExportedClassifier(nn.Module):
         """The texts as the run's benchmark tokenised them (truncated to its max_tokens), padded."""
         if self.card["modality"] != "text":
             raise UserError(f"this model takes {self.card['modality']} inputs, not text")
-        from .backbones import _offline_transformers
+        if self._tokenizer is None:  # loaded once, not per batch
+            from .backbones import _offline_transformers
 
-        tokenizer = _offline_transformers().AutoTokenizer.from_pretrained(str(self.folder / "backbone"))
+            self._tokenizer = _offline_transformers().AutoTokenizer.from_pretrained(str(self.folder / "backbone"))
+        tokenizer = self._tokenizer
         limit = self.card.get("max_tokens")
         return dict(tokenizer(list(texts), truncation=limit is not None, max_length=limit, padding=True,
                               return_tensors="pt"))
