@@ -143,3 +143,38 @@ def test_export_and_predict_bad_input(tmp_path, capsys):
     card.write_text(json.dumps({**json.loads(card.read_text()), "format": 99}))
     assert main(["predict", "--model", str(tmp_path / "kept" / "model"), "--text", "a"]) == 2
     assert "format 99" in capsys.readouterr().err
+
+
+def test_image_model_predicts_files_with_the_runs_scores(tmp_path, capsys):
+    """folder: benchmark on EfficientNet-Lite0 (frozen prefix cached during the run): the exported model rebuilds
+    prefix + merged tail and scores image files as the run's final model does; `predict --folder/--image`."""
+    from perturbmerge.backbones import build_backbone
+    from perturbmerge.data.custom import decode_image
+
+    from test_own_data import make_image_folder
+
+    make_image_folder(tmp_path / "imgs", classes=4, per_class=6)
+    files = sorted((tmp_path / "imgs").rglob("*.png"))[:3]
+    pixels = torch.stack([torch.from_numpy(decode_image(p, 64)) for p in files])
+    prefix = build_backbone("efficientnet-lite0", 0).frozen_prefix
+    seen = {}
+
+    def capture(event, learner, info):
+        if event == "evaluated" and info["task"] == 1:
+            with torch.no_grad(), learner.deployed_weights():
+                seen["scores"] = learner.model.eval()(prefix(pixels))
+
+    config, _ = resolve_config({"benchmark": f"folder:{tmp_path / 'imgs'}", "method": "pm-lora", "tasks": 2},
+                               sets=["epochs=1", "save_model=true"])
+    results = run_experiment(config, tmp_path / "run", progress=False, callbacks=[capture])
+    model = ExportedClassifier(tmp_path / "run" / "model")
+    torch.testing.assert_close(model.scores(model.images(files)), seen["scores"], rtol=1e-4, atol=1e-4)
+    classes = [n for names in results["classes_per_task"] for n in names]
+    assert main(["predict", "--model", str(tmp_path / "run" / "model"), "--folder", str(tmp_path / "imgs"),
+                 "--json", "--top-k", "1"]) == 0
+    shown = {r["image"]: r["top"][0]["class"] for r in json.loads(capsys.readouterr().out)}
+    assert len(shown) == 24 and all(shown[str(p)] == classes[int(i)] for p, i in zip(files, seen["scores"].argmax(-1)))
+    assert main(["predict", "--model", str(tmp_path / "run" / "model"), "--image", str(files[0])]) == 0
+    assert capsys.readouterr().out.startswith(f"{files[0]}\t{classes[int(seen['scores'][0].argmax())]} ")
+    assert main(["predict", "--model", str(tmp_path / "run" / "model"), "--text", "a text"]) == 2
+    assert "this model takes image inputs; give --image/--folder" in capsys.readouterr().err

@@ -200,3 +200,18 @@ def test_square_gpt2_conv1d_fisher_keeps_the_in_out_layout():
     fisher = layer_weight_fisher({"c": layer}, [(x, labels)], per_sample_loss)["c"]
     loop = _loop_fisher(lambda inp: layer(inp).mean(1), {"c": layer.weight}, head, x, labels, _take_tensor)["c"]
     torch.testing.assert_close(fisher.double(), loop, rtol=1e-10, atol=1e-12)
+
+
+def test_progress_bar_shows_the_number_of_batches(capsys):
+    """A generator of batches wrapped in KnownLength gives the Fisher bar its total ("0/3", not a bare count)."""
+    from perturbmerge.fisher import KnownLength
+
+    layer = nn.Linear(4, 3).double()
+    bias = nn.Parameter(torch.zeros(4, dtype=torch.float64))
+    batches = ((torch.randn(2, 4, dtype=torch.float64), torch.tensor([0, 1])) for _ in range(3))
+
+    def per_sample(batch):
+        return F.cross_entropy(layer(batch[0] + bias), batch[1], reduction="none")
+
+    layer_weight_fisher({"w": layer}, KnownLength(batches, 3), per_sample, progress=True, description="Fisher")
+    assert "0/3" in capsys.readouterr().err

@@ -279,3 +279,24 @@ def test_csv_with_local_hf_encoder_end_to_end(tmp_path):
                  "--quiet", "--set", "epochs=1", f"backbone=hf:{tmp_path / 'enc'}"]) == 0
     results = json.loads((out / "results.json").read_text())
     assert "bert encoder" in results["backbone"] and len(results["alphas"]) == 2
+
+
+def test_decoder_backbone_without_key_value_layers_names_lora_targets(tmp_path, capsys):
+    """GPT-2 has Conv1D `c_attn`, no key/value projections: a one-line error naming lora.targets, no run folder;
+    with lora.targets set, the same backbone runs."""
+    from transformers import GPT2Config, GPT2Model
+
+    save_tiny_hf_encoder(tmp_path / "enc")  # for its tokenizer
+    torch.manual_seed(0)
+    GPT2Model(GPT2Config(vocab_size=200, n_embd=16, n_layer=2, n_head=2, n_positions=160, bos_token_id=0,
+                         eos_token_id=0)).save_pretrained(
+        str(tmp_path / "enc"))
+    write_csv(tmp_path / "data.csv", csv_rows(classes=4, per_class=8))
+    args = ["run", "--benchmark", f"csv:{tmp_path / 'data.csv'}", "--method", "pm-lora", "--tasks", "2", "--quiet",
+            "--set", f"backbone=hf:{tmp_path / 'enc'}", "epochs=1"]
+    capsys.readouterr()
+    assert main([*args, "--out", str(tmp_path / "bad")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.count("\n") == 0 and "set lora.targets, e.g. --set lora.targets=c_attn" in error, error
+    assert not (tmp_path / "bad").exists()
+    assert main([*args, "lora.targets=c_attn", "--out", str(tmp_path / "good")]) == 0

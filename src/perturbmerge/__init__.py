@@ -8,7 +8,8 @@ from .errors import UserError  # noqa: E402
 from .merge import RunningMergeState, closed_form_alpha  # noqa: E402
 
 __all__ = ["RunConfig", "LoraSettings", "FisherSettings", "UserError", "RunningMergeState", "closed_form_alpha",
-           "PerturbAndMerge", "load_tasks", "load_backbone", "run_experiment", "resolve_config", "__version__"]
+           "PerturbAndMerge", "load_tasks", "load_backbone", "ExpandingLinearHead", "training_loader",
+           "evaluation_loader", "run_experiment", "resolve_config", "__version__"]
 
 
 def __getattr__(name: str):
@@ -21,4 +22,12 @@ def __getattr__(name: str):
         from . import api
 
         return getattr(api, name)
+    if name == "ExpandingLinearHead":
+        from .heads import ExpandingLinearHead
+
+        return ExpandingLinearHead
+    if name in ("training_loader", "evaluation_loader"):
+        from .data import loaders
+
+        return getattr(loaders, name)
     raise AttributeError(name)

@@ -48,6 +48,11 @@ def _short_list(names: list[str], limit: int = 12) -> str:
 def resolve_lora_targets(model: nn.Module, targets: list[str]) -> list[str]:
     """Check that each target (a module-name suffix, PEFT style) matches at least one adaptable module."""
     names = adaptable_module_names(model)
+    if not targets:
+        suffixes = sorted({n.rsplit(".", 1)[-1] for n in names})
+        raise UserError(f"no LoRA targets: the backbone has no attention key/value projections to adapt by default; "
+                        f"set lora.targets, e.g. --set lora.targets={suffixes[0] if suffixes else 'NAME'} "
+                        f"(module names here: {_short_list(suffixes)})")
     missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
     if missing:
         raise UserError(

@@ -7,6 +7,7 @@ import shlex
 import signal
 import sys
 import time
+from pathlib import Path
 from typing import Any, Sequence
 
 from .errors import UserError
@@ -193,6 +194,24 @@ def _texts_of(args: argparse.Namespace) -> list[str]:
     return texts
 
 
+def _images_of(args: argparse.Namespace) -> list[str]:
+    from .data.custom import IMAGE_SUFFIXES
+
+    paths = list(args.image)
+    if args.folder:
+        root = Path(args.folder)
+        if not root.is_dir():
+            raise UserError(f"--folder {args.folder} is not a folder; give a folder of images")
+        found = sorted(str(p) for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                       and not p.name.startswith("."))
+        if not found:
+            raise UserError(f"--folder {args.folder} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        paths += found
+    if not paths:
+        raise UserError("nothing to predict; give --image PATH (repeatable) or --folder DIR")
+    return paths
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     import json
 
@@ -201,16 +220,23 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.top_k < 1 or args.batch_size < 1:
         raise UserError(f"--top-k and --batch-size must be at least 1, got {args.top_k} and {args.batch_size}")
     model = ExportedClassifier(args.model)
-    texts = _texts_of(args)
+    images = model.card["modality"] == "image"
+    given_texts, given_images = bool(args.text or args.csv), bool(args.image or args.folder)
+    if (images and given_texts) or (not images and given_images):
+        wanted = "--image/--folder" if images else "--text/--csv"
+        raise UserError(f"this model takes {model.card['modality']} inputs; give {wanted}")
+    inputs = _images_of(args) if images else _texts_of(args)
+    classify = model.predict_images if images else model.predict
     predictions = []
-    for start in range(0, len(texts), args.batch_size):
-        predictions += model.predict(texts[start:start + args.batch_size], args.top_k)
+    for start in range(0, len(inputs), args.batch_size):
+        predictions += classify(inputs[start:start + args.batch_size], args.top_k)
+    key = "image" if images else "text"
     if args.json:
-        print(json.dumps([{"text": text, "top": [{"class": c, "probability": p} for c, p in top]}
-                          for text, top in zip(texts, predictions)], ensure_ascii=False, indent=1))
+        print(json.dumps([{key: item, "top": [{"class": c, "probability": p} for c, p in top]}
+                          for item, top in zip(inputs, predictions)], ensure_ascii=False, indent=1))
     else:
-        for text, top in zip(texts, predictions):
-            print(f"{text}\t" + ", ".join(f"{c} {p:.3f}" for c, p in top))
+        for item, top in zip(inputs, predictions):
+            print(f"{item}\t" + ", ".join(f"{c} {p:.3f}" for c, p in top))
     return 0
 
 
@@ -348,15 +374,18 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the new model folder (must not exist or be empty)")
     export.set_defaults(func=cmd_export)
     predict = sub.add_parser(
-        "predict", help="top-k classes of texts with an exported model",
+        "predict", help="top-k classes of texts or images with an exported model",
         description="Scores texts with a model written by `perturbmerge export` (or a run's model/ folder) exactly "
                     "as the run evaluated: one line per text, tab, the top-k classes with probabilities.")
     predict.add_argument("--model", required=True, metavar="MODEL_DIR", help="an exported model folder")
     predict.add_argument("--text", action="append", default=[], help="a text to classify (repeat for several)")
     predict.add_argument("--csv", metavar="FILE", help="a CSV file with a header; its --column is classified")
     predict.add_argument("--column", default="text", help="the CSV column holding the texts (default text)")
-    predict.add_argument("--top-k", type=int, default=3, help="classes shown per text (default 3)")
-    predict.add_argument("--batch-size", type=int, default=64, help="texts per forward pass (default 64)")
+    predict.add_argument("--image", action="append", default=[], metavar="PATH",
+                         help="an image file to classify (repeat for several; image models)")
+    predict.add_argument("--folder", metavar="DIR", help="classify every image file under DIR (image models)")
+    predict.add_argument("--top-k", type=int, default=3, help="classes shown per input (default 3)")
+    predict.add_argument("--batch-size", type=int, default=64, help="inputs per forward pass (default 64)")
     predict.add_argument("--json", action="store_true", help="print JSON instead of lines")
     predict.set_defaults(func=cmd_predict)
     sub.add_parser("methods", help="list methods").set_defaults(func=cmd_methods)

@@ -7,6 +7,7 @@ silent no-op.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
 import typing
 from dataclasses import dataclass, field
@@ -93,6 +94,13 @@ class CheckpointSettings:
 
 
 @dataclass
+class LogSettings:
+    """Run logs besides results.json and steps.csv; they do not change results."""
+
+    tensorboard: bool = False  # true: TensorBoard event files in <run>/tensorboard/ (pip install tensorboard)
+
+
+@dataclass
 class RunConfig:
     benchmark: str = "wordnet"
     backbone: str | None = None  # None: the benchmark's default
@@ -130,6 +138,7 @@ class RunConfig:
     # true: at the end, write the final model (merged backbone, classifier, class names) to <run>/model/ for
     # `perturbmerge export` / `predict` (does not change results)
     save_model: bool = False
+    log: LogSettings = field(default_factory=LogSettings)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -138,7 +147,7 @@ class RunConfig:
 PRECISIONS = ("fp32", "bf16")
 HEAD_KINDS = ("linear", "prototype", "lda")
 # settings that cannot change a run's results
-RESULT_NEUTRAL_KEYS = frozenset({"checkpoint", "save_task_models", "save_model"})
+RESULT_NEUTRAL_KEYS = frozenset({"checkpoint", "save_task_models", "save_model", "log"})
 
 
 def config_differences(old: Mapping[str, Any], new: Mapping[str, Any], defaults: Mapping[str, Any] | None = None,
@@ -384,6 +393,9 @@ def validate(c: RunConfig) -> None:
              f"data.test_per_class must be >= 1, got {c.data.test_per_class}; e.g. --set data.test_per_class=100")
     _require(0 <= c.seed < 2**32, f"seed must be in [0, 2**32 - 1] (NumPy's seed range), got {c.seed}")
     _require(c.tasks is None or c.tasks >= 1, f"tasks must be >= 1, got {c.tasks}")
+    _require(not c.log.tensorboard or importlib.util.find_spec("tensorboard") is not None,
+             "log.tensorboard=true needs the tensorboard package: pip install tensorboard (or set "
+             "log.tensorboard=false)")
     _require(c.epochs >= 1, f"epochs must be >= 1, got {c.epochs}; e.g. --set epochs=5")
     _require(c.batch_size >= 1, f"batch_size must be >= 1, got {c.batch_size}; e.g. --set batch_size=32")
     _require(c.eval_batch_size >= 1, f"eval_batch_size must be >= 1, got {c.eval_batch_size}")

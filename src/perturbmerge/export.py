@@ -3,17 +3,20 @@ class and the class names (`--set save_model=true`, `perturbmerge export`, `pert
 
 Layout of MODEL_DIR (safetensors + JSON only; nothing is pickled):
 
-    perturbmerge_model.json   classes (head order), modality, features rule, max_tokens, ensemble weight, provenance
+    perturbmerge_model.json   classes (head order), modality, features rule, max_tokens or image_size, ensemble
+                              weight, provenance
     classifier.safetensors    weight [C, d], bias [C]: logits = f(x) Wᵀ + b on the merged backbone's features f
                               (+ pretrained.weight / pretrained.bias: the LDA rows on θ₀ when the run ensembles them)
     backbone/                 a Hugging Face encoder: `save_pretrained` of the merged model + its tokenizer, so plain
                               `transformers.AutoModel.from_pretrained("MODEL_DIR/backbone")` loads it
-    backbone.safetensors      any other backbone: its state dict (rebuilt by perturbmerge from the backbone's name)
+    backbone.safetensors      any other backbone: its state dict (rebuilt by perturbmerge from the backbone's name;
+                              a frozen prefix, e.g. EfficientNet-Lite0's first blocks, comes from the pinned weights)
     pretrained/ (or pretrained.safetensors)  the backbone at θ₀, only for the ensemble (head.frozen_weight > 0)
 
 The scores are those the run evaluated with: logits, or with the ensemble (weight w)
     score_c(x) = log softmax_c(f_θ̂(x) Wᵀ + b) + w · log softmax_c(f_θ₀(x) W₀ᵀ + b₀).
-Text features are the mean of the encoder's last hidden state over the attention mask (`backbones.HFEncoderBackbone`).
+Text features are the mean of the encoder's last hidden state over the attention mask (`backbones.HFEncoderBackbone`);
+images are decoded as RGB and resized to `image_size` as the `folder:` benchmark does (`data.custom.decode_image`).
 """
 from __future__ import annotations
 
@@ -77,7 +80,8 @@ def _atomic_folder(folder: Path) -> Iterator[Path]:
 
 
 def write_model(learner: "ContinualLearner", folder: str | Path, backbone_name: str, modality: str,
-                class_names: Sequence[str], provenance: dict[str, Any], max_tokens: int | None = None) -> Path:
+                class_names: Sequence[str], provenance: dict[str, Any], max_tokens: int | None = None,
+                image_size: int | None = None) -> Path:
     """Write the learner's model as the method deploys it (call inside `learner.deployed_weights()`) to `folder`,
     atomically: a temporary sibling folder renamed into place."""
     from safetensors.torch import save_file
@@ -112,7 +116,7 @@ def write_model(learner: "ContinualLearner", folder: str | Path, backbone_name: 
             "format": FORMAT_VERSION, "classes": list(class_names), "modality": modality, "backbone": backbone_name,
             "backbone_files": kind, "features": "mean of the last hidden state over the attention mask"
             if kind == "hf" else f"perturbmerge backbone '{backbone_name}'", "max_tokens": max_tokens,
-            "ensemble_weight": ensemble_weight, **provenance})
+            "image_size": image_size, "ensemble_weight": ensemble_weight, **provenance})
     return folder
 
 
@@ -176,9 +180,11 @@ class ExportedClassifier(nn.Module):
             return HFEncoderBackbone(model)
         from safetensors.torch import load_file
 
-        module = build_backbone(self.card["backbone"], 0).module
-        module.load_state_dict(load_file(str(self.folder / f"{name}.safetensors")))
-        return module
+        built = build_backbone(self.card["backbone"], 0)
+        built.module.load_state_dict(load_file(str(self.folder / f"{name}.safetensors")))
+        if built.frozen_prefix is None:
+            return built.module
+        return nn.Sequential(built.frozen_prefix, built.module)  # the run cached the prefix's outputs
 
     def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         """The texts as the run's benchmark tokenised them (truncated to its max_tokens), padded."""
@@ -203,9 +209,25 @@ class ExportedClassifier(nn.Module):
 
     forward = scores
 
+    def images(self, paths: Sequence[str | Path]) -> torch.Tensor:
+        """Image files as the run's `folder:` benchmark decoded them: RGB uint8 [N, 3, S, S]."""
+        if self.card["modality"] != "image":
+            raise UserError(f"this model takes {self.card['modality']} inputs, not images")
+        from .data.custom import decode_image
+
+        size = self.card.get("image_size")
+        return torch.stack([torch.from_numpy(decode_image(Path(p), size)) for p in paths])
+
     def predict(self, texts: Sequence[str], top_k: int = 3) -> list[list[tuple[str, float]]]:
         """Top-k (class, probability) per text; probabilities are the softmax of the scores."""
-        probabilities = self.scores(self.tokenize(texts)).softmax(-1)
+        return self._top_k(self.scores(self.tokenize(texts)), top_k)
+
+    def predict_images(self, paths: Sequence[str | Path], top_k: int = 3) -> list[list[tuple[str, float]]]:
+        """Top-k (class, probability) per image file."""
+        return self._top_k(self.scores(self.images(paths)), top_k)
+
+    def _top_k(self, scores: torch.Tensor, top_k: int) -> list[list[tuple[str, float]]]:
+        probabilities = scores.softmax(-1)
         k = max(1, min(top_k, probabilities.shape[-1]))
         values, indices = probabilities.topk(k, dim=-1)
         return [[(self.classes[i], float(v)) for v, i in zip(row_v, row_i)]

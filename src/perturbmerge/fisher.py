@@ -115,6 +115,24 @@ def sum_squared_sample_grads(x: torch.Tensor, g: torch.Tensor, gram: bool | None
     return torch.einsum("nlo,nli->noi", g, x).pow(2).sum(0)
 
 
+class KnownLength:
+    """Batches whose count is known ahead (a generator over a DataLoader): gives the progress bar its total."""
+
+    def __init__(self, batches: Iterable[Batch], length: int) -> None:
+        self.batches, self.length = batches, length
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return self.length
+
+
+def _bar_total(batches: Iterable[Batch], max_samples: int | None) -> int | None:
+    """The number of batches when known (and not cut short by `max_samples`), for tqdm."""
+    return len(batches) if max_samples is None and hasattr(batches, "__len__") else None
+
+
 def layer_weight_fisher(
     layers: Mapping[str, nn.Module],
     batches: Iterable[Batch],
@@ -141,7 +159,8 @@ def layer_weight_fisher(
     handles = [layer.register_forward_hook(make_hook(name)) for name, layer in layers.items()]
     count = 0
     try:
-        for batch in tqdm(_capped(batches, max_samples), desc=description, disable=not progress, leave=False):
+        for batch in tqdm(_capped(batches, max_samples), desc=description, disable=not progress, leave=False,
+                          total=_bar_total(batches, max_samples)):
             calls.clear()
             losses = per_sample_loss(batch)
             if not torch.isfinite(losses).all():
@@ -193,7 +212,8 @@ def parameter_fisher(
 
     per_sample_grads = vmap(grad(loss_of), in_dims=(None, 0, 0))
     count = 0
-    for inputs, labels in tqdm(_capped(batches, max_samples), desc=description, disable=not progress, leave=False):
+    for inputs, labels in tqdm(_capped(batches, max_samples), desc=description, disable=not progress, leave=False,
+                               total=_bar_total(batches, max_samples)):
         grads = per_sample_grads(params, inputs, labels)
         for n, g in grads.items():
             totals[n] += g.detach().to(totals[n].dtype).pow(2).sum(0)

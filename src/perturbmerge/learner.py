@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from .checkpoint import rng_state, save_checkpoint, set_rng_state
+from .data.loaders import evaluation_loader, training_loader
 from .distributed import World
 from .heads import ContinualClassifier
 
@@ -98,16 +99,9 @@ class ContinualLearner:
         """Training batches are shuffled (seeded per task and epoch). Evaluation and Fisher batches, whose results
         do not depend on the order, go by input length where the data has lengths, so dynamic padding pads little."""
         if shuffle:
-            generator = torch.Generator().manual_seed(
-                self.seed * 1_000_003 + (self.task.index if self.task else 0) * 1009 + epoch)
-            return DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=generator,
-                              collate_fn=self.stream.collate)
-        lengths = getattr(dataset, "lengths", None)
-        order = sorted(range(len(dataset)), key=lengths.__getitem__) if lengths is not None else None
-        # An explicit generator: without one, every DataLoader iteration draws from the global torch RNG, so
-        # an extra evaluation or Fisher pass would change the next task's LoRA initialisation.
-        return DataLoader(dataset, batch_size=batch_size, sampler=order, collate_fn=self.stream.collate,
-                          generator=torch.Generator().manual_seed(0))
+            return training_loader(dataset, batch_size, self.stream.collate, self.seed,
+                                   self.task.index if self.task else 0, epoch)
+        return evaluation_loader(dataset, batch_size, self.stream.collate)
 
     def local_batches(self, dataset: Dataset, batch_size: int, limit: int | None = None) -> Iterator[Batch]:
         """This process's rows of the batches of `dataset` (or of a fixed random subset of `limit` examples), on

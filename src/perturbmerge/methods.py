@@ -18,10 +18,11 @@ import torch.nn.functional as F
 from .adaptation import FullAdaptation, LoraAdaptation, resolve_lora_targets
 from .config import RunConfig
 from .errors import TrainingDiverged, UserError, did_you_mean
+from .fisher import KnownLength
 from .heads import GaussianClassStatistics, PretrainedEnsemble, fit_affine_drift, pretrained_features
 from .merge import (RunningMergeState, add_scaled, dare, decide_alpha, ewc_penalty, fisher_weighted_interpolation,
                     magmax, task_arithmetic, ties, unit_trace)
-from .perturb import PerturbationSchedule
+from .perturb import PerturbationSchedule, perturbation_stream_seed
 
 if TYPE_CHECKING:
     from .data import Task
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
 COMMON_KEYS = frozenset(
     {"benchmark", "method", "seed", "tasks", "epochs", "batch_size", "eval_batch_size", "lr", "head_lr",
      "weight_decay", "device", "data_dir", "backbone", "checkpoint.enabled", "checkpoint.every_steps", "checkpoint.keep_final",
-     "precision", "grad_accumulation", "save_model"}
+     "precision", "grad_accumulation", "save_model", "log.tensorboard"}
 )
 LORA_KEYS = frozenset({"lora.rank", "lora.alpha", "lora.dropout", "lora.targets"})
 PERTURB_KEYS = frozenset({"epsilon", "p0"})
@@ -116,7 +117,7 @@ class TaskVectorMethod(Method):
             (lambda: LoraAdaptation(lora.rank, lora.alpha, lora.dropout, lora.targets or lora_targets))
             if adaptation == "lora" else FullAdaptation
         )
-        self.schedule = PerturbationSchedule(config.epsilon, config.p0, seed=config.seed + 7919)
+        self.schedule = PerturbationSchedule(config.epsilon, config.p0, seed=perturbation_stream_seed(config.seed))
         self.noise_generator = torch.Generator().manual_seed(config.seed + 104729)
         self.merge_state = RunningMergeState()
         self.adaptation: LoraAdaptation | FullAdaptation | None = None
@@ -254,8 +255,8 @@ class TaskVectorMethod(Method):
                 seen[0] += len(labels)
                 yield inputs, labels
 
-        fisher = self.adaptation.fisher(counted(batches), logits_fn, None, learner.progress,
-                                        f"task {task.index + 1} Fisher")
+        batches = KnownLength(counted(batches), -(-total // c.batch_size))  # the progress bar's total
+        fisher = self.adaptation.fisher(batches, logits_fn, None, learner.progress, f"task {task.index + 1} Fisher")
         return learner.mean_over_processes(fisher, seen[0], total)
 
     def _model_sampled_labels(self, batches, logits_fn, generator: torch.Generator):

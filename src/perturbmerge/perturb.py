@@ -21,6 +21,12 @@ from torch import nn
 PERTURBATIONS = ("none", "task_vector", "gaussian")
 
 
+def perturbation_stream_seed(run_seed: int) -> int:
+    """The seed of the perturbation draws of a run seeded `run_seed` (the CLI's and `PerturbAndMerge`'s): kept
+    apart from the run seed itself, which seeds torch's global stream (initialisations, dropout)."""
+    return run_seed + 7919
+
+
 @dataclass
 class PerturbationSchedule:
     """One draw of s ∈ {−1, 0, +1} per optimiser step, from its own generator (reproducible, resumable)."""

@@ -167,12 +167,17 @@ def _save(fig, path: Path) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
+MATRIX_COLUMNS = 4  # heatmaps per row; more methods wrap to further rows
+
+
 def plot_accuracy_matrices(runs: Sequence[Mapping[str, Any]], path: Path) -> None:
     """One heatmap per method: R[t][i] (accuracy on task i after task t), mean over seeds."""
     plt = _pyplot()
     groups = group_by_method(runs)
-    fig, axes = plt.subplots(1, len(groups), figsize=(3.4 * len(groups), 3.2), squeeze=False)
-    for ax, (method, group) in zip(axes[0], groups.items()):
+    columns = min(len(groups), MATRIX_COLUMNS)
+    rows = -(-len(groups) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.4 * columns, 3.2 * rows), squeeze=False)
+    for index, (ax, (method, group)) in enumerate(zip(axes.flat, groups.items())):
         matrix = _as_array([r["accuracy_matrix"] for r in group]).mean(axis=0)  # NaN above the diagonal stays NaN
         image = ax.imshow(matrix, vmin=0, vmax=100, cmap="viridis")
         size = matrix.shape[0]
@@ -182,11 +187,15 @@ def plot_accuracy_matrices(runs: Sequence[Mapping[str, Any]], path: Path) -> Non
                     ax.text(i, t, f"{matrix[t, i]:.0f}", ha="center", va="center", fontsize=7,
                             color="white" if matrix[t, i] < 60 else "black")
         ax.set_title(f"{method} (n={len(group)})", fontsize=9)
-        ax.set_xlabel("evaluated task")
-        ax.set_ylabel("after training task")
+        if index // columns == rows - 1 or index + columns >= len(groups):  # the lowest panel of its column
+            ax.set_xlabel("evaluated task")
+        if index % columns == 0:
+            ax.set_ylabel("after training task")
         ax.set_xticks(range(size), [str(i + 1) for i in range(size)], fontsize=7)
         ax.set_yticks(range(size), [str(i + 1) for i in range(size)], fontsize=7)
-    fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8, label="accuracy (%)")
+    for ax in list(axes.flat)[len(groups):]:
+        ax.set_visible(False)
+    fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, label="accuracy (%)")
     _save(fig, path)
 
 

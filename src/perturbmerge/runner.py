@@ -223,6 +223,41 @@ def step_logger(out_path: Path, resumed_at_step: int):
     return write
 
 
+TENSORBOARD = "tensorboard"  # log.tensorboard: event files of the run
+TASK_SCALARS = ("alpha", "alpha_raw", "fisher_mass", "task_vector_norm", "acc_before_merge", "train_time_s",
+                "fisher_s", "merge_s", "eval_s")
+
+
+def tensorboard_logger(out_path: Path, resumed_at_step: int):
+    """A learner callback writing TensorBoard scalars to `<run>/tensorboard/`: `train/loss` and
+    `train/perturbation_draw` per optimiser step, `task/<name>` per task (α, Fisher mass, ‖Δ‖, times) and
+    `accuracy/all_seen`, `accuracy/task_<i>` after each task; x is the global optimiser step throughout (a task's
+    values at the step where it ended). On resume, events after the checkpoint's step are purged, so the curves
+    match an uninterrupted run."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(out_path / TENSORBOARD), purge_step=resumed_at_step + 1 if resumed_at_step else None)
+
+    def write(event: str, learner: ContinualLearner, info: dict[str, Any]) -> None:
+        if event == "train_step":
+            writer.add_scalar("train/loss", float(info["loss"]), info["step"])
+            draw = getattr(learner.method, "last_draw", None)
+            if draw is not None:
+                writer.add_scalar("train/perturbation_draw", draw, info["step"])
+        elif event == "evaluated":
+            step = learner.step
+            log = learner.result.task_logs[-1] if learner.result.task_logs else {}
+            for name in TASK_SCALARS:
+                if isinstance(log.get(name), (int, float)):
+                    writer.add_scalar(f"task/{name}", float(log[name]), step)
+            writer.add_scalar("accuracy/all_seen", info["acc_all_seen"], step)
+            for index, accuracy in enumerate(info["accuracies"]):
+                writer.add_scalar(f"accuracy/task_{index + 1}", accuracy, step)
+            writer.flush()
+
+    return write
+
+
 def task_model_writer(out_path: Path):
     """A learner callback that writes, at each task's end, θ̂_{t-1} and θ*_t (merge space, prefixed `previous.`
     and `optimum.`), the head as one dense matrix (`head.weight`, `head.bias`) and α — atomically."""
@@ -258,8 +293,9 @@ def _save_final_model(learner: ContinualLearner, config: RunConfig, stream: Task
                   "final_acc_all_seen": learner.result.acc_all_seen[-1], "versions": run_versions()}
     learner.model.eval()
     with learner.deployed_weights():
-        return write_model(learner, folder, backbone_name, get_backbone_spec(backbone_name).modality,
-                           stream.class_names, provenance, stream.info.get("max_tokens"))
+        spec = get_backbone_spec(backbone_name)
+        return write_model(learner, folder, backbone_name, spec.modality, stream.class_names, provenance,
+                           stream.info.get("max_tokens"), spec.image_size if spec.modality == "image" else None)
 
 
 def run_warnings(results: Mapping[str, Any], config: RunConfig, trains: bool) -> list[str]:
@@ -350,6 +386,8 @@ def _run_locked(config: RunConfig, method, stream: TaskStream, backbone, device:
         keep = writes and config.checkpoint.enabled
         if writes:
             callbacks = [*(callbacks or []), step_logger(out_path, state["step"] if state is not None else 0)]
+        if writes and config.log.tensorboard:
+            callbacks = [*(callbacks or []), tensorboard_logger(out_path, state["step"] if state is not None else 0)]
         if writes and config.save_task_models:
             callbacks = [*(callbacks or []), task_model_writer(out_path)]
         learner = ContinualLearner(
