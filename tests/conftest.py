@@ -11,6 +11,19 @@ from torch import nn
 
 from perturbmerge.backbones import HFEncoderBackbone, MLPBackbone
 
+# Files whose tests run whole runs (CLI, runner, Trainer, subprocesses): marked e2e, so `pytest -m "not e2e"` is
+# the quick inner loop; CI runs everything.
+E2E_MODULES = {"test_api_matches_cli", "test_bad_input", "test_baselines", "test_checkpoint", "test_cli",
+               "test_compare", "test_distributed", "test_examples", "test_export", "test_golden", "test_heads",
+               "test_integrations", "test_merge_options", "test_paper_path", "test_parts", "test_reliability",
+               "test_sweep_landscape", "test_tensorboard"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.module.__name__.rsplit(".", 1)[-1] in E2E_MODULES:
+            item.add_marker(pytest.mark.e2e)
+
 
 def tiny_bert(seed: int = 0) -> HFEncoderBackbone:
     from transformers import BertConfig, BertModel

@@ -38,3 +38,33 @@ def save_tiny_hf_encoder(folder) -> None:
     config = BertConfig(vocab_size=len(words), hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
                         intermediate_size=32, max_position_embeddings=160)
     BertModel(config, add_pooling_layer=False).save_pretrained(str(folder))
+
+
+def run_method(method, tmp_path, *sets):
+    """`perturbmerge run` on digits, 3 tasks, 1 epoch unless `sets` say otherwise; its results.json."""
+    import json
+
+    from perturbmerge.cli import main
+
+    out = tmp_path / method
+    assert main(["run", "--benchmark", "digits", "--method", method, "--tasks", "3", "--out", str(out), "--quiet",
+                 "--set", *(["epochs=1"] if not any(s.startswith("epochs=") for s in sets) else []), *sets]) == 0
+    return json.loads((out / "results.json").read_text())
+
+
+def explicit_lda(features_per_task, labels_per_task, shrinkage):
+    """Brute force from the raw features (numpy, float64): pooled within-class covariance with N − C degrees of
+    freedom, shrunk toward (tr Σ / d) I; w_c = Σ_γ⁻¹ μ_c, b_c = −½ μ_cᵀ Σ_γ⁻¹ μ_c."""
+    import numpy as np
+
+    x = np.concatenate(features_per_task)
+    y = np.concatenate(labels_per_task)
+    classes = np.unique(y)
+    means = np.stack([x[y == c].mean(0) for c in classes])
+    centred = x - means[np.searchsorted(classes, y)]
+    covariance = centred.T @ centred / (len(x) - len(classes))
+    d = x.shape[1]
+    shrunk = (1 - shrinkage) * covariance + shrinkage * np.trace(covariance) / d * np.eye(d)
+    inverse = np.linalg.inv(shrunk)
+    weights = means @ inverse
+    return weights, -0.5 * np.einsum("cd,cd->c", weights, means), means, inverse

@@ -94,8 +94,8 @@ BAD_INPUTS: list[tuple[str, Setup, str]] = [
     ("checkpoint-steps", flags("--set", "checkpoint.every_steps=-1"), "checkpoint.every_steps must be >= 0"),
     ("precision", flags("--set", "precision=fp16"), "precision must be one of fp32, bf16, got 'fp16'"),
     ("grad-accumulation", flags("--set", "grad_accumulation=0"), "grad_accumulation must be in [1, batch_size="),
-    ("fisher-kind", flags("--set", "fisher.kind=true-ish"), "fisher.kind must be empirical or sampled"),
-    ("fisher-normalise", flags("--set", "fisher.normalise=count"), "fisher.normalise must be none or trace"),
+    ("fisher-kind", flags("--set", "fisher.kind=true-ish"), "fisher.kind must be one of empirical, sampled, got 'true-ish'"),
+    ("fisher-normalise", flags("--set", "fisher.normalise=count"), "fisher.normalise must be one of none, trace, got 'count'"),
     ("module-alpha-rule", flags("--set", "alpha_granularity=module", "alpha_rule=average"),
      "alpha_granularity=module needs alpha_rule closed_form or simplified"),
     ("head-kind", flags("--set", "head.kind=cosine"), "head.kind must be one of linear, prototype, lda"),
@@ -103,7 +103,7 @@ BAD_INPUTS: list[tuple[str, Setup, str]] = [
     ("anchor-on-seq", flags("--method", "seq-lora", "--set", "anchor_pretrained=true"),
      "method 'seq-lora' does not use anchor_pretrained"),
     ("drift-without-lda", flags("--set", "head.drift=sdc"), "head.drift=sdc needs head.kind=lda"),
-    ("train-logits", flags("--set", "head.train_logits=all"), "head.train_logits must be task or seen"),
+    ("train-logits", flags("--set", "head.train_logits=all"), "head.train_logits must be one of task, seen, got 'all'"),
     ("frozen-weight-negative", flags("--set", "head.kind=lda", "head.frozen_weight=-1"),
      "head.frozen_weight must be >= 0"),
     ("frozen-weight-without-lda", flags("--set", "head.frozen_weight=1"), "head.frozen_weight needs head.kind=lda"),
@@ -111,8 +111,8 @@ BAD_INPUTS: list[tuple[str, Setup, str]] = [
      "head.drift_ridge must be > 0"),
     ("simplecil-linear-head", flags("--method", "simplecil", "--set", "head.kind=linear"),
      "simplecil's head is a prototype or lda classifier"),
-    ("head-on-ewc", flags("--method", "ewc-lora", "--set", "head.refit_epochs=2"),
-     "method 'ewc-lora' does not use head.refit_epochs"),
+    ("drift-on-ewc", flags("--method", "ewc-lora", "--set", "head.drift_ridge=2"),
+     "method 'ewc-lora' does not use head.drift_ridge"),
     ("set-syntax", flags("--set", "epochs"), "--set expects key=value"),
     # unknown names, with the closest one suggested
     ("method", flags("--method", "pm-lroa"), "unknown method 'pm-lroa' (did you mean 'pm-lora'?)"),
@@ -190,7 +190,3 @@ def test_bad_input_exits_2_with_one_line_and_leaves_no_files(setup, message, tmp
     assert message in err
     assert err.count("\n") == 1 and err.startswith("perturbmerge: error: ")
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # nothing written
-
-
-def test_the_table_is_large():
-    assert len(BAD_INPUTS) >= 25 and len({row[0] for row in BAD_INPUTS}) == len(BAD_INPUTS)

@@ -75,8 +75,9 @@ def test_pad_collate_dynamic_padding():
 
 
 def test_class_order_fixed_per_seed():
-    assert class_order(10, 0) == class_order(10, 0)
-    assert class_order(10, 0) != class_order(10, 1)
+    """NumPy's legacy RandomState stream is fixed across versions and machines: these orders are pinned."""
+    assert class_order(10, 0) == [2, 8, 4, 9, 1, 6, 7, 3, 0, 5]
+    assert class_order(10, 1) == [2, 9, 6, 4, 0, 3, 1, 7, 8, 5]
     assert sorted(class_order(10, 3)) == list(range(10))
 
 
@@ -148,6 +149,6 @@ def test_validation_fraction_key_is_accepted_everywhere_and_checked(tmp_path):
     config, _ = resolve_config({"benchmark": "digits", "tasks": 2, "epochs": 1}, None,
                                ["data.validation_fraction=0.2"])
     results = run_experiment(config, progress=False)
-    assert results["final_acc"] >= 0 and results["config"]["data"]["validation_fraction"] == 0.2
+    assert results["evaluated_on"] == "validation" and results["config"]["data"]["validation_fraction"] == 0.2
     with pytest.raises(UserError, match="validation_fraction"):
         resolve_config({"benchmark": "digits"}, None, ["data.validation_fraction=1.5"])

@@ -136,5 +136,8 @@ def test_bf16_autocast_runs_and_stays_close(tmp_path):
     fp32 = _digits_run(tmp_path, "fp32")
     bf16 = _digits_run(tmp_path, "bf16", "precision=bf16")
     assert bf16["config"]["precision"] == "bf16"
-    assert bf16["final_acc"] == pytest.approx(fp32["final_acc"], abs=10.0)  # bf16 rounding: close, not equal
-    assert all(0.0 <= a <= 1.0 for a in bf16["alphas"])
+    losses = [[log["train_loss_last_epoch"] for log in run["task_logs"]] for run in (fp32, bf16)]
+    assert losses[1] != losses[0]  # autocast engaged: bf16 rounding changes every task's training
+    assert losses[1] == pytest.approx(losses[0], rel=0.02)  # measured: within 0.4 %
+    assert bf16["alphas"][1:] == pytest.approx(fp32["alphas"][1:], abs=0.02)  # measured: within 0.002
+    assert bf16["final_acc"] == pytest.approx(fp32["final_acc"], abs=3.0)  # measured: 0.4 points

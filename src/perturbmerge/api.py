@@ -33,8 +33,8 @@ from torch import nn
 from .adaptation import LoraAdaptation
 from .errors import UserError
 from .fisher import layer_weight_fisher
-from .merge import RunningMergeState, decide_alpha
-from .methods import _sum_norm_sq, _total
+from .merge import AlphaDecision, RunningMergeState, data_free_alpha
+from .methods.base import sum_norm_sq, total
 from .perturb import PerturbationSchedule, lora_branch_scale, perturbation_stream_seed
 
 MergeRule = Literal["closed_form", "simplified", "average", "fixed"]
@@ -146,16 +146,16 @@ class PerturbAndMerge:
             if self.merge in ("closed_form", "simplified"):
                 fisher = layer_weight_fisher(adaptation.layers, batches, lambda batch: per_sample_loss(module, batch),
                                              progress=False, description=f"Fisher, task {task}")
-                fisher_mass = _total(fisher)
+                fisher_mass = total(fisher)
                 optimum = {k: previous[k].to(torch.float64) + task_vector[k].to(torch.float64) for k in task_vector}
                 self.merge_state.update(fisher, optimum)
                 decision = self.merge_state.decide(previous, task_vector, fisher, self.merge, self.fixed_alpha)
             else:
                 self.merge_state.num_tasks += 1  # data-free rules: only the task count
-                decision = decide_alpha(self.merge, 0.0, 0.0, 0.0, task, self.fixed_alpha)
+                decision = AlphaDecision(data_free_alpha(self.merge, task, self.fixed_alpha), None, None, False)
         finally:
             module.train(was_training)
-        norm = _sum_norm_sq(task_vector) ** 0.5
+        norm = sum_norm_sq(task_vector) ** 0.5
         self.model = adaptation.fold(decision.alpha)
         self.adaptation = None
         return TaskRecord(task, decision.alpha, decision.raw, decision.fallback, fisher_mass, norm,

@@ -261,14 +261,26 @@ def cmd_benchmarks(args: argparse.Namespace) -> int:
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
-    from .config import RunConfig, all_keys
+    """Every key (or, with --method, the keys that method reads) with its type, default and help."""
+    from .config import RunConfig, build_config, get_dotted, key_infos
 
+    infos = key_infos()
     defaults = RunConfig().to_dict()
-    for key in all_keys():
-        value: Any = defaults
-        for part in key.split("."):
-            value = value[part]
-        print(f"{key:<20} default {value!r}")
+    if args.method:
+        from .methods import COMMON_KEYS, get_method
+
+        spec = get_method(args.method)
+        used = COMMON_KEYS | spec.keys
+        infos = [i for i in infos if i.key in used or i.key.startswith("data.")]
+        defaults = build_config([spec.defaults, {"method": spec.name}], [], check=False)[0].to_dict()
+        print(f"{spec.name}: {spec.description}\n")
+    width = max(len(i.key) for i in infos)
+    for info in infos:
+        value = get_dotted(defaults, info.key)
+        shown = f"{value:.6g}" if isinstance(value, float) else repr(value)
+        print(f"{info.key:<{width}}  {shown:<14} {info.kind}")
+        if info.help:
+            print(f"{'':<{width}}  {info.help}")
     return 0
 
 
@@ -390,7 +402,10 @@ def build_parser() -> argparse.ArgumentParser:
     predict.set_defaults(func=cmd_predict)
     sub.add_parser("methods", help="list methods").set_defaults(func=cmd_methods)
     sub.add_parser("benchmarks", help="list benchmarks").set_defaults(func=cmd_benchmarks)
-    sub.add_parser("keys", help="list config keys and their defaults").set_defaults(func=cmd_keys)
+    keys = sub.add_parser("keys", help="list config keys: type, default and help (--method: that method's keys and "
+                                       "defaults)")
+    keys.add_argument("--method", help="only the keys this method reads, with its defaults")
+    keys.set_defaults(func=cmd_keys)
     data = sub.add_parser("data", help="fetch and list data sets").add_subparsers(dest="data_command", required=True)
     fetch = data.add_parser("fetch", help="download, verify (sha256) and install data sets")
     fetch.add_argument("names", nargs="+", help="data set names (see `perturbmerge data list`)")

@@ -12,31 +12,54 @@ import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping
 
 import yaml
 
 from .errors import UserError, did_you_mean
-from .merge import ALPHA_RULES
+
+
+def option(default: Any, help: str) -> Any:
+    """A config field with its help text (shown by `perturbmerge keys`); list defaults are copied per instance."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+def section(cls: type, help: str) -> Any:
+    return field(default_factory=cls, metadata={"help": help})
+
+
+FisherKind = Literal["empirical", "sampled"]
+Logits = Literal["task", "seen"]
+FisherNormalisation = Literal["none", "trace"]
+HeadKind = Literal["linear", "prototype", "lda"]
+Drift = Literal["none", "sdc", "linear"]
+AlphaRule = Literal["closed_form", "simplified", "average", "fixed"]
+AlphaGranularity = Literal["model", "module"]
+Precision = Literal["fp32", "bf16"]
 
 
 @dataclass
 class LoraSettings:
-    rank: int = 8
-    alpha: float = 16.0
-    dropout: float = 0.0
-    targets: list[str] | None = None  # None: the backbone's default targets
+    rank: int = option(8, "LoRA rank r of each task's adapter")
+    alpha: float = option(16.0, "LoRA alpha; the branch is scaled by alpha / rank")
+    dropout: float = option(0.0, "dropout on the LoRA branch's input")
+    targets: list[str] | None = option(None, "module-name suffixes to adapt (e.g. query,value); null: the "
+                                             "backbone's default (docs/backbones.md)")
 
 
 @dataclass
 class FisherSettings:
-    max_samples: int | None = None  # None: the whole training set of the task (else a fixed random subset)
-    batch_size: int = 64
-    kind: str = "empirical"  # "sampled": the true Fisher, labels drawn from the model's predictive distribution
-    logits: str = "task"  # "seen": the loss over every seen class's logits, not the current task's only
-    # "trace": each task's Fisher enters the merge divided by its total Σ F_t, so every task weighs the same in
-    # total and α depends on where each Fisher lies, not on its size (which vanishes when a task is fit well)
-    normalise: str = "none"
+    max_samples: int | None = option(None, "examples per task in the Fisher pass (a fixed random subset); null: all")
+    batch_size: int = option(64, "examples per forward/backward pass of the Fisher")
+    kind: FisherKind = option("empirical", "empirical: gradients at the true labels; sampled: at labels drawn "
+                                           "from the model's predictive distribution (the true Fisher)")
+    logits: Logits = option("task", "task: the loss over the current task's logits (the masked loss); seen: over "
+                                     "every seen class's")
+    normalise: FisherNormalisation = option(
+        "none", "trace: each task's Fisher enters the merge divided by its total Σ F_t, so every task weighs the "
+                "same and α depends on where each Fisher lies, not on its size")
 
 
 @dataclass
@@ -44,108 +67,110 @@ class DataSettings:
     """Data settings. test_fraction and class_order apply to the bring-your-own-data benchmarks (csv:PATH,
     folder:PATH); validation_fraction to every benchmark."""
 
-    test_fraction: float = 0.2  # held out per class, by a fixed split seed
-    class_order: list[str] | None = None  # explicit class order, cut into --tasks groups; None: seeded order
-    # > 0: hold out this fraction of each task's training examples per class and evaluate on them instead of the
-    # test split (for tuning; the test split is then never read). 0: evaluate on the test split.
-    validation_fraction: float = 0.0
-    # paper image benchmarks: random-resized-crop + flip on training batches (their default: true)
-    augment: bool = False
-    # langid: training words per language, the first N of its fixed sample (None: all 1,000); for quick runs
-    train_per_class: int | None = None
-    # langid: test words per language, the first N of its fixed sample (None: all 300); for quick runs (the demo)
-    test_per_class: int | None = None
+    test_fraction: float = option(0.2, "csv:/jsonl:/folder: share of each class held out for testing (fixed split "
+                                       "seed)")
+    class_order: list[str] | None = option(None, "csv:/jsonl:/folder: explicit class order, cut into --tasks groups; "
+                                                 "null: the seed's order")
+    validation_fraction: float = option(
+        0.0, "> 0: hold out this share of each task's training examples per class and evaluate on them instead of "
+             "the test split (for tuning; the test split is then never read)")
+    augment: bool = option(False, "paper image benchmarks: random-resized-crop + flip on training batches")
+    train_per_class: int | None = option(None, "langid: training words per language, the first N of its fixed "
+                                               "sample; null: all 1,000")
+    test_per_class: int | None = option(None, "langid: test words per language, the first N of its fixed sample; "
+                                              "null: all 300")
 
 
 @dataclass
 class TaskMergeSettings:
     """Merges of sequentially trained task vectors (magmax, ties, dare): θ = θ_0 + lam · merge(τ_1..τ_t)."""
 
-    lam: float = 1.0  # method defaults: magmax 0.5 (MagMax paper), ties 1.0, dare 1.0
-    keep: float = 0.2  # ties: fraction of entries kept per task vector (top by magnitude)
-    drop: float = 0.5  # dare: drop probability (survivors rescaled by 1/(1 - drop))
+    lam: float = option(1.0, "λ in θ_0 + λ · merge(τ_1..τ_t)")
+    keep: float = option(0.2, "ties: fraction of entries kept per task vector (top by magnitude)")
+    drop: float = option(0.5, "dare: drop probability (survivors rescaled by 1/(1 − drop))")
 
 
 @dataclass
 class HeadSettings:
     """Classifier-protocol options of the task-vector methods (defaults: the paper-faithful masked linear head)."""
 
-    kind: str = "linear"  # "prototype": after the merge, the task's rows become normalised class means on it;
-    # "lda": after the merge, every seen class's rows come from stored class statistics (GaussianClassStatistics)
-    shrinkage: float = 0.1  # lda: Σ_γ = (1 − γ) Σ + γ (tr Σ / d) I
-    drift: str = "none"  # lda: "sdc" moves stored class means by the drift the merge causes on the current task's data;
-    # "linear" moves means and covariance by an affine map x ↦ xW + b fitted on that data (ridge towards W = I)
-    drift_ridge: float = 3.0  # linear: λ = drift_ridge · tr(Z̃ᵀZ̃) / d
-    train_logits: str = "task"  # "seen": the training loss covers every seen class's logits (earlier rows fixed),
-    # so the LoRA learns to separate the new classes from the old ones too (the masked loss of the paper: "task")
-    frozen_weight: float = 0.0  # lda: > 0 adds w · the log-posterior of the LDA head on the pretrained backbone
-    # (statistics taken there, which never drift) to the merged backbone's: a log-linear ensemble at inference
-    probe_epochs: int = 0  # > 0: fit the task's new rows on the frozen backbone first (linear probe)
-    refit_epochs: int = 0  # > 0: re-fit the task's rows on the merged, frozen backbone after the fold
+    kind: HeadKind = option("linear", "linear: trained rows; prototype: after the merge, the task's rows become "
+                                      "normalised class means; lda: every seen class's rows from stored class "
+                                      "statistics (shared-covariance Gaussian)")
+    shrinkage: float = option(0.1, "lda: Σ_γ = (1 − γ) Σ + γ (tr Σ / d) I")
+    drift: Drift = option("none", "lda: sdc moves the stored class means by the drift the merge causes on the "
+                                  "task's data; linear moves means and covariance by a fitted affine map")
+    drift_ridge: float = option(3.0, "drift=linear: ridge λ = drift_ridge · tr(Z̃ᵀZ̃) / d towards W = I")
+    train_logits: Logits = option("task", "task: the training loss over the current task's logits (the paper's "
+                                          "masked loss); seen: over every seen class's (earlier rows fixed)")
+    frozen_weight: float = option(0.0, "lda: > 0 adds w · the log-posterior of the LDA head on the pretrained "
+                                       "backbone to the merged backbone's (a log-linear ensemble)")
+    probe_epochs: int = option(0, "> 0: fit the task's new rows on the frozen backbone first (linear probe)")
+    refit_epochs: int = option(0, "> 0: re-fit the task's rows on the merged, frozen backbone after the fold")
 
 
 @dataclass
 class CheckpointSettings:
     """Checkpoints in the run folder (docs/reliability.md); they do not change results."""
 
-    enabled: bool = True  # after every task, and every `every_steps` optimiser steps
-    every_steps: int = 200  # 0: only after each task
-    keep_final: bool = False  # keep the last checkpoint once results.json is written (default: delete it)
+    enabled: bool = option(True, "checkpoint after every task and every every_steps optimiser steps")
+    every_steps: int = option(200, "optimiser steps between checkpoints inside a task; 0: only after each task")
+    keep_final: bool = option(False, "keep the last checkpoint once results.json is written")
 
 
 @dataclass
 class LogSettings:
     """Run logs besides results.json and steps.csv; they do not change results."""
 
-    tensorboard: bool = False  # true: TensorBoard event files in <run>/tensorboard/ (pip install tensorboard)
+    tensorboard: bool = option(False, "TensorBoard event files in <run>/tensorboard/ (pip install tensorboard)")
 
 
 @dataclass
 class RunConfig:
-    benchmark: str = "wordnet"
-    backbone: str | None = None  # None: the benchmark's default
-    method: str = "pm-lora"
-    seed: int = 0
-    tasks: int | None = None  # None: the benchmark's default number of tasks
-    epochs: int = 5
-    batch_size: int = 32
-    eval_batch_size: int = 256
-    lr: float = 1e-3
-    head_lr: float = 1e-2
-    weight_decay: float = 0.0
-    epsilon: float = 0.5
-    p0: float = 1.0 / 3.0
-    alpha_rule: str = "closed_form"
-    fixed_alpha: float = 0.5
-    device: str = "auto"
-    data_dir: str | None = None
-    lora: LoraSettings = field(default_factory=LoraSettings)
-    fisher: FisherSettings = field(default_factory=FisherSettings)
-    data: DataSettings = field(default_factory=DataSettings)
-    task_merge: TaskMergeSettings = field(default_factory=TaskMergeSettings)
-    ewc_lambda: float = 100.0  # ewc-lora / ewc-full: penalty strength λ in (λ/2) Σ F ⊙ (θ − θ*)²
-    checkpoint: CheckpointSettings = field(default_factory=CheckpointSettings)
-    head: HeadSettings = field(default_factory=HeadSettings)
-    alpha_granularity: str = "model"  # "module": one closed-form α per adapted matrix (the paper's ablation)
-    # true: the pretrained weights enter the merge as "task 0", θ*_0 = θ_0 with the Fisher of task 1's data at θ_0,
-    # so α_1 < 1 and every later α is pulled toward the pretrained model too (beyond the paper)
-    anchor_pretrained: bool = False
-    precision: str = "fp32"  # "bf16": autocast forward passes in bfloat16 (GPU); the Fisher pass stays fp32
-    grad_accumulation: int = 1  # micro-batches per optimiser step (batch_size stays the global batch)
-    # true: after each task, write θ̂_{t-1}, θ*_t (merge space), α and the head to <run>/task_models/ for
-    # `perturbmerge landscape` (does not change results)
-    save_task_models: bool = False
-    # true: at the end, write the final model (merged backbone, classifier, class names) to <run>/model/ for
-    # `perturbmerge export` / `predict` (does not change results)
-    save_model: bool = False
-    log: LogSettings = field(default_factory=LogSettings)
+    benchmark: str = option("wordnet", "benchmark name (`perturbmerge benchmarks`), csv:PATH, jsonl:PATH or "
+                                       "folder:PATH")
+    backbone: str | None = option(None, "backbone name or hf:DIR / timm:DIR (docs/backbones.md); null: the "
+                                        "benchmark's")
+    method: str = option("pm-lora", "method name (`perturbmerge methods`)")
+    seed: int = option(0, "class order, initialisations, data order, perturbation draws")
+    tasks: int | None = option(None, "number of tasks; null: the benchmark's default")
+    epochs: int = option(5, "training epochs per task")
+    batch_size: int = option(32, "training examples per optimiser step")
+    eval_batch_size: int = option(256, "examples per forward pass in evaluation and statistics passes")
+    lr: float = option(1e-3, "learning rate of the adapted weights (AdamW)")
+    head_lr: float = option(1e-2, "learning rate of the classifier head")
+    weight_decay: float = option(0.0, "AdamW weight decay")
+    epsilon: float = option(0.5, "perturbation size ε: the weights W + (1 + sε)ΔW")
+    p0: float = option(1.0 / 3.0, "probability of s = 0 (no perturbation) in a step; ±1 with (1 − p0)/2 each")
+    alpha_rule: AlphaRule = option("closed_form", "closed_form: α* from the summed Fishers (the paper); "
+                                                  "simplified: the current task's Fisher only; average: 1/t; "
+                                                  "fixed: fixed_alpha")
+    fixed_alpha: float = option(0.5, "α of alpha_rule=fixed (task-arithmetic: λ)")
+    device: str = option("auto", "auto, cpu, cuda, cuda:N or mps")
+    data_dir: str | None = option(None, "where fetched data sets are cached; null: the default data folder")
+    lora: LoraSettings = section(LoraSettings, "the LoRA adapter")
+    fisher: FisherSettings = section(FisherSettings, "the task Fisher")
+    data: DataSettings = section(DataSettings, "data")
+    task_merge: TaskMergeSettings = section(TaskMergeSettings, "magmax / ties / dare")
+    ewc_lambda: float = option(100.0, "ewc-lora / ewc-full: penalty strength λ in (λ/2) Σ F ⊙ (θ − θ*)²")
+    checkpoint: CheckpointSettings = section(CheckpointSettings, "checkpoints")
+    head: HeadSettings = section(HeadSettings, "the classifier head")
+    alpha_granularity: AlphaGranularity = option("model", "module: one closed-form α per adapted matrix (the "
+                                                          "paper's ablation)")
+    anchor_pretrained: bool = option(False, "the pretrained weights enter the merge as task 0 (θ*_0 = θ_0 with "
+                                            "task 1's Fisher at θ_0), pulling every α toward θ_0")
+    precision: Precision = option("fp32", "bf16: autocast forward passes in bfloat16 (GPU); the Fisher stays fp32")
+    grad_accumulation: int = option(1, "micro-batches per optimiser step (batch_size stays the global batch)")
+    save_task_models: bool = option(False, "write θ̂_{t-1}, θ*_t, α and the head per task to <run>/task_models/ "
+                                           "for `perturbmerge landscape` (results unchanged)")
+    save_model: bool = option(False, "write the final model to <run>/model/ for export and predict (results "
+                                     "unchanged)")
+    log: LogSettings = section(LogSettings, "logs")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-PRECISIONS = ("fp32", "bf16")
-HEAD_KINDS = ("linear", "prototype", "lda")
 # settings that cannot change a run's results
 RESULT_NEUTRAL_KEYS = frozenset({"checkpoint", "save_task_models", "save_model", "log"})
 
@@ -199,6 +224,33 @@ def all_keys(cls: type = RunConfig, prefix: str = "") -> list[str]:
     return keys
 
 
+@dataclass(frozen=True)
+class KeyInfo:
+    key: str
+    kind: str  # "int", "float or null", "one of a, b", ...
+    help: str
+
+
+def key_infos(cls: type = RunConfig, prefix: str = "") -> list[KeyInfo]:
+    """Every settable key with its type (allowed values for a choice) and help text, in declaration order."""
+    infos = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        annotation = hints[f.name]
+        if dataclasses.is_dataclass(annotation):
+            infos += key_infos(annotation, prefix + f.name + ".")
+            continue
+        args = typing.get_args(annotation)
+        optional = type(None) in args
+        base = next((a for a in args if a is not type(None)), annotation) if optional else annotation
+        if typing.get_origin(base) is Literal:
+            kind = "one of " + ", ".join(typing.get_args(base))
+        else:
+            kind = "list of names" if typing.get_origin(base) is list else getattr(base, "__name__", str(base))
+        infos.append(KeyInfo(prefix + f.name, kind + (" or null" if optional else ""), f.metadata.get("help", "")))
+    return infos
+
+
 def _coerce(key: str, value: Any, annotation: Any) -> Any:
     """Check/convert one value against its annotation (int, float, str, bool, list[str], optional)."""
     args = typing.get_args(annotation)
@@ -208,6 +260,12 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
             return None
         raise UserError(f"{key} must not be null; give a value, e.g. --set {key}=...")
     base = next((a for a in args if a is not type(None)), annotation) if optional else annotation
+    if typing.get_origin(base) is Literal:
+        choices = typing.get_args(base)
+        if value in choices:
+            return value
+        raise UserError(f"{key} must be one of {', '.join(choices)}, got '{value}'{did_you_mean(str(value), choices)}"
+                        f"; e.g. --set {key}={choices[0]}")
     if base is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     if base is int and isinstance(value, int) and not isinstance(value, bool):
@@ -384,8 +442,20 @@ def _require(condition: bool, message: str) -> None:
         raise UserError(message)
 
 
+def check_choices(settings: Any, prefix: str = "") -> None:
+    """Every Literal-typed key holds one of its values (also for a RunConfig built in Python)."""
+    hints = typing.get_type_hints(type(settings))
+    for f in dataclasses.fields(settings):
+        value, annotation = getattr(settings, f.name), hints[f.name]
+        if dataclasses.is_dataclass(annotation):
+            check_choices(value, prefix + f.name + ".")
+        elif typing.get_origin(annotation) is Literal:
+            _coerce(prefix + f.name, value, annotation)
+
+
 def validate(c: RunConfig) -> None:
     """Range checks; each failure is one line with the fix."""
+    check_choices(c)
     finite = math.isfinite
     _require(c.data.train_per_class is None or c.data.train_per_class >= 2,
              f"data.train_per_class must be >= 2, got {c.data.train_per_class}; e.g. --set data.train_per_class=200")
@@ -404,10 +474,6 @@ def validate(c: RunConfig) -> None:
     _require(finite(c.weight_decay) and c.weight_decay >= 0, f"weight_decay must be >= 0, got {c.weight_decay}")
     _require(finite(c.epsilon) and c.epsilon >= 0, f"epsilon must be a finite number >= 0, got {c.epsilon}; the paper uses 0.5")
     _require(0.0 <= c.p0 <= 1.0, f"p0 must be in [0, 1], got {c.p0}; the paper uses 1/3")
-    _require(
-        c.alpha_rule in ALPHA_RULES,
-        f"alpha_rule must be one of {', '.join(ALPHA_RULES)}, got '{c.alpha_rule}'{did_you_mean(c.alpha_rule, ALPHA_RULES)}",
-    )
     _require(0.0 <= c.fixed_alpha <= 1.0, f"fixed_alpha must be in [0, 1], got {c.fixed_alpha}")
     _require(c.device == "auto" or c.device.split(":")[0] in ("cpu", "cuda", "mps"),
              f"device must be auto, cpu, cuda[:N] or mps, got '{c.device}'")
@@ -422,18 +488,8 @@ def validate(c: RunConfig) -> None:
     _require(c.fisher.max_samples is None or c.fisher.max_samples >= 1, f"fisher.max_samples must be >= 1 or null, got {c.fisher.max_samples}")
     _require(0.0 < c.data.test_fraction < 1.0,
              f"data.test_fraction must be in (0, 1), got {c.data.test_fraction}; e.g. --set data.test_fraction=0.2")
-    _require(c.fisher.kind in ("empirical", "sampled"),
-             f"fisher.kind must be empirical or sampled, got '{c.fisher.kind}'")
-    _require(c.fisher.logits in ("task", "seen"), f"fisher.logits must be task or seen, got '{c.fisher.logits}'")
-    _require(c.fisher.normalise in ("none", "trace"),
-             f"fisher.normalise must be none or trace, got '{c.fisher.normalise}'")
-    _require(c.head.kind in HEAD_KINDS, f"head.kind must be one of {', '.join(HEAD_KINDS)}, got '{c.head.kind}'"
-             f"{did_you_mean(c.head.kind, HEAD_KINDS)}")
-    _require(c.head.drift in ("none", "sdc", "linear"), f"head.drift must be none, sdc or linear, got '{c.head.drift}'")
     _require(c.head.drift == "none" or (c.head.kind == "lda" and c.alpha_granularity == "model"),
              f"head.drift={c.head.drift} needs head.kind=lda and alpha_granularity=model; set them or remove head.drift")
-    _require(c.head.train_logits in ("task", "seen"),
-             f"head.train_logits must be task or seen, got '{c.head.train_logits}'")
     _require(finite(c.head.drift_ridge) and c.head.drift_ridge > 0,
              f"head.drift_ridge must be > 0, got {c.head.drift_ridge}; e.g. --set head.drift_ridge=3")
     _require(finite(c.head.frozen_weight) and c.head.frozen_weight >= 0,
@@ -444,12 +500,8 @@ def validate(c: RunConfig) -> None:
              f"head.shrinkage must be in [0, 1], got {c.head.shrinkage}; e.g. --set head.shrinkage=0.1")
     _require(c.head.probe_epochs >= 0 and c.head.refit_epochs >= 0,
              "head.probe_epochs and head.refit_epochs must be >= 0; 0 turns them off")
-    _require(c.alpha_granularity in ("model", "module"), f"alpha_granularity must be model or module, got "
-             f"'{c.alpha_granularity}'; e.g. --set alpha_granularity=module")
     _require(c.alpha_granularity == "model" or c.alpha_rule in ("closed_form", "simplified"),
              f"alpha_granularity=module needs alpha_rule closed_form or simplified, got '{c.alpha_rule}'")
-    _require(c.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}, got '{c.precision}'"
-             f"{did_you_mean(c.precision, PRECISIONS)}")
     _require(1 <= c.grad_accumulation <= c.batch_size,
              f"grad_accumulation must be in [1, batch_size={c.batch_size}], got {c.grad_accumulation}")
     _require(c.checkpoint.every_steps >= 0,

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from .checkpoint import rng_state, save_checkpoint, set_rng_state
 from .data.loaders import evaluation_loader, training_loader
 from .distributed import World
+from .errors import TrainingDiverged
 from .heads import ContinualClassifier
 
 if TYPE_CHECKING:
@@ -157,6 +158,28 @@ class ContinualLearner:
                 p.grad = torch.zeros_like(p)
             self.world.sum_(p.grad)
 
+    def optimiser_step(self, optimizer: torch.optim.Optimizer, batch: Batch,
+                       objective_of: Callable[[Batch], tuple[torch.Tensor, torch.Tensor]],
+                       advice: Callable[[], str]) -> float:
+        """One optimiser step on the batch's mean objective; returns the mean task loss to report.
+
+        `objective_of(part)` gives (objective to minimise, task loss) on a part of the batch: this process's shard
+        (several processes) cut into `grad_accumulation` micro-batches. Each part's gradient is weighted by its
+        share of the global batch and the parts' gradients are summed (across processes too) before the step. A
+        non-finite objective stops the run naming the task, the step and `advice()`."""
+        optimizer.zero_grad(set_to_none=True)
+        reported = 0.0
+        for part, weight in self.batch_parts(batch):
+            with self.autocast():
+                objective, loss = objective_of(part)
+            if not torch.isfinite(objective):
+                raise TrainingDiverged(f"non-finite loss at task {self.task.index + 1}, step {self.step}; {advice()}")
+            (objective if weight == 1.0 else objective * weight).backward()
+            reported += loss.item() * weight
+        self.sum_gradients([p for group in optimizer.param_groups for p in group["params"]])
+        optimizer.step()
+        return self.sum_scalar(reported)
+
     def sum_scalar(self, value: float) -> float:
         if self.world.size == 1:
             return value
@@ -168,6 +191,15 @@ class ContinualLearner:
         if self.world.size == 1:
             return per_process_means
         return {k: self.world.sum_(v * local) / total for k, v in per_process_means.items()}
+
+    # ---- the model's parts that methods replace --------------------------------------------------------------
+    def set_backbone(self, backbone: torch.nn.Module) -> None:
+        """The backbone after a fold (PEFT's merge returns the plain model)."""
+        self.model.backbone = backbone
+
+    def set_ensemble(self, ensemble: Any) -> None:
+        """The pretrained-backbone ensemble of the LDA head (None: none)."""
+        self.model.ensemble = ensemble
 
     # ---- head -------------------------------------------------------------------------------------------
     def prepare_head(self, task: "Task") -> list[torch.nn.Parameter]:

@@ -127,6 +127,18 @@ def decide_alpha(
     return AlphaDecision(alpha=alpha, raw=raw, simplified=simplified, fallback=fallback)
 
 
+DATA_FREE_RULES = ("fixed", "average")
+
+
+def data_free_alpha(rule: str, task_number: int, fixed_alpha: float) -> float:
+    """α of a rule that needs no Fisher: fixed → λ (`fixed_alpha`); average → 1/t (continual model averaging)."""
+    if rule == "fixed":
+        return float(fixed_alpha)
+    if rule == "average":
+        return 1.0 / task_number
+    raise ValueError(f"'{rule}' is not a data-free rule; choose one of {', '.join(DATA_FREE_RULES)}")
+
+
 def closed_form_alpha(
     prev_merged: TensorDict,
     task_vector: TensorDict,

@@ -22,9 +22,10 @@ PERTURBATIONS = ("none", "task_vector", "gaussian")
 
 
 def perturbation_stream_seed(run_seed: int) -> int:
-    """The seed of the perturbation draws of a run seeded `run_seed` (the CLI's and `PerturbAndMerge`'s): kept
-    apart from the run seed itself, which seeds torch's global stream (initialisations, dropout)."""
-    return run_seed + 7919
+    """The seed of the perturbation draws of a run seeded `run_seed` (the CLI's and `PerturbAndMerge`'s)."""
+    from .streams import stream_seed
+
+    return stream_seed(run_seed, "perturbation")
 
 
 @dataclass

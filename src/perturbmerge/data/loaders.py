@@ -12,10 +12,7 @@ from typing import Any, Callable
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-
-def training_order_seed(run_seed: int, task_index: int, epoch: int) -> int:
-    """The seed of one epoch's shuffle: s·1,000,003 + t·1009 + e (task index t from 0)."""
-    return run_seed * 1_000_003 + task_index * 1009 + epoch
+from ..streams import training_order_seed
 
 
 def training_loader(dataset: Dataset, batch_size: int, collate: Callable[[list], Any] | None, run_seed: int,

@@ -1,0 +1,122 @@
+"""The head part of a task-vector method (pm-method.md §5), acting at fixed moments of a task:
+
+    begin      head.probe_epochs: fit the task's new rows on the frozen backbone first (a linear probe)
+    drift      head.drift none | sdc | linear: move the stored class statistics to the merged backbone, before the fold
+    finish     after the fold: head.refit_epochs re-fits the task's rows on the merged backbone; head.kind linear |
+               prototype (rows ← normalised class means) | lda (every seen class's rows ← the shared-covariance
+               Gaussian classifier of the stored statistics); head.frozen_weight w > 0 adds the LDA head of the
+               pretrained backbone as a log-linear ensemble
+
+The stored statistics are sums per class (float64), never examples.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable
+
+import torch
+
+from ..config import HeadSettings
+from ..heads import GaussianClassStatistics, PretrainedEnsemble, pretrained_features
+from .base import to_device
+from .drift import linear_drift, semantic_drift
+
+if TYPE_CHECKING:
+    from ..data import Task
+    from ..learner import ContinualLearner
+
+KEYS = frozenset({"head.kind", "head.probe_epochs", "head.refit_epochs", "head.shrinkage", "head.drift",
+                  "head.drift_ridge", "head.train_logits", "head.frozen_weight"})
+
+
+class HeadProtocol:
+    def __init__(self, settings: HeadSettings, head_lr: float, weight_decay: float) -> None:
+        self.settings, self.head_lr, self.weight_decay = settings, head_lr, weight_decay
+        self.class_statistics = GaussianClassStatistics()  # head.kind = lda
+        self.frozen_statistics = GaussianClassStatistics()  # head.frozen_weight > 0: the same, on θ_0
+        self.pretrained_weights: dict[str, torch.Tensor] | None = None  # θ_0 in merge space (head.frozen_weight)
+        self.log: dict[str, Any] = {}
+
+    def begin_task(self, learner: "ContinualLearner", task: "Task", adaptation) -> None:
+        """After the adapter is attached: drop the ensemble until the merge; keep θ_0 at the first task; probe."""
+        learner.set_ensemble(None)  # rebuilt after the merge, once the task's classes have rows in it
+        if self.settings.frozen_weight > 0 and task.index == 0:  # (a resume inside a later task loads θ_0 later)
+            self.pretrained_weights = {k: v.detach().clone() for k, v in adaptation.merged_weights().items()}
+
+    def probe(self, learner: "ContinualLearner", task: "Task") -> None:
+        self.log = ({"probe_losses": learner.fit_head(task, self.settings.probe_epochs, self.head_lr,
+                                                      self.weight_decay, tag=1)}
+                    if self.settings.probe_epochs else {})
+
+    def compensate_drift(self, learner: "ContinualLearner", task: "Task", adaptation, alpha) -> dict[str, float]:
+        """Before the fold (the adapter still holds Δ_t): move the stored statistics to θ̂_t."""
+        if self.settings.drift == "none" or not self.class_statistics.sums:
+            return {}
+        if self.settings.drift == "sdc":
+            return {"mean_drift": semantic_drift(self.class_statistics, adaptation, learner, task, alpha)}
+        return {"mean_drift": linear_drift(self.class_statistics, adaptation, learner, task, alpha,
+                                           self.settings.drift_ridge)}
+
+    @property
+    def acts_after_fold(self) -> bool:
+        """Whether `finish_task` changes the head (a refit, prototype or LDA rows)."""
+        return bool(self.settings.refit_epochs) or self.settings.kind != "linear"
+
+    def finish_task(self, learner: "ContinualLearner", task: "Task") -> dict[str, Any]:
+        """After the fold, on the merged and frozen backbone: refit, then prototype or LDA rows (and ensemble)."""
+        s = self.settings
+        log = dict(self.log)
+        if s.refit_epochs:
+            log["refit_losses"] = learner.fit_head(task, s.refit_epochs, self.head_lr, self.weight_decay, tag=2)
+        if s.kind == "prototype":
+            set_prototype_rows(learner.model.head.blocks[learner.head_block], *learner.class_feature_sums(task))
+        elif s.kind == "lda":
+            write_lda_rows(self.class_statistics, learner, task, s.shrinkage)
+            if s.frozen_weight > 0:
+                learner.set_ensemble(self._pretrained_ensemble(learner, task))
+        return log
+
+    def _pretrained_ensemble(self, learner: "ContinualLearner", task: "Task") -> PretrainedEnsemble:
+        """Add the task's class statistics on the pretrained backbone; the ensemble's head ← their LDA rows."""
+        model = learner.model
+        add_task_statistics(self.frozen_statistics, learner, task,
+                            lambda inputs: pretrained_features(model.backbone, self.pretrained_weights, inputs))
+        rows, biases = self.frozen_statistics.dense_classifier(self.settings.shrinkage, model.head.num_classes)
+        dtype = model.head.blocks[0].weight.dtype
+        return PretrainedEnsemble(self.pretrained_weights, rows.to(learner.device, dtype),
+                                  biases.to(learner.device, dtype), self.settings.frozen_weight)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"head_log": self.log, "class_statistics": self.class_statistics.state_dict(),
+                "frozen_statistics": self.frozen_statistics.state_dict(),
+                "pretrained_weights": self.pretrained_weights}
+
+    def load_state_dict(self, state: dict[str, Any], device: torch.device) -> None:
+        self.log = dict(state.get("head_log", {}))
+        self.class_statistics.load_state_dict(state["class_statistics"])
+        self.frozen_statistics.load_state_dict(state["frozen_statistics"])
+        self.pretrained_weights = to_device(state["pretrained_weights"], device)
+
+
+@torch.no_grad()
+def set_prototype_rows(block: torch.nn.Linear, sums: torch.Tensor, counts: torch.Tensor) -> None:
+    """Rows ← L2-normalised class means (rows without examples keep their weights), bias 0: for a feature f the
+    logit is ‖f‖·cos(f, mean), so the arg-max over classes is the cosine classifier's."""
+    for row in range(block.out_features):
+        if counts[row] > 0:
+            mean = sums[row] / counts[row]
+            block.weight[row] = (mean / mean.norm().clamp(min=1e-12)).to(block.weight.dtype)
+    block.bias.zero_()
+
+
+def add_task_statistics(statistics: GaussianClassStatistics, learner: "ContinualLearner", task: "Task",
+                        features_of: Callable[[Any], torch.Tensor] | None = None) -> None:
+    """Add the task's class statistics on the backbone as it is now (or on `features_of`)."""
+    sums, counts, moment = learner.class_feature_statistics(task, features_of=features_of)
+    statistics.add([task.label_offset + row for row in range(len(counts))], sums, counts, moment)
+
+
+def write_lda_rows(statistics: GaussianClassStatistics, learner: "ContinualLearner", task: "Task",
+                   shrinkage: float) -> None:
+    """Add the task's class statistics on the backbone as it is now; every seen class's rows ← the LDA rows."""
+    add_task_statistics(statistics, learner, task)
+    statistics.write_rows(learner.model.head, shrinkage)

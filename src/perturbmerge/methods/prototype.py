@@ -1,0 +1,61 @@
+"""SimpleCIL (Zhou et al., 2023) and frozen-lda: a frozen pretrained backbone and a classifier from class statistics.
+
+SimpleCIL: one prototype per class (the mean feature of its training data), cosine classifier. Head rows are the
+L2-normalised prototypes with zero bias: for a feature f, f·p/‖p‖ = ‖f‖·cos(f, p), and ‖f‖ is the same for every
+class, so the arg-max is the cosine classifier's. With head.kind = lda, the frozen backbone gets the
+shared-covariance Gaussian classifier instead (the frozen-backbone diagnostic for pm-lora with the same head).
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ..config import RunConfig
+from ..errors import UserError
+from ..heads import GaussianClassStatistics
+from .base import Method
+from .head_part import set_prototype_rows, write_lda_rows
+
+if TYPE_CHECKING:
+    from ..data import Task
+    from ..learner import ContinualLearner
+
+KEYS = frozenset({"head.kind", "head.shrinkage"})
+
+
+class SimpleCIL(Method):
+    name = "simplecil"
+    trains = False
+
+    def __init__(self, config: RunConfig) -> None:
+        if config.head.kind not in ("prototype", "lda"):
+            raise UserError(f"simplecil's head is a prototype or lda classifier, got head.kind={config.head.kind}; "
+                            f"remove the key or set head.kind=lda")
+        self.config = config
+        self.class_statistics = GaussianClassStatistics()  # per head position (domain-incremental: all domains)
+
+    def begin_task(self, learner: "ContinualLearner", task: "Task") -> None:
+        learner.prepare_head(task)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"class_statistics": self.class_statistics.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any], device: torch.device) -> None:
+        self.class_statistics.load_state_dict(state["class_statistics"])
+
+    @torch.no_grad()
+    def end_task(self, learner: "ContinualLearner", task: "Task") -> dict[str, Any]:
+        block = learner.model.head.blocks[learner.head_block]
+        block.requires_grad_(False)
+        if self.config.head.kind == "lda":
+            write_lda_rows(self.class_statistics, learner, task, self.config.head.shrinkage)
+            return {}
+        statistics = self.class_statistics
+        positions = [task.label_offset + row for row in range(block.out_features)]
+        statistics.add(positions, *learner.class_feature_sums(task))
+        known = [statistics.sums.get(p, torch.zeros(block.in_features, dtype=torch.float64)) for p in positions]
+        counts = [int(statistics.counts.get(p, 0)) for p in positions]
+        set_prototype_rows(block, torch.stack([k.to(learner.device) for k in known]),
+                           torch.tensor(counts, dtype=torch.float64))
+        return {"prototype_counts": counts}
