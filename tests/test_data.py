@@ -149,6 +149,6 @@ def test_validation_fraction_key_is_accepted_everywhere_and_checked(tmp_path):
     config, _ = resolve_config({"benchmark": "digits", "tasks": 2, "epochs": 1}, None,
                                ["data.validation_fraction=0.2"])
     results = run_experiment(config, progress=False)
-    assert results["evaluated_on"] == "validation" and results["config"]["data"]["validation_fraction"] == 0.2
+    assert results["evaluated_on"] == "validation (0.2)" and results["config"]["data"]["validation_fraction"] == 0.2
     with pytest.raises(UserError, match="validation_fraction"):
         resolve_config({"benchmark": "digits"}, None, ["data.validation_fraction=1.5"])
