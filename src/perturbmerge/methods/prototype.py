@@ -5,7 +5,7 @@ L2-normalised prototypes with zero bias: for a feature f, f·p/‖p‖ = ‖f‖
 class, so the arg-max is the cosine classifier's. With head.kind = lda, the frozen backbone gets the
 shared-covariance Gaussian classifier instead (the frozen-backbone diagnostic for pm-lora with the same head);
 with head.kind = ranpac, RanPAC's random-projection ridge head (`ranpac`: the paper without its first-session
-adaptation).
+adaptation); with head.kind = fecam, FeCAM's per-class Mahalanobis head (`fecam`).
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from ..errors import UserError
 from ..heads import GaussianClassStatistics
 from .base import Method
 from .head_part import set_prototype_rows, write_lda_rows
+from .fecam import ClassGaussians
 from .ranpac import RandomProjectionHead
 
 if TYPE_CHECKING:
@@ -32,23 +33,25 @@ class SimpleCIL(Method):
     trains = False
 
     def __init__(self, config: RunConfig) -> None:
-        if config.head.kind not in ("prototype", "lda", "ranpac"):
-            raise UserError(f"a frozen-backbone method's head is prototype, lda or ranpac, got head.kind="
+        if config.head.kind not in ("prototype", "lda", "ranpac", "fecam"):
+            raise UserError(f"a frozen-backbone method's head is prototype, lda, ranpac or fecam, got head.kind="
                             f"{config.head.kind}; remove the key or set head.kind=lda")
         self.config = config
         self.class_statistics = GaussianClassStatistics()  # per head position (domain-incremental: all domains)
-        self.ranpac = RandomProjectionHead(config.head.rp_dim, config.seed)
+        self.heads = {"ranpac": RandomProjectionHead(config.head.rp_dim, config.seed), "fecam": ClassGaussians()}
 
     def begin_task(self, learner: "ContinualLearner", task: "Task") -> None:
         learner.prepare_head(task)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"class_statistics": self.class_statistics.state_dict(), "ranpac": self.ranpac.state_dict()}
+        return {"class_statistics": self.class_statistics.state_dict(),
+                **{name: head.state_dict() for name, head in self.heads.items()}}
 
     def load_state_dict(self, state: dict[str, Any], device: torch.device) -> None:
         self.class_statistics.load_state_dict(state["class_statistics"])
-        if "ranpac" in state:  # (checkpoints written before the RanPAC head have none)
-            self.ranpac.load_state_dict(state["ranpac"], device)
+        for name, head in self.heads.items():  # (checkpoints written before these heads have none)
+            if name in state:
+                head.load_state_dict(state[name], device)
 
     @torch.no_grad()
     def end_task(self, learner: "ContinualLearner", task: "Task") -> dict[str, Any]:
@@ -57,9 +60,10 @@ class SimpleCIL(Method):
         if self.config.head.kind == "lda":
             write_lda_rows(self.class_statistics, learner, task, self.config.head.shrinkage)
             return {}
-        if self.config.head.kind == "ranpac":
-            log = self.ranpac.add_task(learner, task)
-            learner.set_classifier(self.ranpac.classifier(learner.device))
+        if self.config.head.kind in self.heads:
+            head = self.heads[self.config.head.kind]
+            log = head.add_task(learner, task)
+            learner.set_classifier(head.classifier(learner.device))
             return log
         statistics = self.class_statistics
         positions = [task.label_offset + row for row in range(block.out_features)]

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..streams import generator
+from .base import summed_over_processes
 
 if TYPE_CHECKING:
     from ..data import Task
@@ -93,8 +94,8 @@ class RandomProjectionHead:
                 parts[name][1] += hidden[rows].T @ targets[rows]
                 parts[name][2] += float(rows.sum())
         for name in parts:  # every process's rows (index order is per process; the sums are what matter)
-            parts[name] = [learner.world.sum_(parts[name][0]), learner.world.sum_(parts[name][1]),
-                           learner.sum_scalar(parts[name][2])]
+            parts[name] = [summed_over_processes(learner, parts[name][0]),
+                           summed_over_processes(learner, parts[name][1]), learner.sum_scalar(parts[name][2])]
         ridge = choose_ridge(parts["fit"][:2], parts["held_out"][:2], parts["held_out"][2])
         task_gram = parts["fit"][0] + parts["held_out"][0]
         task_cross = parts["fit"][1] + parts["held_out"][1]
