@@ -1,10 +1,13 @@
-.PHONY: setup test test-all demo demo-wordnet
+.PHONY: setup test test-quick test-all demo demo-wordnet bench
 
 setup:
 	bash scripts/setup.sh
 
 test: setup
 	.venv/bin/python -m pytest -q
+
+test-quick: setup
+	.venv/bin/python -m pytest -q -m "not e2e and not slow"
 
 test-all: setup
 	.venv/bin/python -m pytest -q -m "slow or not slow"
@@ -21,3 +24,8 @@ demo: setup
 demo-wordnet: setup
 	.venv/bin/perturbmerge data fetch wordnet
 	.venv/bin/perturbmerge run --out runs/default
+
+# Speed of P&M's parts against their floors (docs/performance.md); run it on an otherwise idle machine.
+bench: setup
+	.venv/bin/perturbmerge data fetch wordnet
+	OMP_NUM_THREADS=2 .venv/bin/python -m perturbmerge.bench --out benchmarks/results/bench-cpu.json

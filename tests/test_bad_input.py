@@ -110,7 +110,7 @@ BAD_INPUTS: list[tuple[str, Setup, str]] = [
     ("drift-ridge-zero", flags("--set", "head.kind=lda", "head.drift=linear", "head.drift_ridge=0"),
      "head.drift_ridge must be > 0"),
     ("simplecil-linear-head", flags("--method", "simplecil", "--set", "head.kind=linear"),
-     "simplecil's head is a prototype or lda classifier"),
+     "a frozen-backbone method's head is prototype, lda, ranpac or fecam, got head.kind=linear"),
     ("drift-on-ewc", flags("--method", "ewc-lora", "--set", "head.drift_ridge=2"),
      "method 'ewc-lora' does not use head.drift_ridge"),
     ("set-syntax", flags("--set", "epochs"), "--set expects key=value"),

@@ -106,11 +106,12 @@ def test_joint_trains_once_on_every_class(tmp_path):
     assert run["num_tasks"] == 1 and len(run["classes_per_task"][0]) == 10
 
 
-def test_ewc_lora_without_penalty_is_seq_lora_and_penalty_changes_training(tmp_path):
-    seq_run = _run("seq-lora", tmp_path)
-    free = _run("ewc-lora", tmp_path, "ewc_lambda=0")
+@pytest.mark.parametrize("ewc, sequential", [("ewc-lora", "seq-lora"), ("ewc-full", "seq-full")])
+def test_ewc_without_penalty_is_sequential_and_a_strong_penalty_shrinks_updates(tmp_path, ewc, sequential):
+    seq_run = _run(sequential, tmp_path)
+    free = _run(ewc, tmp_path, "ewc_lambda=0")
     assert free["accuracy_matrix"] == seq_run["accuracy_matrix"]
-    strong = _run("ewc-lora", tmp_path / "strong", "ewc_lambda=1e6")
+    strong = _run(ewc, tmp_path / "strong", "ewc_lambda=1e6")
     # a huge penalty keeps later task vectors small
     assert strong["task_logs"][2]["task_vector_norm"] < 0.5 * free["task_logs"][2]["task_vector_norm"]
 
@@ -139,14 +140,6 @@ def test_cofima_keeps_part_of_each_later_update(tmp_path):
     kept = [log["kept_fraction_of_update"] for log in run["task_logs"]]
     assert kept[0] == pytest.approx(1.0)
     assert all(0.0 < k < 1.0 for k in kept[1:])
-
-
-def test_ewc_full_without_penalty_is_seq_full_and_penalty_shrinks_updates(tmp_path):
-    seq_run = _run("seq-full", tmp_path)
-    free = _run("ewc-full", tmp_path, "ewc_lambda=0")
-    assert free["accuracy_matrix"] == seq_run["accuracy_matrix"]
-    strong = _run("ewc-full", tmp_path / "strong", "ewc_lambda=1e6")
-    assert strong["task_logs"][2]["task_vector_norm"] < 0.5 * free["task_logs"][2]["task_vector_norm"]
 
 
 def test_full_differentiable_task_vector_is_displacement_with_gradients():

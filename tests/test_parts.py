@@ -41,7 +41,7 @@ def test_every_key_has_help_and_a_type():
     assert [i.key for i in infos] == all_keys()
     assert all(i.help and i.kind for i in infos), [i.key for i in infos if not i.help]
     kinds = {i.key: i.kind for i in infos}
-    assert kinds["head.kind"] == "one of linear, prototype, lda" and kinds["tasks"] == "int or null"
+    assert kinds["head.kind"] == "one of linear, prototype, lda, ranpac, fecam" and kinds["tasks"] == "int or null"
 
 
 def test_keys_command_shows_the_methods_keys_and_defaults(capsys):
@@ -60,7 +60,8 @@ def test_keys_command_shows_the_methods_keys_and_defaults(capsys):
 def test_a_bad_choice_is_refused_when_the_config_is_read():
     from perturbmerge.errors import UserError
 
-    with pytest.raises(UserError, match=r"head.kind must be one of linear, prototype, lda, got 'lad' \(did you mean 'lda'\?\)"):
+    expected = r"head.kind must be one of linear, prototype, lda, ranpac, fecam, got 'lad' \(did you mean 'lda'\?\)"
+    with pytest.raises(UserError, match=expected):
         resolve_config({"method": "pm-lora"}, sets=["head.kind=lad"])
 
 

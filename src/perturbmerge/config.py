@@ -33,7 +33,7 @@ def section(cls: type, help: str) -> Any:
 FisherKind = Literal["empirical", "sampled"]
 Logits = Literal["task", "seen"]
 FisherNormalisation = Literal["none", "trace"]
-HeadKind = Literal["linear", "prototype", "lda"]
+HeadKind = Literal["linear", "prototype", "lda", "ranpac", "fecam"]
 Drift = Literal["none", "sdc", "linear"]
 AlphaRule = Literal["closed_form", "simplified", "average", "fixed"]
 AlphaGranularity = Literal["model", "module"]
@@ -96,7 +96,10 @@ class HeadSettings:
 
     kind: HeadKind = option("linear", "linear: trained rows; prototype: after the merge, the task's rows become "
                                       "normalised class means; lda: every seen class's rows from stored class "
-                                      "statistics (shared-covariance Gaussian)")
+                                      "statistics (shared-covariance Gaussian); ranpac: a random projection "
+                                      "+ ReLU + ridge read-out from accumulated Gram statistics (RanPAC); "
+                                      "fecam: per-class shrunk covariances, Mahalanobis distance (FeCAM)")
+    rp_dim: int = option(2048, "ranpac: width M of the random projection (the paper: 10,000 on a GPU)")
     shrinkage: float = option(0.1, "lda: Σ_γ = (1 − γ) Σ + γ (tr Σ / d) I")
     drift: Drift = option("none", "lda: sdc moves the stored class means by the drift the merge causes on the "
                                   "task's data; linear moves means and covariance by a fitted affine map")
@@ -498,6 +501,9 @@ def validate(c: RunConfig) -> None:
              "head.frozen_weight needs head.kind=lda; set it or remove head.frozen_weight")
     _require(finite(c.head.shrinkage) and 0.0 <= c.head.shrinkage <= 1.0,
              f"head.shrinkage must be in [0, 1], got {c.head.shrinkage}; e.g. --set head.shrinkage=0.1")
+    _require(c.head.rp_dim >= 1, f"head.rp_dim must be >= 1, got {c.head.rp_dim}; e.g. --set head.rp_dim=2048")
+    _require(not (c.save_model and c.head.kind in ("ranpac", "fecam")),
+             f"save_model cannot export the {c.head.kind} head yet; run without save_model or with another head.kind")
     _require(c.head.probe_epochs >= 0 and c.head.refit_epochs >= 0,
              "head.probe_epochs and head.refit_epochs must be >= 0; 0 turns them off")
     _require(c.alpha_granularity == "model" or c.alpha_rule in ("closed_form", "simplified"),

@@ -79,17 +79,20 @@ class PretrainedEnsemble:
 
 
 class ContinualClassifier(nn.Module):
-    """backbone (one input → [N, d] features) + expanding head; with `ensemble` set (by the method, once every
-    seen class has rows in it), the scores of `PretrainedEnsemble` instead of the head's logits."""
+    """backbone (one input → [N, d] features) + expanding head; with `classifier` set (RanPAC), its logits instead
+    of the head's; with `ensemble` set (by the method, once every seen class has rows in it), the scores of
+    `PretrainedEnsemble` instead of the logits."""
 
     def __init__(self, backbone: nn.Module, feature_dim: int) -> None:
         super().__init__()
         self.backbone = backbone
         self.head = ExpandingLinearHead(feature_dim)
         self.ensemble: PretrainedEnsemble | None = None  # a plain attribute: not part of the model's state_dict
+        self.classifier: Any = None  # replaces the head's logits when set (RanPAC: `.logits(features)`); plain too
 
     def forward(self, inputs: Any) -> torch.Tensor:
-        logits = self.head(self.backbone(inputs))
+        features = self.backbone(inputs)
+        logits = self.head(features) if self.classifier is None else self.classifier.logits(features)
         return logits if self.ensemble is None else self.ensemble.combine(logits, self.backbone, inputs)
 
 

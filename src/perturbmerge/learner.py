@@ -197,6 +197,10 @@ class ContinualLearner:
         """The backbone after a fold (PEFT's merge returns the plain model)."""
         self.model.backbone = backbone
 
+    def set_classifier(self, classifier: Any) -> None:
+        """A classifier that replaces the head's logits (RanPAC's; None: the head's own rows)."""
+        self.model.classifier = classifier
+
     def set_ensemble(self, ensemble: Any) -> None:
         """The pretrained-backbone ensemble of the LDA head (None: none)."""
         self.model.ensemble = ensemble

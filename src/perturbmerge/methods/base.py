@@ -77,3 +77,10 @@ def sum_norm_sq(tensors: dict[str, torch.Tensor]) -> float:
 def to_device(tensors: dict[str, torch.Tensor] | None, device: torch.device) -> dict[str, torch.Tensor] | None:
     """A checkpoint's tensor dict (or None) moved to `device`."""
     return None if tensors is None else {k: v.to(device) for k, v in tensors.items()}
+
+
+def summed_over_processes(learner, tensor: torch.Tensor) -> torch.Tensor:
+    """A CPU statistic summed over every process (through the learner's device: NCCL sums CUDA tensors only)."""
+    if learner.world.size == 1:
+        return tensor
+    return learner.world.sum_(tensor.to(learner.device)).cpu()

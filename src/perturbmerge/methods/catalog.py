@@ -116,6 +116,22 @@ register_method(MethodSpec(
                   "what pm-lora-plus's backbone merging adds (no training)",
     lambda config, targets: prototype.SimpleCIL(config), prototype.KEYS, {"head": {"kind": "lda"}},
 ))
+register_method(MethodSpec(
+    "ranpac", "RanPAC (McDonnell et al., 2023) without its first-session adaptation: frozen backbone, fixed random "
+              "projection + ReLU, ridge read-out from accumulated Gram statistics, lambda chosen per task (no training)",
+    lambda config, targets: prototype.SimpleCIL(config), prototype.KEYS, {"head": {"kind": "ranpac"}},
+))
+register_recipe(Recipe("pm-lora-ranpac", "LoRA-P&M (the paper's training and merge) with RanPAC's head on the merged "
+                       "backbone (head.kind=ranpac)", "lora", "task_vector", "closed_form",
+                       defaults={"head": {"kind": "ranpac"}}))
+register_method(MethodSpec(
+    "fecam", "FeCAM (Goswami et al., 2023) on the frozen backbone: per-class means and shrunk, normalised "
+             "covariances; Mahalanobis distance of L2-normalised features (no training)",
+    lambda config, targets: prototype.SimpleCIL(config), prototype.KEYS, {"head": {"kind": "fecam"}},
+))
+register_recipe(Recipe("pm-lora-fecam", "LoRA-P&M (the paper's training and merge) with FeCAM's head on the merged "
+                       "backbone (head.kind=fecam)", "lora", "task_vector", "closed_form",
+                       defaults={"head": {"kind": "fecam"}}))
 register_recipe(Recipe("joint", "joint training on all tasks' data at once with LoRA (upper bound; NOT continual)",
                        "lora", "none", "sequential", joint=True))
 register_recipe(Recipe("avg-lora", "continual model averaging: each task's LoRA update folded in with alpha_t = 1/t",

@@ -4,8 +4,9 @@
     drift      head.drift none | sdc | linear: move the stored class statistics to the merged backbone, before the fold
     finish     after the fold: head.refit_epochs re-fits the task's rows on the merged backbone; head.kind linear |
                prototype (rows ← normalised class means) | lda (every seen class's rows ← the shared-covariance
-               Gaussian classifier of the stored statistics); head.frozen_weight w > 0 adds the LDA head of the
-               pretrained backbone as a log-linear ensemble
+               Gaussian classifier of the stored statistics) | ranpac (random projection + ridge read-out,
+               ranpac.py) | fecam (per-class covariances, Mahalanobis, fecam.py); head.frozen_weight w > 0 adds the LDA head of the pretrained backbone as a log-linear
+               ensemble
 
 The stored statistics are sums per class (float64), never examples.
 """
@@ -19,18 +20,22 @@ from ..config import HeadSettings
 from ..heads import GaussianClassStatistics, PretrainedEnsemble, pretrained_features
 from .base import to_device
 from .drift import linear_drift, semantic_drift
+from .fecam import ClassGaussians
+from .ranpac import RandomProjectionHead
 
 if TYPE_CHECKING:
     from ..data import Task
     from ..learner import ContinualLearner
 
 KEYS = frozenset({"head.kind", "head.probe_epochs", "head.refit_epochs", "head.shrinkage", "head.drift",
-                  "head.drift_ridge", "head.train_logits", "head.frozen_weight"})
+                  "head.drift_ridge", "head.train_logits", "head.frozen_weight", "head.rp_dim"})
 
 
 class HeadProtocol:
-    def __init__(self, settings: HeadSettings, head_lr: float, weight_decay: float) -> None:
+    def __init__(self, settings: HeadSettings, head_lr: float, weight_decay: float, run_seed: int) -> None:
         self.settings, self.head_lr, self.weight_decay = settings, head_lr, weight_decay
+        self.ranpac = RandomProjectionHead(settings.rp_dim, run_seed)  # head.kind = ranpac
+        self.fecam = ClassGaussians()  # head.kind = fecam
         self.class_statistics = GaussianClassStatistics()  # head.kind = lda
         self.frozen_statistics = GaussianClassStatistics()  # head.frozen_weight > 0: the same, on θ_0
         self.pretrained_weights: dict[str, torch.Tensor] | None = None  # θ_0 in merge space (head.frozen_weight)
@@ -39,6 +44,7 @@ class HeadProtocol:
     def begin_task(self, learner: "ContinualLearner", task: "Task", adaptation) -> None:
         """After the adapter is attached: drop the ensemble until the merge; keep θ_0 at the first task; probe."""
         learner.set_ensemble(None)  # rebuilt after the merge, once the task's classes have rows in it
+        learner.set_classifier(None)  # likewise (ranpac)
         if self.settings.frozen_weight > 0 and task.index == 0:  # (a resume inside a later task loads θ_0 later)
             self.pretrained_weights = {k: v.detach().clone() for k, v in adaptation.merged_weights().items()}
 
@@ -73,6 +79,10 @@ class HeadProtocol:
             write_lda_rows(self.class_statistics, learner, task, s.shrinkage)
             if s.frozen_weight > 0:
                 learner.set_ensemble(self._pretrained_ensemble(learner, task))
+        elif s.kind in ("ranpac", "fecam"):
+            statistics = self.ranpac if s.kind == "ranpac" else self.fecam
+            log.update(statistics.add_task(learner, task))
+            learner.set_classifier(statistics.classifier(learner.device))
         return log
 
     def _pretrained_ensemble(self, learner: "ContinualLearner", task: "Task") -> PretrainedEnsemble:
@@ -88,13 +98,17 @@ class HeadProtocol:
     def state_dict(self) -> dict[str, Any]:
         return {"head_log": self.log, "class_statistics": self.class_statistics.state_dict(),
                 "frozen_statistics": self.frozen_statistics.state_dict(),
-                "pretrained_weights": self.pretrained_weights}
+                "pretrained_weights": self.pretrained_weights, "ranpac": self.ranpac.state_dict(),
+                "fecam": self.fecam.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any], device: torch.device) -> None:
         self.log = dict(state.get("head_log", {}))
         self.class_statistics.load_state_dict(state["class_statistics"])
         self.frozen_statistics.load_state_dict(state["frozen_statistics"])
         self.pretrained_weights = to_device(state["pretrained_weights"], device)
+        for name in ("ranpac", "fecam"):  # (checkpoints written before these heads have none)
+            if name in state:
+                getattr(self, name).load_state_dict(state[name], device)
 
 
 @torch.no_grad()

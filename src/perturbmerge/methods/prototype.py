@@ -3,7 +3,9 @@
 SimpleCIL: one prototype per class (the mean feature of its training data), cosine classifier. Head rows are the
 L2-normalised prototypes with zero bias: for a feature f, f·p/‖p‖ = ‖f‖·cos(f, p), and ‖f‖ is the same for every
 class, so the arg-max is the cosine classifier's. With head.kind = lda, the frozen backbone gets the
-shared-covariance Gaussian classifier instead (the frozen-backbone diagnostic for pm-lora with the same head).
+shared-covariance Gaussian classifier instead (the frozen-backbone diagnostic for pm-lora with the same head);
+with head.kind = ranpac, RanPAC's random-projection ridge head (`ranpac`: the paper without its first-session
+adaptation); with head.kind = fecam, FeCAM's per-class Mahalanobis head (`fecam`).
 """
 from __future__ import annotations
 
@@ -16,12 +18,14 @@ from ..errors import UserError
 from ..heads import GaussianClassStatistics
 from .base import Method
 from .head_part import set_prototype_rows, write_lda_rows
+from .fecam import ClassGaussians
+from .ranpac import RandomProjectionHead
 
 if TYPE_CHECKING:
     from ..data import Task
     from ..learner import ContinualLearner
 
-KEYS = frozenset({"head.kind", "head.shrinkage"})
+KEYS = frozenset({"head.kind", "head.shrinkage", "head.rp_dim"})
 
 
 class SimpleCIL(Method):
@@ -29,20 +33,25 @@ class SimpleCIL(Method):
     trains = False
 
     def __init__(self, config: RunConfig) -> None:
-        if config.head.kind not in ("prototype", "lda"):
-            raise UserError(f"simplecil's head is a prototype or lda classifier, got head.kind={config.head.kind}; "
-                            f"remove the key or set head.kind=lda")
+        if config.head.kind not in ("prototype", "lda", "ranpac", "fecam"):
+            raise UserError(f"a frozen-backbone method's head is prototype, lda, ranpac or fecam, got head.kind="
+                            f"{config.head.kind}; remove the key or set head.kind=lda")
         self.config = config
         self.class_statistics = GaussianClassStatistics()  # per head position (domain-incremental: all domains)
+        self.heads = {"ranpac": RandomProjectionHead(config.head.rp_dim, config.seed), "fecam": ClassGaussians()}
 
     def begin_task(self, learner: "ContinualLearner", task: "Task") -> None:
         learner.prepare_head(task)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"class_statistics": self.class_statistics.state_dict()}
+        return {"class_statistics": self.class_statistics.state_dict(),
+                **{name: head.state_dict() for name, head in self.heads.items()}}
 
     def load_state_dict(self, state: dict[str, Any], device: torch.device) -> None:
         self.class_statistics.load_state_dict(state["class_statistics"])
+        for name, head in self.heads.items():  # (checkpoints written before these heads have none)
+            if name in state:
+                head.load_state_dict(state[name], device)
 
     @torch.no_grad()
     def end_task(self, learner: "ContinualLearner", task: "Task") -> dict[str, Any]:
@@ -51,6 +60,11 @@ class SimpleCIL(Method):
         if self.config.head.kind == "lda":
             write_lda_rows(self.class_statistics, learner, task, self.config.head.shrinkage)
             return {}
+        if self.config.head.kind in self.heads:
+            head = self.heads[self.config.head.kind]
+            log = head.add_task(learner, task)
+            learner.set_classifier(head.classifier(learner.device))
+            return log
         statistics = self.class_statistics
         positions = [task.label_offset + row for row in range(block.out_features)]
         statistics.add(positions, *learner.class_feature_sums(task))

@@ -46,7 +46,7 @@ class TaskVectorMethod(Method):
             if adaptation == "lora" else FullAdaptation)
         self.perturbation, self.merger, self.regulariser = perturbation, merger, regulariser
         self.merges = merger.merges
-        self.head = HeadProtocol(config.head, config.head_lr, config.weight_decay)
+        self.head = HeadProtocol(config.head, config.head_lr, config.weight_decay, config.seed)
         self.adaptation: LoraAdaptation | FullAdaptation | None = None
         self.optimizer: torch.optim.Optimizer | None = None
         # save_task_models: θ̂_{t-1} and θ*_t of the task just finished, in merge space, and its α (the runner

@@ -1,0 +1,99 @@
+"""The FeCAM head (Goswami et al., NeurIPS 2023) as a head part: one Gaussian per class with its own covariance, and
+the Mahalanobis distance between L2-normalised vectors (as the authors' code and Avalanche's FeCAMClassifier do):
+
+    Σ_c = (Σ_x xxᵀ − n_c μ_c μ_cᵀ) / (n_c − 1)                       per class, from sums (no example kept)
+    shrink twice: Σ ← Σ + γ₁ mean(diag Σ) I + γ₂ mean(off-diagonal Σ ≠ 0) (1 − I)       (γ₁ = γ₂ = 1)
+    normalise:    Σ ← Σ / (σ σᵀ),  σ = √diag Σ                                          (a correlation matrix)
+    logit_c(f) = −(f̂ − μ̂_c)ᵀ Σ_c⁺ (f̂ − μ̂_c),  f̂ = f/‖f‖, μ̂_c = μ_c/‖μ_c‖,  Σ⁺ the pseudo-inverse
+
+Without the Tukey transform of the features (the authors advise against it for pretrained transformers, whose
+features are not non-negative). Each class's statistics are taken on the backbone at the end of its own task.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from .base import summed_over_processes
+
+if TYPE_CHECKING:
+    from ..data import Task
+    from ..learner import ContinualLearner
+
+SHRINK_DIAGONAL, SHRINK_OFF_DIAGONAL = 1.0, 1.0
+
+
+def shrink(covariance: torch.Tensor) -> torch.Tensor:
+    eye = torch.eye(covariance.shape[0], dtype=covariance.dtype, device=covariance.device)
+    off = covariance * (1 - eye)
+    nonzero = off != 0
+    off_mean = off[nonzero].mean() if nonzero.any() else covariance.new_zeros(())
+    return covariance + SHRINK_DIAGONAL * covariance.diagonal().mean() * eye + SHRINK_OFF_DIAGONAL * off_mean * (1 - eye)
+
+
+def class_precision(sums: torch.Tensor, count: float, moment: torch.Tensor) -> torch.Tensor:
+    """Σ_c⁺ after shrinking twice and normalising to a correlation matrix."""
+    mean = sums / count
+    covariance = (moment - count * torch.outer(mean, mean)) / (count - 1)
+    covariance = shrink(shrink(covariance))
+    deviation = covariance.diagonal().sqrt()
+    return torch.linalg.pinv(covariance / torch.outer(deviation, deviation))
+
+
+@dataclass
+class MahalanobisClassifier:
+    """The deployed FeCAM head (a plain attribute of the model, not in its state)."""
+
+    means: torch.Tensor  # [C, d], L2-normalised
+    precisions: torch.Tensor  # [C, d, d]
+
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        unit = torch.nn.functional.normalize(features.to(self.means.dtype), dim=-1)
+        difference = unit.unsqueeze(1) - self.means.unsqueeze(0)  # [N, C, d]
+        distance = torch.einsum("ncd,cde,nce->nc", difference, self.precisions, difference)
+        return (-distance).to(features.dtype)
+
+
+class ClassGaussians:
+    def __init__(self) -> None:
+        self.sums: dict[int, torch.Tensor] = {}
+        self.counts: dict[int, float] = {}
+        self.moments: dict[int, torch.Tensor] = {}
+
+    @torch.no_grad()
+    def add_task(self, learner: "ContinualLearner", task: "Task") -> dict[str, Any]:
+        """Add each of the task's classes' sum, count and second moment on the backbone as it is now (summed
+        over processes first; a class met again, as in domain-incremental streams, adds to what it had)."""
+        learner.model.eval()
+        dim = learner.model.head.feature_dim
+        sums = torch.zeros(task.num_classes, dim, dtype=torch.float64)
+        counts = torch.zeros(task.num_classes, dtype=torch.float64)
+        moments = torch.zeros(task.num_classes, dim, dim, dtype=torch.float64)
+        for inputs, labels in learner.local_batches(task.train, learner.eval_batch_size):
+            features, labels = learner.model.backbone(inputs).double().cpu(), labels.cpu()
+            sums.index_add_(0, labels, features)
+            counts.index_add_(0, labels, torch.ones(len(labels), dtype=torch.float64))
+            for row in labels.unique().tolist():
+                picked = features[labels == row]
+                moments[row] += picked.T @ picked
+        sums, counts, moments = (summed_over_processes(learner, t) for t in (sums, counts, moments))
+        for row in range(task.num_classes):
+            position = task.label_offset + row
+            self.sums[position] = self.sums.get(position, 0) + sums[row]
+            self.counts[position] = self.counts.get(position, 0.0) + float(counts[row])
+            self.moments[position] = self.moments.get(position, 0) + moments[row]
+        return {}
+
+    def classifier(self, device: torch.device) -> MahalanobisClassifier:
+        positions = sorted(self.sums)
+        means = torch.stack([torch.nn.functional.normalize(self.sums[p] / self.counts[p], dim=0) for p in positions])
+        precisions = torch.stack([class_precision(self.sums[p], self.counts[p], self.moments[p]) for p in positions])
+        return MahalanobisClassifier(means.to(device), precisions.to(device))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"sums": self.sums, "counts": self.counts, "moments": self.moments}
+
+    def load_state_dict(self, state: dict[str, Any], device: torch.device) -> None:
+        self.sums, self.counts, self.moments = dict(state["sums"]), dict(state["counts"]), dict(state["moments"])
