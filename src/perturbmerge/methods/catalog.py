@@ -116,22 +116,18 @@ register_method(MethodSpec(
                   "what pm-lora-plus's backbone merging adds (no training)",
     lambda config, targets: prototype.SimpleCIL(config), prototype.KEYS, {"head": {"kind": "lda"}},
 ))
-register_method(MethodSpec(
-    "ranpac", "RanPAC (McDonnell et al., 2023) without its first-session adaptation: frozen backbone, fixed random "
-              "projection + ReLU, ridge read-out from accumulated Gram statistics, lambda chosen per task (no training)",
-    lambda config, targets: prototype.SimpleCIL(config), prototype.KEYS, {"head": {"kind": "ranpac"}},
-))
-register_recipe(Recipe("pm-lora-ranpac", "LoRA-P&M (the paper's training and merge) with RanPAC's head on the merged "
-                       "backbone (head.kind=ranpac)", "lora", "task_vector", "closed_form",
-                       defaults={"head": {"kind": "ranpac"}}))
-register_method(MethodSpec(
-    "fecam", "FeCAM (Goswami et al., 2023) on the frozen backbone: per-class means and shrunk, normalised "
-             "covariances; Mahalanobis distance of L2-normalised features (no training)",
-    lambda config, targets: prototype.SimpleCIL(config), prototype.KEYS, {"head": {"kind": "fecam"}},
-))
-register_recipe(Recipe("pm-lora-fecam", "LoRA-P&M (the paper's training and merge) with FeCAM's head on the merged "
-                       "backbone (head.kind=fecam)", "lora", "task_vector", "closed_form",
-                       defaults={"head": {"kind": "fecam"}}))
+for _head, _title, _description in (
+    ("ranpac", "RanPAC's", "RanPAC (McDonnell et al., 2023) without its first-session adaptation: frozen backbone, "
+               "fixed random projection + ReLU, ridge read-out from accumulated Gram statistics, lambda chosen per "
+               "task (no training)"),
+    ("fecam", "FeCAM's", "FeCAM (Goswami et al., 2023) on the frozen backbone: per-class means and shrunk, normalised "
+              "covariances; Mahalanobis distance of L2-normalised features (no training)"),
+):  # each statistics head alone on the frozen backbone, and on P&M's merged backbone
+    register_method(MethodSpec(_head, _description, lambda config, targets: prototype.SimpleCIL(config),
+                               prototype.KEYS, {"head": {"kind": _head}}))
+    register_recipe(Recipe(f"pm-lora-{_head}", f"LoRA-P&M (the paper's training and merge) with {_title} head on the "
+                           f"merged backbone (head.kind={_head})", "lora", "task_vector", "closed_form",
+                           defaults={"head": {"kind": _head}}))
 register_recipe(Recipe("joint", "joint training on all tasks' data at once with LoRA (upper bound; NOT continual)",
                        "lora", "none", "sequential", joint=True))
 register_recipe(Recipe("avg-lora", "continual model averaging: each task's LoRA update folded in with alpha_t = 1/t",
