@@ -212,5 +212,3 @@ class FullAdaptation:
         backbone, self.backbone, self.anchor = self.backbone, None, {}
         return backbone
 
-
-ADAPTATIONS = {"lora": LoraAdaptation, "full": FullAdaptation}

@@ -35,7 +35,8 @@ from .errors import UserError
 from .fisher import layer_weight_fisher
 from .merge import AlphaDecision, RunningMergeState, data_free_alpha
 from .methods.base import sum_norm_sq, total
-from .perturb import PerturbationSchedule, lora_branch_scale, perturbation_stream_seed
+from .perturb import PerturbationSchedule, lora_branch_scale
+from .streams import stream_seed
 
 MergeRule = Literal["closed_form", "simplified", "average", "fixed"]
 MERGE_RULES = ("closed_form", "simplified", "average", "fixed")
@@ -68,7 +69,7 @@ class PerturbAndMerge:
         merge: "closed_form" (α*, the paper), "simplified" (current task's Fisher only), "average" (1/t),
             "fixed" (`fixed_alpha`).
         seed: the run's seed, as `perturbmerge run --seed`: the perturbation draws come from their own stream
-            derived from it (`perturb.perturbation_stream_seed`); the adapter initialisation and dropout follow
+            derived from it (`streams.stream_seed(seed, "perturbation")`); the adapter initialisation and dropout follow
             torch's global RNG, which you seed (`torch.manual_seed(seed)`, as the CLI does before the backbone).
         train_modules: modules trained directly and kept as trained, not merged (name suffixes, e.g.
             ["classifier"] for a Hugging Face classification head); everything else not adapted is frozen.
@@ -89,7 +90,7 @@ class PerturbAndMerge:
         self.targets, self.rank, self.lora_alpha, self.dropout = list(targets), rank, lora_alpha, dropout
         self.epsilon, self.merge, self.fixed_alpha = epsilon, merge, fixed_alpha
         self.train_modules = list(train_modules or [])
-        self.schedule = PerturbationSchedule(epsilon, p0, perturbation_stream_seed(seed))
+        self.schedule = PerturbationSchedule(epsilon, p0, stream_seed(seed, "perturbation"))
         self.merge_state = RunningMergeState()
         self.adaptation: LoraAdaptation | None = None
         self.draws = {-1: 0, 0: 0, 1: 0}

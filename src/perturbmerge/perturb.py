@@ -18,15 +18,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-PERTURBATIONS = ("none", "task_vector", "gaussian")
-
-
-def perturbation_stream_seed(run_seed: int) -> int:
-    """The seed of the perturbation draws of a run seeded `run_seed` (the CLI's and `PerturbAndMerge`'s)."""
-    from .streams import stream_seed
-
-    return stream_seed(run_seed, "perturbation")
-
 
 @dataclass
 class PerturbationSchedule:
