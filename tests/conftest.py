@@ -14,9 +14,10 @@ from perturbmerge.backbones import HFEncoderBackbone, MLPBackbone
 # Files whose tests run whole runs (CLI, runner, Trainer, subprocesses): marked e2e, so `pytest -m "not e2e"` is
 # the quick inner loop; CI runs everything.
 E2E_MODULES = {"test_api_matches_cli", "test_bad_input", "test_baselines", "test_bench", "test_checkpoint",
-               "test_cli", "test_compare", "test_distributed", "test_examples", "test_export", "test_fecam",
-               "test_golden", "test_heads", "test_integrations", "test_merge_options", "test_paper_path", "test_parts",
-               "test_ranpac", "test_reliability", "test_sweep_landscape", "test_tensorboard"}
+               "test_cli", "test_compare", "test_continual_lora", "test_distributed", "test_examples", "test_export",
+               "test_fecam", "test_golden", "test_heads", "test_integrations", "test_merge_options",
+               "test_paper_path", "test_parts", "test_ranpac", "test_reliability", "test_sweep_landscape",
+               "test_tensorboard"}
 
 
 def pytest_collection_modifyitems(config, items):

@@ -148,6 +148,10 @@ def test_step_log_has_one_row_per_optimiser_step_with_the_draws(reference):
     ("ewc-lora", "train_step", 37),  # running Fisher sum inside the penalty
     ("noise-lora", "train_step", 8),  # Gaussian perturbation generator
     ("simplecil", "evaluated", 2),  # prototype sums and counts, no training
+    ("inflora", "train_step", 37),  # GPM memory; task 2's designed down-projection (restored with the model)
+    ("sd-lora", "train_step", 37),  # stored directions; magnitudes re-join the optimiser before its state loads
+    ("o-lora", "train_step", 37),  # earlier down-projections inside the penalty
+    ("slca", "evaluated", 2),  # class Gaussians and the aligned rows
 ])
 def test_every_method_family_resumes_bit_identically(tmp_path, method, event, count):
     reference = _run(method, tmp_path / "reference")

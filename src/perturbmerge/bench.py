@@ -10,13 +10,16 @@ load drifts hit both alike, and is quoted as a ratio:
     merge       S, M update + α (two tasks) + the fold for the backbone's adapted matrices, and S, M update + α
                 for random tensors shaped like ViT-B/16's 24 key/value matrices (< 1 s)
     memory      peak resident memory of a pm-lora run / a seq-lora run (each in its own process; ≤ 2 + the
-                S, M buffers' share)
+                S, M buffers' share), and where each run's time goes (training, Fisher, accuracy before the merge,
+                merge, evaluation, the rest) from its task logs
+    scaling     time per task and peak memory of whole pm-lora runs as the task count grows (5 → 10 → 20)
 Only meaningful on an otherwise idle machine: the JSON records the load average before and after.
 """
 from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import os
 import shlex
 import statistics
@@ -57,18 +60,35 @@ def learner_for(method_name: str, config, stream, targets: list[str], backbone_m
     return learner, method
 
 
-def peak_rss_of_run(method: str, benchmark: str, tasks: int, sets: list[str]) -> float:
-    """Peak resident memory (MiB) of a whole run in a fresh process."""
+def profile_run(method: str, benchmark: str, tasks: int, sets: list[str]) -> dict:
+    """A whole run in a fresh process: its peak resident memory (MiB), wall time and per-task logs."""
+    import json
+    import tempfile
+
     code = ("import resource, sys; from perturbmerge.cli import main; "
             f"code = main(['run', '--benchmark', {benchmark!r}, '--method', {method!r}, '--tasks', '{tasks}', "
             f"'--quiet', '--out', sys.argv[1], '--set', 'checkpoint.enabled=false', *{sets!r}]); "
             "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
-    import tempfile
-
     with tempfile.TemporaryDirectory() as folder:
+        started = time.perf_counter()
         done = subprocess.run([sys.executable, "-c", code, os.path.join(folder, "run")], capture_output=True,
                               text=True, check=True)
-    return int(done.stdout.strip().splitlines()[-1]) / 1024
+        wall = time.perf_counter() - started
+        logs = json.loads(open(os.path.join(folder, "run", "results.json")).read())["task_logs"]
+    return {"peak_rss_mib": int(done.stdout.strip().splitlines()[-1]) / 1024, "wall_s": wall, "task_logs": logs}
+
+
+PARTS = ("train_time_s", "fisher_s", "acc_before_merge_s", "merge_s", "eval_s")
+
+
+def breakdown(profile: dict) -> dict:
+    """Seconds and share of the process's wall time per part of a run (the rest: start-up, data, model loading)."""
+    logs = profile["task_logs"]
+    seconds = {part: sum(log.get(part) or 0.0 for log in logs) for part in PARTS}
+    seconds["other"] = profile["wall_s"] - sum(seconds.values())
+    return {"wall_s": profile["wall_s"], "seconds": seconds,
+            "share": {part: value / profile["wall_s"] for part, value in seconds.items()},
+            "eval_s_per_task": [log["eval_s"] for log in logs], "peak_rss_mib": profile["peak_rss_mib"]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,6 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--memory", action=argparse.BooleanOptionalAction, default=True,
                         help="also run whole pm-lora and seq-lora runs for their peak memory (1 epoch)")
+    parser.add_argument("--scaling", type=lambda text: [int(n) for n in text.split(",") if n], default=[5, 10, 20],
+                        help="task counts of whole pm-lora runs (1 epoch) for time per task and peak memory; "
+                             "'' skips them")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
 
@@ -123,10 +146,12 @@ def main(argv: list[str] | None = None) -> int:
     step = median_time({"pm-lora": steps_of("pm-lora"), "seq-lora": steps_of("seq-lora"), "peft": plain_peft},
                        args.repeats)
     learner, method = learners["pm-lora"]
+    half_batch = dataclasses.replace(config.fisher, batch_size=max(1, config.fisher.batch_size // 2))
     epoch = median_time({"epoch": lambda: [method.train_step(learner, b) for b in learner.local_batches(
         task.train, config.batch_size)], "fisher": lambda: task_fisher(method.adaptation, learner, task,
-                                                                        config.fisher, config.seed)},
-                        max(1, args.repeats // 2))
+                                                                        config.fisher, config.seed),
+        "fisher_half_batch": lambda: task_fisher(method.adaptation, learner, task, half_batch, config.seed)},
+        max(1, args.repeats // 2))
 
     fisher = task_fisher(method.adaptation, learner, task, config.fisher, config.seed)
     vector, previous = method.adaptation.task_vector(), method.adaptation.merged_weights()
@@ -161,16 +186,30 @@ def main(argv: list[str] | None = None) -> int:
         "step_seq_over_plain_peft": {"value": step["seq-lora"] / step["peft"], "target": "<= 1.05",
                                      "seconds": {"plain PEFT": step["peft"] / args.steps}},
         "fisher_over_epoch": {"value": epoch["fisher"] / epoch["epoch"], "target": "<= 1.5",
-                              "seconds": epoch, "examples": len(task.train)},
+                              "seconds": epoch, "examples": len(task.train),
+                              "half_batch_over_epoch": epoch["fisher_half_batch"] / epoch["epoch"]},
         "merge_seconds": {"value": merge["backbone"] + fold_seconds, "target": "< 1",
                           "alpha_and_sums_seconds": merge["backbone"], "fold_seconds": fold_seconds,
                           "vit_b16_kv_alpha_and_sums_seconds": merge["vit_b16_kv"]},
     }
     if args.memory:
-        sets = ["epochs=1"]
-        rss = {name: peak_rss_of_run(name, args.benchmark, args.tasks, sets) for name in ("pm-lora", "seq-lora")}
+        runs = {name: breakdown(profile_run(name, args.benchmark, args.tasks, ["epochs=1"]))
+                for name in ("pm-lora", "seq-lora")}
+        rss = {name: run["peak_rss_mib"] for name, run in runs.items()}
         figures["peak_rss_pm_over_seq"] = {"value": rss["pm-lora"] / rss["seq-lora"], "mib": rss,
                                            "target": "overhead <= 2 x the adapted weights (S, M)"}
+        figures["run_wall_pm_over_seq"] = {"value": runs["pm-lora"]["wall_s"] / runs["seq-lora"]["wall_s"],
+                                           "target": "(reported)", "runs": runs}
+    if args.scaling:
+        # head.train_logits=seen: at 20 tasks a task holds one class, whose masked loss would be identically 0
+        scaling = {n: breakdown(profile_run("pm-lora", args.benchmark, n, ["epochs=1", "head.train_logits=seen"]))
+                   for n in args.scaling}
+        first, last = scaling[args.scaling[0]], scaling[args.scaling[-1]]
+        figures["scaling_peak_rss_last_over_first"] = {
+            "value": last["peak_rss_mib"] / first["peak_rss_mib"], "target": "flat (constant-memory alpha)",
+            "per_task_count": {str(n): {"wall_s": r["wall_s"], "wall_s_per_task": r["wall_s"] / n,
+                                        "peak_rss_mib": r["peak_rss_mib"], "seconds": r["seconds"]}
+                               for n, r in scaling.items()}}
     result = {"command": "python -m perturbmerge.bench " + shlex.join(argv if argv is not None else sys.argv[1:]),
               "machine": machine_description(), "torch_threads": torch.get_num_threads(),
               "load_average_before": load_before, "load_average_after": os.getloadavg(),

@@ -200,7 +200,10 @@ def load_checkpoint(folder: str | Path) -> dict[str, Any]:
     if not isinstance(document, dict) or document.get("format") != FORMAT:
         raise UserError(f"checkpoint '{folder}' is not in format {FORMAT}{fix()}")
     try:
-        tensors = load_file(str(folder / TENSORS))
+        # fresh allocations: tensors viewed inside the loaded file's buffer can sit at an address that sends a BLAS
+        # kernel down another (differently rounding) path than the run's own allocations did — a matmul of the
+        # same bytes then differs in the last bits and a resume would not be bit-identical
+        tensors = {name: tensor.clone() for name, tensor in load_file(str(folder / TENSORS)).items()}
     except (OSError, SafetensorError) as exc:
         raise UserError(f"checkpoint '{folder}': tensors.safetensors is not a valid safetensors file ({exc})"
                         f"{fix()}") from None

@@ -91,6 +91,18 @@ class TaskMergeSettings:
 
 
 @dataclass
+class ContinualLoraSettings:
+    """The continual-LoRA baselines (docs/method.md): InfLoRA's subspace memory, O-LoRA's penalties."""
+
+    inflora_threshold: float = option(0.95, "inflora: share of a task's layer-input energy the subspace memory must "
+                                            "explain after the first task; rises linearly to 1.0 at the last "
+                                            "task (the paper's DualGPM schedule)")
+    olora_orthogonal: float = option(0.5, "olora: λ₁ in λ₁ Σ_i Σ_layers ‖A_i A_tᵀ‖²_F, the new adapter's "
+                                          "down-projection against every earlier task's")
+    olora_l2: float = option(0.0, "olora: λ₂ in λ₂ Σ ‖θ‖₂ over the new adapter's matrices (the paper: 0)")
+
+
+@dataclass
 class HeadSettings:
     """Classifier-protocol options of the task-vector methods (defaults: the paper-faithful masked linear head)."""
 
@@ -110,6 +122,9 @@ class HeadSettings:
                                        "backbone to the merged backbone's (a log-linear ensemble)")
     probe_epochs: int = option(0, "> 0: fit the task's new rows on the frozen backbone first (linear probe)")
     refit_epochs: int = option(0, "> 0: re-fit the task's rows on the merged, frozen backbone after the fold")
+    align_epochs: int = option(0, "> 0: SLCA's classifier alignment after the fold: every seen class's rows "
+                                  "re-trained on features sampled from the stored class Gaussians")
+    align_samples: int = option(256, "align_epochs > 0: features sampled per class and epoch")
 
 
 @dataclass
@@ -155,6 +170,7 @@ class RunConfig:
     fisher: FisherSettings = section(FisherSettings, "the task Fisher")
     data: DataSettings = section(DataSettings, "data")
     task_merge: TaskMergeSettings = section(TaskMergeSettings, "magmax / ties / dare")
+    continual_lora: ContinualLoraSettings = section(ContinualLoraSettings, "inflora / olora")
     ewc_lambda: float = option(100.0, "ewc-lora / ewc-full: penalty strength λ in (λ/2) Σ F ⊙ (θ − θ*)²")
     checkpoint: CheckpointSettings = section(CheckpointSettings, "checkpoints")
     head: HeadSettings = section(HeadSettings, "the classifier head")
@@ -504,8 +520,17 @@ def validate(c: RunConfig) -> None:
     _require(c.head.rp_dim >= 1, f"head.rp_dim must be >= 1, got {c.head.rp_dim}; e.g. --set head.rp_dim=2048")
     _require(not (c.save_model and c.head.kind in ("ranpac", "fecam")),
              f"save_model cannot export the {c.head.kind} head yet; run without save_model or with another head.kind")
-    _require(c.head.probe_epochs >= 0 and c.head.refit_epochs >= 0,
-             "head.probe_epochs and head.refit_epochs must be >= 0; 0 turns them off")
+    _require(c.head.probe_epochs >= 0 and c.head.refit_epochs >= 0 and c.head.align_epochs >= 0,
+             "head.probe_epochs, head.refit_epochs and head.align_epochs must be >= 0; 0 turns them off")
+    _require(c.head.align_epochs == 0 or c.head.kind == "linear",
+             f"head.align_epochs re-trains the linear head's rows; with head.kind={c.head.kind} there are none to "
+             f"align: set head.kind=linear or remove head.align_epochs")
+    _require(c.head.align_samples >= 2, f"head.align_samples must be >= 2, got {c.head.align_samples}; e.g. 256")
+    cl = c.continual_lora
+    _require(finite(cl.inflora_threshold) and 0.0 < cl.inflora_threshold <= 1.0,
+             f"continual_lora.inflora_threshold must be in (0, 1], got {cl.inflora_threshold}; e.g. 0.95")
+    _require(finite(cl.olora_orthogonal) and cl.olora_orthogonal >= 0 and finite(cl.olora_l2) and cl.olora_l2 >= 0,
+             "continual_lora.olora_orthogonal and continual_lora.olora_l2 must be finite and >= 0; e.g. 0.5 and 0")
     _require(c.alpha_granularity == "model" or c.alpha_rule in ("closed_form", "simplified"),
              f"alpha_granularity=module needs alpha_rule closed_form or simplified, got '{c.alpha_rule}'")
     _require(1 <= c.grad_accumulation <= c.batch_size,

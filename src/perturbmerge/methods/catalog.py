@@ -8,7 +8,10 @@ from typing import Any, Literal
 from ..config import RunConfig
 from . import head_part, merger as mergers, perturbation as perturbations, prototype, regulariser
 from .fisher_weighted import FisherWeightedMethod
+from .inflora import InfLoraMethod
+from .olora import OLoraMethod
 from .registry import MethodSpec, register_method
+from .sdlora import SdLoraMethod
 from .sequential_merge import SequentialMergeMethod
 from .task_vector import LORA_KEYS, TaskVectorMethod
 
@@ -28,6 +31,8 @@ class Recipe:
     merger: MergerKind
     defaults: dict[str, Any] = field(default_factory=dict)
     joint: bool = False
+    family: type[TaskVectorMethod] = TaskVectorMethod  # a subclass adds what happens around the adapter
+    own_keys: frozenset[str] = frozenset()  # keys the family reads beyond its parts'
 
     def build(self, config: RunConfig, lora_targets: list[str]) -> TaskVectorMethod:
         if self.merger == "closed_form":
@@ -37,7 +42,7 @@ class Recipe:
         else:
             merger = mergers.DataFreeMerger(self.merger, config.fixed_alpha)
         perturbation = perturbations.Perturbation(self.perturbation, config.epsilon, config.p0, config.seed)
-        return TaskVectorMethod(self.name, config, self.adaptation, perturbation, merger, lora_targets)
+        return self.family(self.name, config, self.adaptation, perturbation, merger, lora_targets)
 
     @property
     def keys(self) -> frozenset[str]:
@@ -45,7 +50,7 @@ class Recipe:
         return ((LORA_KEYS if self.adaptation == "lora" else frozenset())
                 | (perturbations.KEYS if self.perturbation != "none" else frozenset())
                 | merger_keys.get(self.merger, frozenset())
-                | (HEAD_KEYS_WITHOUT_DRIFT if self.joint else HEAD_KEYS) | {"save_task_models"})
+                | (HEAD_KEYS_WITHOUT_DRIFT if self.joint else HEAD_KEYS) | {"save_task_models"} | self.own_keys)
 
 
 def register_recipe(recipe: Recipe) -> MethodSpec:
@@ -134,3 +139,19 @@ register_recipe(Recipe("avg-lora", "continual model averaging: each task's LoRA 
                        "lora", "none", "average"))
 register_recipe(Recipe("task-arithmetic", "task arithmetic: each task's LoRA update folded in with fixed lambda "
                        "(fixed_alpha, default 0.3)", "lora", "none", "fixed", defaults={"fixed_alpha": 0.3}))
+# The continual-LoRA baselines (docs/method.md): each trains one LoRA per task and folds it in with α = 1.
+register_recipe(Recipe("slca", "SLCA-style: sequential LoRA (the slow learner) + classifier alignment on features "
+                       "sampled from stored class Gaussians after each task (head.align_epochs=5)", "lora", "none",
+                       "sequential", defaults={"head": {"align_epochs": 5}}))
+register_recipe(Recipe("pm-lora-slca", "LoRA-P&M with SLCA's classifier alignment after each merge "
+                       "(head.align_epochs=5)", "lora", "task_vector", "closed_form",
+                       defaults={"head": {"align_epochs": 5}}))
+register_recipe(Recipe("inflora", "InfLoRA: each task's LoRA down-projection designed in the complement of the "
+                       "earlier tasks' input subspace (GPM memory), only the up-projection trains", "lora", "none",
+                       "sequential", family=InfLoraMethod, own_keys=frozenset({"continual_lora.inflora_threshold"})))
+register_recipe(Recipe("sd-lora", "SD-LoRA: earlier tasks' LoRA directions kept (unit norm, fixed) with learned "
+                       "magnitudes, a fresh LoRA per task", "lora", "none", "sequential", family=SdLoraMethod))
+register_recipe(Recipe("o-lora", "O-LoRA: a fresh LoRA per task with the penalty λ₁ Σ ‖A_i A_tᵀ‖²_F pushing its "
+                       "down-projection orthogonal to the earlier tasks'", "lora", "none", "sequential",
+                       family=OLoraMethod, own_keys=frozenset({"continual_lora.olora_orthogonal",
+                                                                "continual_lora.olora_l2"})))

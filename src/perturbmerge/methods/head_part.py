@@ -2,11 +2,13 @@
 
     begin      head.probe_epochs: fit the task's new rows on the frozen backbone first (a linear probe)
     drift      head.drift none | sdc | linear: move the stored class statistics to the merged backbone, before the fold
-    finish     after the fold: head.refit_epochs re-fits the task's rows on the merged backbone; head.kind linear |
+    finish     after the fold: head.refit_epochs re-fits the task's rows on the merged backbone; head.align_epochs
+               re-trains every seen row on features sampled from stored class Gaussians (SLCA, alignment.py);
+               head.kind linear |
                prototype (rows ← normalised class means) | lda (every seen class's rows ← the shared-covariance
                Gaussian classifier of the stored statistics) | ranpac (random projection + ridge read-out,
-               ranpac.py) | fecam (per-class covariances, Mahalanobis, fecam.py); head.frozen_weight w > 0 adds the LDA head of the pretrained backbone as a log-linear
-               ensemble
+               ranpac.py) | fecam (per-class covariances, Mahalanobis, fecam.py); head.frozen_weight w > 0 adds
+               the LDA head of the pretrained backbone as a log-linear ensemble
 
 The stored statistics are sums per class (float64), never examples.
 """
@@ -18,6 +20,7 @@ import torch
 
 from ..config import HeadSettings
 from ..heads import GaussianClassStatistics, PretrainedEnsemble, pretrained_features
+from .alignment import ClassifierAlignment
 from .base import to_device
 from .drift import linear_drift, semantic_drift
 from .fecam import ClassGaussians
@@ -28,7 +31,8 @@ if TYPE_CHECKING:
     from ..learner import ContinualLearner
 
 KEYS = frozenset({"head.kind", "head.probe_epochs", "head.refit_epochs", "head.shrinkage", "head.drift",
-                  "head.drift_ridge", "head.train_logits", "head.frozen_weight", "head.rp_dim"})
+                  "head.drift_ridge", "head.train_logits", "head.frozen_weight", "head.rp_dim",
+                  "head.align_epochs", "head.align_samples"})
 
 
 class HeadProtocol:
@@ -36,6 +40,7 @@ class HeadProtocol:
         self.settings, self.head_lr, self.weight_decay = settings, head_lr, weight_decay
         self.ranpac = RandomProjectionHead(settings.rp_dim, run_seed)  # head.kind = ranpac
         self.fecam = ClassGaussians()  # head.kind = fecam
+        self.alignment = ClassifierAlignment(settings.align_epochs, settings.align_samples, head_lr, run_seed)
         self.class_statistics = GaussianClassStatistics()  # head.kind = lda
         self.frozen_statistics = GaussianClassStatistics()  # head.frozen_weight > 0: the same, on θ_0
         self.pretrained_weights: dict[str, torch.Tensor] | None = None  # θ_0 in merge space (head.frozen_weight)
@@ -65,7 +70,7 @@ class HeadProtocol:
     @property
     def acts_after_fold(self) -> bool:
         """Whether `finish_task` changes the head (a refit, prototype or LDA rows)."""
-        return bool(self.settings.refit_epochs) or self.settings.kind != "linear"
+        return bool(self.settings.refit_epochs or self.settings.align_epochs) or self.settings.kind != "linear"
 
     def finish_task(self, learner: "ContinualLearner", task: "Task") -> dict[str, Any]:
         """After the fold, on the merged and frozen backbone: refit, then prototype or LDA rows (and ensemble)."""
@@ -73,6 +78,8 @@ class HeadProtocol:
         log = dict(self.log)
         if s.refit_epochs:
             log["refit_losses"] = learner.fit_head(task, s.refit_epochs, self.head_lr, self.weight_decay, tag=2)
+        if s.align_epochs:
+            log.update(self.alignment.align(learner, task))
         if s.kind == "prototype":
             set_prototype_rows(learner.model.head.blocks[learner.head_block], *learner.class_feature_sums(task))
         elif s.kind == "lda":
@@ -99,14 +106,14 @@ class HeadProtocol:
         return {"head_log": self.log, "class_statistics": self.class_statistics.state_dict(),
                 "frozen_statistics": self.frozen_statistics.state_dict(),
                 "pretrained_weights": self.pretrained_weights, "ranpac": self.ranpac.state_dict(),
-                "fecam": self.fecam.state_dict()}
+                "fecam": self.fecam.state_dict(), "alignment": self.alignment.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any], device: torch.device) -> None:
         self.log = dict(state.get("head_log", {}))
         self.class_statistics.load_state_dict(state["class_statistics"])
         self.frozen_statistics.load_state_dict(state["frozen_statistics"])
         self.pretrained_weights = to_device(state["pretrained_weights"], device)
-        for name in ("ranpac", "fecam"):  # (checkpoints written before these heads have none)
+        for name in ("ranpac", "fecam", "alignment"):  # (checkpoints written before these heads have none)
             if name in state:
                 getattr(self, name).load_state_dict(state[name], device)
 

@@ -67,14 +67,20 @@ class TaskVectorMethod(Method):
         self.adaptation = self.make_adaptation()
         self.adaptation.attach(learner.model.backbone)
         learner.model.to(learner.device)
+        extra_parameters = self.prepare_adapter(learner, task)
         self.head.begin_task(learner, task, self.adaptation)
         self.optimizer = torch.optim.AdamW(
-            [{"params": self.adaptation.trainable_parameters(), "lr": c.lr},
+            [{"params": self.adaptation.trainable_parameters() + extra_parameters, "lr": c.lr},
              {"params": head_params, "lr": c.head_lr}],
             weight_decay=c.weight_decay,
         )
         self.perturbation.begin_task()
         self.head.probe(learner, task)  # the new rows fit the features before the LoRA moves them
+
+    def prepare_adapter(self, learner: "ContinualLearner", task: "Task") -> list[torch.nn.Parameter]:
+        """After the task's fresh adapter is attached, before the optimiser is built: a subclass may set or freeze
+        the adapter's matrices and return parameters of its own that train with the adapter (at lr)."""
+        return []
 
     def train_step(self, learner: "ContinualLearner", batch: tuple[Any, torch.Tensor]) -> float:
         sign = self.perturbation.draw()  # one draw per optimiser step
