@@ -86,6 +86,15 @@ def test_exported_model_loads_with_plain_transformers_and_gives_the_runs_scores(
     assert torch.allclose(loaded.scores(loaded.tokenize(TEXTS)), scores, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("method", ["pm-lora-ranpac", "pm-lora-fecam"])
+def test_statistics_heads_export_with_the_runs_scores(tmp_path, method):
+    """RanPAC's and FeCAM's heads (no linear rows) are written with their tensors and scored as the run did."""
+    results, scores = _run(tmp_path, method, True, "run")
+    loaded = ExportedClassifier(tmp_path / "run" / "model")
+    assert loaded.card["head"] == method.removeprefix("pm-lora-")
+    assert torch.allclose(loaded.scores(loaded.tokenize(TEXTS)), scores, rtol=1e-4, atol=1e-4)
+
+
 def test_save_model_does_not_change_results(tmp_path):
     with_model, _ = _run(tmp_path, "pm-lora", True, "a")
     without, _ = _run(tmp_path, "pm-lora", False, "b")

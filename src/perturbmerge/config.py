@@ -518,8 +518,6 @@ def validate(c: RunConfig) -> None:
     _require(finite(c.head.shrinkage) and 0.0 <= c.head.shrinkage <= 1.0,
              f"head.shrinkage must be in [0, 1], got {c.head.shrinkage}; e.g. --set head.shrinkage=0.1")
     _require(c.head.rp_dim >= 1, f"head.rp_dim must be >= 1, got {c.head.rp_dim}; e.g. --set head.rp_dim=2048")
-    _require(not (c.save_model and c.head.kind in ("ranpac", "fecam")),
-             f"save_model cannot export the {c.head.kind} head yet; run without save_model or with another head.kind")
     _require(c.head.probe_epochs >= 0 and c.head.refit_epochs >= 0 and c.head.align_epochs >= 0,
              "head.probe_epochs, head.refit_epochs and head.align_epochs must be >= 0; 0 turns them off")
     _require(c.head.align_epochs == 0 or c.head.kind == "linear",

@@ -7,6 +7,9 @@ Layout of MODEL_DIR (safetensors + JSON only; nothing is pickled):
                               weight, provenance
     classifier.safetensors    weight [C, d], bias [C]: logits = f(x) Wᵀ + b on the merged backbone's features f
                               (+ pretrained.weight / pretrained.bias: the LDA rows on θ₀ when the run ensembles them)
+                              or, when the card's "head" is ranpac: ranpac.projection [d, M], ranpac.readout [M, C],
+                              logits = ReLU(f W_rand) W_o; fecam: fecam.means [C, d], fecam.precisions [C, d, d],
+                              logits = −(f̂ − μ̂_c)ᵀ Σ_c⁺ (f̂ − μ̂_c) (float64, as the run scored)
     backbone/                 a Hugging Face encoder: `save_pretrained` of the merged model + its tokenizer, so plain
                               `transformers.AutoModel.from_pretrained("MODEL_DIR/backbone")` loads it
     backbone.safetensors      any other backbone: its state dict (rebuilt by perturbmerge from the backbone's name;
@@ -99,6 +102,10 @@ def write_model(learner: "ContinualLearner", folder: str | Path, backbone_name: 
         weight = torch.cat([b.weight.detach() for b in head.blocks]).float().cpu().contiguous()
         bias = torch.cat([b.bias.detach() for b in head.blocks]).float().cpu().contiguous()
         tensors = {"weight": weight, "bias": bias}
+        head_kind = "linear"
+        if model.classifier is not None:  # RanPAC's or FeCAM's statistics head replaces the rows
+            head_kind, parts = statistics_head_tensors(model.classifier)
+            tensors.update({f"{head_kind}.{name}": t.detach().cpu().contiguous() for name, t in parts.items()})
         ensemble_weight = 0.0
         if model.ensemble is not None:
             ensemble = model.ensemble
@@ -116,8 +123,35 @@ def write_model(learner: "ContinualLearner", folder: str | Path, backbone_name: 
             "format": FORMAT_VERSION, "classes": list(class_names), "modality": modality, "backbone": backbone_name,
             "backbone_files": kind, "features": "mean of the last hidden state over the attention mask"
             if kind == "hf" else f"perturbmerge backbone '{backbone_name}'", "max_tokens": max_tokens,
-            "image_size": image_size, "ensemble_weight": ensemble_weight, **provenance})
+            "image_size": image_size, "ensemble_weight": ensemble_weight, "head": head_kind, **provenance})
     return folder
+
+
+def statistics_head_tensors(classifier: Any) -> tuple[str, dict[str, torch.Tensor]]:
+    """(kind, tensors) of a deployed statistics head (RanPAC's or FeCAM's)."""
+    from .methods.fecam import MahalanobisClassifier
+    from .methods.ranpac import RandomProjectionClassifier
+
+    if isinstance(classifier, RandomProjectionClassifier):
+        return "ranpac", {"projection": classifier.projection, "readout": classifier.readout}
+    if isinstance(classifier, MahalanobisClassifier):
+        return "fecam", {"means": classifier.means, "precisions": classifier.precisions}
+    raise UserError(f"cannot export a {type(classifier).__name__} head; run with head.kind linear, lda, ranpac or "
+                    f"fecam")
+
+
+def statistics_head(kind: str, tensors: dict[str, torch.Tensor]) -> Any:
+    """The deployed statistics head back from an exported folder's tensors (None for the linear head)."""
+    from .methods.fecam import MahalanobisClassifier
+    from .methods.ranpac import RandomProjectionClassifier
+
+    if kind == "ranpac":
+        return RandomProjectionClassifier(tensors["ranpac.projection"], tensors["ranpac.readout"])
+    if kind == "fecam":
+        return MahalanobisClassifier(tensors["fecam.means"], tensors["fecam.precisions"])
+    if kind != "linear":
+        raise UserError(f"the model card names head '{kind}', which this perturbmerge cannot score; upgrade it")
+    return None
 
 
 def export_run(run_dir: str | Path, out: str | Path) -> Path:
@@ -160,6 +194,7 @@ class ExportedClassifier(nn.Module):
         tensors = load_file(str(self.folder / "classifier.safetensors"))
         self.weight, self.bias = tensors["weight"], tensors["bias"]
         self.ensemble_weight = float(self.card.get("ensemble_weight", 0.0))
+        self.statistics_head = statistics_head(self.card.get("head", "linear"), tensors)
         self.backbone = self._load_backbone("backbone")
         self.pretrained = None
         self._tokenizer = None
@@ -201,7 +236,10 @@ class ExportedClassifier(nn.Module):
 
     @torch.no_grad()
     def scores(self, inputs: Any) -> torch.Tensor:
-        logits = self.backbone(inputs) @ self.weight.T + self.bias
+        features = self.backbone(inputs)
+        if self.statistics_head is not None:
+            return self.statistics_head.logits(features)
+        logits = features @ self.weight.T + self.bias
         if self.pretrained is None:
             return logits
         reference = self.pretrained(inputs) @ self.pretrained_weight.T + self.pretrained_bias
