@@ -48,3 +48,43 @@ def test_a_fecam_run_ends_with_the_numpy_mahalanobis_head():
     expected = numpy_fecam_logits(seen["train"].numpy(), seen["labels"].numpy(), seen["test"].numpy())
     np.testing.assert_allclose(seen["logits"].numpy(), expected, rtol=1e-4, atol=1e-4)
     assert results["final_acc"] > 90.0  # a working classifier on 10 digits, not chance
+
+
+def test_moving_fecam_statistics_equals_the_statistics_of_the_moved_examples():
+    """head.drift=linear on FeCAM's per-class sums and second moments: x ↦ xW + b applied through the statistics
+    equals the statistics recomputed from the mapped raw examples (brute force, float64)."""
+    from perturbmerge.methods.fecam import ClassGaussians
+
+    generator = torch.Generator().manual_seed(0)
+    raw = {p: torch.randn(30 + 5 * p, 4, generator=generator, dtype=torch.float64) + p for p in range(3)}
+    gaussians = ClassGaussians()
+    for p, x in raw.items():
+        gaussians.sums[p], gaussians.counts[p], gaussians.moments[p] = x.sum(0), float(len(x)), x.T @ x
+    weight = torch.randn(4, 4, generator=generator, dtype=torch.float64)
+    bias = torch.randn(4, generator=generator, dtype=torch.float64)
+    gaussians.move_affine(weight, bias)
+    for p, x in raw.items():
+        moved = x @ weight + bias
+        assert torch.allclose(gaussians.sums[p], moved.sum(0), atol=1e-10)
+        assert torch.allclose(gaussians.moments[p], moved.T @ moved, atol=1e-9)
+        assert torch.allclose(gaussians.means()[p], moved.mean(0), atol=1e-12)
+
+
+def test_pm_lora_fecam_with_linear_drift_moves_the_old_classes_only_through_the_merge():
+    seen = {}
+
+    def capture(event, learner, info):
+        if event == "end_task":
+            seen[info["task"]] = {p: s.clone() for p, s in learner.method.head.fecam.sums.items()}
+
+    results = {}
+    for drift in ("none", "linear"):
+        config, _ = resolve_config({"benchmark": "digits", "method": "pm-lora-fecam", "tasks": 3, "epochs": 1},
+                                   sets=[f"head.drift={drift}"])
+        results[drift] = run_experiment(config, None, progress=False, callbacks=[capture])
+        seen[drift] = dict(seen)
+    assert results["none"]["alphas"] == results["linear"]["alphas"]  # the head never changes training or α
+    assert "mean_drift" not in results["none"]["task_logs"][1] and results["linear"]["task_logs"][1]["mean_drift"] > 0
+    moved, kept = seen["linear"][2], seen["none"][2]
+    assert not torch.equal(moved[0], kept[0])  # task 1's class 0 moved by the later merges
+    assert torch.equal(moved[max(moved)], kept[max(kept)])  # the last task's classes: taken after its own merge

@@ -114,7 +114,8 @@ class HeadSettings:
     rp_dim: int = option(2048, "ranpac: width M of the random projection (the paper: 10,000 on a GPU)")
     shrinkage: float = option(0.1, "lda: Σ_γ = (1 − γ) Σ + γ (tr Σ / d) I")
     drift: Drift = option("none", "lda: sdc moves the stored class means by the drift the merge causes on the "
-                                  "task's data; linear moves means and covariance by a fitted affine map")
+                                  "task's data; linear moves means and covariance by a fitted affine map (lda, "
+                                  "and fecam's per-class statistics)")
     drift_ridge: float = option(3.0, "drift=linear: ridge λ = drift_ridge · tr(Z̃ᵀZ̃) / d towards W = I")
     train_logits: Logits = option("task", "task: the training loss over the current task's logits (the paper's "
                                           "masked loss); seen: over every seen class's (earlier rows fixed)")
@@ -507,8 +508,10 @@ def validate(c: RunConfig) -> None:
     _require(c.fisher.max_samples is None or c.fisher.max_samples >= 1, f"fisher.max_samples must be >= 1 or null, got {c.fisher.max_samples}")
     _require(0.0 < c.data.test_fraction < 1.0,
              f"data.test_fraction must be in (0, 1), got {c.data.test_fraction}; e.g. --set data.test_fraction=0.2")
-    _require(c.head.drift == "none" or (c.head.kind == "lda" and c.alpha_granularity == "model"),
-             f"head.drift={c.head.drift} needs head.kind=lda and alpha_granularity=model; set them or remove head.drift")
+    _require(c.head.drift == "none" or ((c.head.kind == "lda" or (c.head.kind, c.head.drift) == ("fecam", "linear"))
+                                        and c.alpha_granularity == "model"),
+             f"head.drift={c.head.drift} needs head.kind=lda (or fecam with drift=linear) and alpha_granularity=model; "
+             f"set them or remove head.drift")
     _require(finite(c.head.drift_ridge) and c.head.drift_ridge > 0,
              f"head.drift_ridge must be > 0, got {c.head.drift_ridge}; e.g. --set head.drift_ridge=3")
     _require(finite(c.head.frozen_weight) and c.head.frozen_weight >= 0,

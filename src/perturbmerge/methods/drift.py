@@ -14,6 +14,7 @@ from ..heads import GaussianClassStatistics, fit_affine_drift
 
 if TYPE_CHECKING:
     from ..data import Task
+    from .fecam import ClassGaussians
     from ..learner import ContinualLearner
 
 
@@ -54,10 +55,11 @@ def semantic_drift(statistics: GaussianClassStatistics, adaptation, learner: "Co
 
 
 @torch.no_grad()
-def linear_drift(statistics: GaussianClassStatistics, adaptation, learner: "ContinualLearner", task: "Task",
+def linear_drift(statistics: "GaussianClassStatistics | ClassGaussians", adaptation, learner: "ContinualLearner", task: "Task",
                  alpha: float, ridge: float) -> float:
     """Fit x ↦ xW + b from the task's features z_i at θ̂_{t−1} to z'_i at θ̂_t (`fit_affine_drift`), then move every
-    stored class's statistics by it (`GaussianClassStatistics.move_affine`). Returns the mean ‖δ_c‖ over the old
+    stored class's statistics by it (`GaussianClassStatistics.move_affine`, or FeCAM's per-class
+    `ClassGaussians.move_affine`). Returns the mean ‖δ_c‖ over the old
     classes, δ_c = μ_c W + b − μ_c."""
     dim = next(iter(statistics.sums.values())).shape[0]
     moments = [torch.zeros((), dtype=torch.float64, device=learner.device),  # n, Σz, Σz', Σzᵀz, Σzᵀz'

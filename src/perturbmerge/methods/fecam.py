@@ -86,6 +86,19 @@ class ClassGaussians:
             self.moments[position] = self.moments.get(position, 0) + moments[row]
         return {}
 
+    def means(self) -> dict[int, torch.Tensor]:
+        return {p: self.sums[p] / self.counts[p] for p in self.sums}
+
+    def move_affine(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
+        """Move every stored example x ↦ xW + b (row vectors) through its class's statistics (head.drift=linear):
+        s_c ← s_c W + n_c b,  M_c ← WᵀM_cW + (s_cW)ᵀb + bᵀ(s_cW) + n_c bᵀb."""
+        weight, bias = weight.double().cpu(), bias.double().cpu()
+        for p in self.sums:
+            moved = self.sums[p] @ weight
+            self.moments[p] = (weight.T @ self.moments[p] @ weight + torch.outer(moved, bias)
+                               + torch.outer(bias, moved) + self.counts[p] * torch.outer(bias, bias))
+            self.sums[p] = moved + self.counts[p] * bias
+
     def classifier(self, device: torch.device) -> MahalanobisClassifier:
         positions = sorted(self.sums)
         means = torch.stack([torch.nn.functional.normalize(self.sums[p] / self.counts[p], dim=0) for p in positions])

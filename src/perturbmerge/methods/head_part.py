@@ -1,7 +1,8 @@
 """The head part of a task-vector method (pm-method.md §5), acting at fixed moments of a task:
 
     begin      head.probe_epochs: fit the task's new rows on the frozen backbone first (a linear probe)
-    drift      head.drift none | sdc | linear: move the stored class statistics to the merged backbone, before the fold
+    drift      head.drift none | sdc | linear: move the stored class statistics (LDA's; linear: FeCAM's too) to the
+               merged backbone, before the fold
     finish     after the fold: head.refit_epochs re-fits the task's rows on the merged backbone; head.align_epochs
                re-trains every seen row on features sampled from stored class Gaussians (SLCA, alignment.py);
                head.kind linear |
@@ -60,12 +61,12 @@ class HeadProtocol:
 
     def compensate_drift(self, learner: "ContinualLearner", task: "Task", adaptation, alpha) -> dict[str, float]:
         """Before the fold (the adapter still holds Δ_t): move the stored statistics to θ̂_t."""
-        if self.settings.drift == "none" or not self.class_statistics.sums:
+        statistics = self.fecam if self.settings.kind == "fecam" else self.class_statistics
+        if self.settings.drift == "none" or not statistics.sums:
             return {}
         if self.settings.drift == "sdc":
-            return {"mean_drift": semantic_drift(self.class_statistics, adaptation, learner, task, alpha)}
-        return {"mean_drift": linear_drift(self.class_statistics, adaptation, learner, task, alpha,
-                                           self.settings.drift_ridge)}
+            return {"mean_drift": semantic_drift(statistics, adaptation, learner, task, alpha)}
+        return {"mean_drift": linear_drift(statistics, adaptation, learner, task, alpha, self.settings.drift_ridge)}
 
     @property
     def acts_after_fold(self) -> bool:
