@@ -13,7 +13,7 @@ import torch
 
 from perturbmerge.methods.alignment import class_covariance, normalised_logits, sample_features
 from perturbmerge.methods.fecam import ClassGaussians
-from perturbmerge.methods.inflora import designed_down_projection, grown_memory
+from perturbmerge.methods.inflora import designed_down_projection, grown_memory, layer_input_rows
 from perturbmerge.methods.olora import OrthogonalSubspacePenalty
 from perturbmerge.methods.sdlora import dense_directions, direction_output
 from perturbmerge.runner import resolve_config, run_experiment
@@ -190,3 +190,18 @@ def test_slca_alignment_retrains_every_seen_row():
     result = run_experiment(config, None, progress=False, callbacks=[record])
     assert len(result["task_logs"][2]["align_losses"]) == 5
     assert not torch.equal(rows[0], rows[1])  # task 1's rows moved during task 3's alignment, not its training
+
+
+@pytest.mark.parametrize("conv", [torch.nn.Conv2d(3, 5, 1), torch.nn.Conv2d(3, 5, 3, stride=2, padding=1),
+                                  torch.nn.Linear(3, 5)], ids=["pointwise", "3x3-stride2", "linear"])
+def test_inflora_layer_inputs_are_what_the_flattened_weight_multiplies(conv):
+    """conv(x) = rows · W_flatᵀ + b: the moment Σ x xᵀ is taken over exactly the vectors ΔW acts on."""
+    x = torch.randn(2, 3, 6, 6, generator=torch.Generator().manual_seed(0))
+    if isinstance(conv, torch.nn.Linear):
+        x = x.permute(0, 2, 3, 1)  # [..., d_in]
+    rows = layer_input_rows(conv, x)
+    by_rows = rows @ conv.weight.detach().reshape(conv.weight.shape[0], -1).T + conv.bias.detach()
+    out = conv(x).detach()
+    expected = out.movedim(1, -1).reshape(-1, out.shape[1]) if isinstance(conv, torch.nn.Conv2d) else \
+        out.reshape(-1, out.shape[-1])
+    assert torch.allclose(by_rows, expected, atol=1e-5)

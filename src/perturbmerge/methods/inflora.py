@@ -12,7 +12,8 @@ Per adapted matrix W [d_out, d_in] with layer inputs x ∈ R^{d_in}:
 After the task (on the merged backbone) the memory grows by GPM's rule: with the task's moment C_t, add the top
 eigenvectors of (I − MMᵀ) C_t (I − MMᵀ) until ‖proj_M‖² + their energy ≥ ε_t · tr C_t, where ε_t rises linearly
 from continual_lora.inflora_threshold at the first task to 1.0 at the last (the paper's DualGPM schedule), and k stays
-≤ d_in − r so that a next task keeps room for its r directions. Inputs are taken at every token position.
+≤ d_in − r so that a next task keeps room for its r directions. Inputs are taken at every token position; for a
+Conv2d, x is an unfolded C·k·k input patch and W the kernel flattened to [d_out, C·k·k].
 """
 from __future__ import annotations
 
@@ -21,12 +22,27 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..adaptation import ADAPTER
+from ..errors import UserError
 from .base import summed_over_processes
 from .task_vector import TaskVectorMethod
 
 if TYPE_CHECKING:
     from ..data import Task
     from ..learner import ContinualLearner
+
+
+def layer_input_rows(module: torch.nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+    """The vectors the flattened weight W [d_out, d_in] multiplies: rows of the input for a linear layer (every token),
+    the unfolded C·k·k patches for a Conv2d (so that conv(x) = patches Wᵀ)."""
+    if isinstance(module, torch.nn.Conv2d):
+        if module.groups != 1 or isinstance(module.padding, str) or module.padding_mode != "zeros":
+            raise UserError(f"inflora supports Linear layers and plain Conv2d (groups 1, numeric zero padding); "
+                            f"this one has groups={module.groups}, padding={module.padding!r}: choose other "
+                            f"lora.targets")
+        patches = torch.nn.functional.unfold(inputs, module.kernel_size, module.dilation, module.padding,
+                                             module.stride)  # [N, C·k·k, L]
+        return patches.transpose(1, 2).reshape(-1, patches.shape[1])
+    return inputs.reshape(-1, inputs.shape[-1])
 
 
 @torch.no_grad()
@@ -37,7 +53,7 @@ def layer_input_moments(learner: "ContinualLearner", task: "Task", modules: dict
 
     def hook(key):
         def add(module, args):
-            inputs = args[0].detach().reshape(-1, args[0].shape[-1]).double()
+            inputs = layer_input_rows(module, args[0].detach()).double()
             moments[key] = moments.get(key, 0) + inputs.T @ inputs
         return add
 
@@ -98,7 +114,8 @@ class InfLoraMethod(TaskVectorMethod):
         with torch.no_grad():
             for key, layer in layers.items():
                 down = layer.lora_A[ADAPTER].weight
-                down.copy_(designed_down_projection(moments[key], self.memory.get(key), down.shape[0]).to(down))
+                design = designed_down_projection(moments[key], self.memory.get(key), down.shape[0])
+                down.copy_(design.reshape(down.shape).to(down))
                 down.requires_grad_(False)
         return []
 

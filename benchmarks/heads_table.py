@@ -1,0 +1,77 @@
+"""The table of docs/results.md's "strongest rehearsal-free baselines" section, from committed run folders (no training):
+
+    .venv/bin/python benchmarks/heads_table.py
+
+Per benchmark (10 tasks, test split): final Acc of seed 0 for every method with a run there, with the mean ± sample
+std over seeds where 3 seeds ran; then, per statistics head, the same head on the frozen backbone vs on P&M's merged
+backbone (final Acc, forgetting, plasticity of seed 0).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from statistics import fmean, stdev
+
+ROOT = Path(__file__).resolve().parent / "results"
+FOLDERS = {  # benchmark -> folders whose runs/ hold its test-split runs
+    "langid-10": ["regime/langid-10-test", "heads/langid-10"],
+    "wordnet-10": ["long/wordnet-10", "heads/wordnet-10"],
+    "mnist-fashion-10": ["long/mnist-fashion-10", "heads/mnist-fashion-10"],
+}
+METHODS = ["seq-lora", "pm-lora", "pm-lora-plus", "frozen-lda", "ranpac", "pm-lora-ranpac", "fecam", "pm-lora-fecam",
+           "slca", "pm-lora-slca", "inflora", "sd-lora", "o-lora", "joint"]
+P_AND_M = {"pm-lora", "pm-lora-plus", "pm-lora-ranpac", "pm-lora-fecam", "pm-lora-slca"}
+
+
+def runs(benchmark: str) -> dict[str, dict[int, dict]]:
+    found: dict[str, dict[int, dict]] = {}
+    for folder in FOLDERS[benchmark]:
+        for path in sorted((ROOT / folder / "runs").glob("*-seed*/results.json")):
+            method, seed = path.parent.name.rsplit("-seed", 1)
+            found.setdefault(method, {})[int(seed)] = json.loads(path.read_text())
+    return found
+
+
+def forgetting_and_plasticity(result: dict) -> tuple[float, float]:
+    matrix = result["accuracy_matrix"]
+    last = len(matrix) - 1
+    forgetting = fmean(max(matrix[t][i] for t in range(i, last)) - matrix[last][i] for i in range(last))
+    return forgetting, fmean(matrix[t][t] for t in range(len(matrix)))
+
+
+def cell(per_seed: dict[int, dict] | None) -> str:
+    if not per_seed or 0 not in per_seed:
+        return "not run"
+    final = [per_seed[s]["acc_all_seen"][-1] for s in sorted(per_seed)]
+    text = f"{per_seed[0]['acc_all_seen'][-1]:.2f}"
+    return text + (f" ({fmean(final):.2f} ± {stdev(final):.2f})" if len(final) >= 3 else "")
+
+
+def main() -> None:
+    found = {benchmark: runs(benchmark) for benchmark in FOLDERS}
+    print("| method | " + " | ".join(FOLDERS) + " |")
+    print("|---|" + "---|" * len(FOLDERS))
+    for method in METHODS:
+        name = f"`{method}`" + (" (P&M)" if method in P_AND_M else "") + (" (not continual)" if method == "joint" else "")
+        print(f"| {name} | " + " | ".join(cell(found[b].get(method)) for b in FOLDERS) + " |")
+    print()
+    print("| benchmark | head | frozen backbone: final / forgetting / plasticity | P&M's merged backbone: final / "
+          "forgetting / plasticity |")
+    print("|---|---|---|---|")
+    for benchmark in FOLDERS:
+        for head in ("ranpac", "fecam", "lda"):
+            frozen = found[benchmark].get("frozen-lda" if head == "lda" else head, {}).get(0)
+            merged = found[benchmark].get("pm-lora-plus" if head == "lda" else f"pm-lora-{head}", {}).get(0)
+            parts = []
+            for result in (frozen, merged):
+                if result is None:
+                    parts.append("not run")
+                    continue
+                forgetting, plasticity = forgetting_and_plasticity(result)
+                parts.append(f"{result['acc_all_seen'][-1]:.2f} / {forgetting:.2f} / {plasticity:.2f}")
+            print(f"| {benchmark} | {head if head != 'lda' else 'lda (pm-lora-plus: + drift, anchor, ensemble)'} | "
+                  + " | ".join(parts) + " |")
+
+
+if __name__ == "__main__":
+    main()
