@@ -205,3 +205,16 @@ def test_inflora_layer_inputs_are_what_the_flattened_weight_multiplies(conv):
     expected = out.movedim(1, -1).reshape(-1, out.shape[1]) if isinstance(conv, torch.nn.Conv2d) else \
         out.reshape(-1, out.shape[-1])
     assert torch.allclose(by_rows, expected, atol=1e-5)
+
+
+def test_sdlora_directions_on_a_conv_layer_equal_the_explicit_kernel():
+    """For a Conv2d layer the stored direction (up [d_out, r] @ down [r, C·k·k]) acts as a convolution whose kernel is
+    the dense direction reshaped: the hooked output equals conv2d with Σ δα_i D_i as its kernel."""
+    generator = torch.Generator().manual_seed(0)
+    conv = torch.nn.Conv2d(3, 4, 3, stride=2, padding=1)
+    directions = [(torch.randn(4, 2, generator=generator), torch.randn(2, 27, generator=generator)) for _ in range(2)]
+    magnitudes = torch.tensor([0.7, -0.4])
+    x = torch.randn(2, 3, 7, 7, generator=generator)
+    kernel = dense_directions(directions, magnitudes).float().reshape(4, 3, 3, 3)
+    expected = torch.nn.functional.conv2d(x, kernel, None, conv.stride, conv.padding)
+    assert torch.allclose(direction_output(x, directions, magnitudes, conv), expected, atol=1e-4)

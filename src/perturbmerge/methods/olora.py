@@ -32,7 +32,7 @@ class OrthogonalSubspacePenalty:
     def penalty(self, adaptation) -> torch.Tensor | None:
         terms = []
         for key, layer in adaptation.layers.items():
-            down = layer.lora_A[ADAPTER].weight
+            down = layer.lora_A[ADAPTER].weight.flatten(1)  # [r, d_in] (a Conv2d kernel: [r, C·k·k])
             if self.orthogonal and self.earlier.get(key):
                 terms.append(self.orthogonal * sum((old.to(down) @ down.T).pow(2).sum() for old in self.earlier[key]))
             if self.l2:
@@ -41,13 +41,14 @@ class OrthogonalSubspacePenalty:
 
     def add_task(self, adaptation) -> None:
         for key, layer in adaptation.layers.items():
-            self.earlier.setdefault(key, []).append(layer.lora_A[ADAPTER].weight.detach().clone())
+            self.earlier.setdefault(key, []).append(layer.lora_A[ADAPTER].weight.detach().flatten(1).clone())
 
     def overlap(self, adaptation) -> float:
         """Σ ‖A_i A_tᵀ‖²_F of the current adapter against the stored ones (logged per task)."""
         with torch.no_grad():
-            return float(sum((old.to(layer.lora_A[ADAPTER].weight) @ layer.lora_A[ADAPTER].weight.T).pow(2).sum()
-                             for key, layer in adaptation.layers.items() for old in self.earlier.get(key, [])))
+            return float(sum((old.to(layer.lora_A[ADAPTER].weight) @ layer.lora_A[ADAPTER].weight.flatten(1).T)
+                             .pow(2).sum() for key, layer in adaptation.layers.items()
+                             for old in self.earlier.get(key, [])))
 
 
 class OLoraMethod(TaskVectorMethod):

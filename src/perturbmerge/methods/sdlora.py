@@ -26,11 +26,18 @@ if TYPE_CHECKING:
 
 
 def direction_output(x: torch.Tensor, directions: list[tuple[torch.Tensor, torch.Tensor]],
-                     magnitudes: torch.Tensor) -> torch.Tensor:
-    """Σ_i δα_i D_i x for directions D_i = up_i @ down_i, computed through the rank-r factors."""
+                     magnitudes: torch.Tensor, conv: torch.nn.Conv2d | None = None) -> torch.Tensor:
+    """Σ_i δα_i D_i x for directions D_i = up_i @ down_i [d_out, d_in], computed through the rank-r factors; for a
+    Conv2d layer (`conv`: its base layer) down_i is its kernel flattened to [r, C·k·k], applied as a convolution."""
     out = 0
     for (up, down), magnitude in zip(directions, magnitudes):
-        out = out + magnitude * ((x @ down.T.to(x)) @ up.T.to(x))
+        if conv is None:
+            reduced = x @ down.T.to(x)
+            out = out + magnitude * (reduced @ up.T.to(x))
+        else:
+            kernel = down.reshape(down.shape[0], conv.in_channels, *conv.kernel_size).to(x)
+            reduced = torch.nn.functional.conv2d(x, kernel, None, conv.stride, conv.padding, conv.dilation)
+            out = out + magnitude * torch.einsum("nrhw,or->nohw", reduced, up.to(x))
     return out
 
 
@@ -61,7 +68,9 @@ class SdLoraMethod(TaskVectorMethod):
 
     def _adds_directions(self, key: str):
         def hook(module, args, output):
-            return output + direction_output(args[0], self.directions[key], self.magnitudes[key])
+            base = module.get_base_layer()
+            conv = base if isinstance(base, torch.nn.Conv2d) else None
+            return output + direction_output(args[0], self.directions[key], self.magnitudes[key], conv)
         return hook
 
     def fold_into_learner(self, learner: "ContinualLearner", alpha) -> torch.nn.Module:
@@ -72,15 +81,15 @@ class SdLoraMethod(TaskVectorMethod):
         new_directions = {}
         with torch.no_grad():
             for key, layer in self.adaptation.layers.items():
-                down = layer.lora_A[ADAPTER].weight.detach().clone()
-                up = layer.lora_B[ADAPTER].weight.detach() * layer.scaling[ADAPTER]
+                down = layer.lora_A[ADAPTER].weight.detach().flatten(1).clone()  # [r, d_in] (a kernel: C·k·k)
+                up = layer.lora_B[ADAPTER].weight.detach().flatten(1) * layer.scaling[ADAPTER]  # [d_out, r]
                 norm = float((up.double() @ down.double()).norm())
                 new_directions[key] = (up / norm, down) if norm > 0 else None
         backbone = super().fold_into_learner(learner, alpha)
         with torch.no_grad():
             for key, magnitudes in self.magnitudes.items():
                 weight = backbone.get_parameter(key)
-                weight += dense_directions(self.directions[key], magnitudes.detach()).to(weight)
+                weight += dense_directions(self.directions[key], magnitudes.detach()).reshape(weight.shape).to(weight)
         for key, direction in new_directions.items():
             if direction is not None:
                 self.directions.setdefault(key, []).append(direction)
