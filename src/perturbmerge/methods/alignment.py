@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from .fecam import ClassGaussians
+from .fecam import class_covariance as unbiased_covariance
 
 if TYPE_CHECKING:
     from ..data import Task
@@ -28,10 +29,9 @@ JITTER, LOGIT_TEMPERATURE, MOMENTUM, WEIGHT_DECAY = 1e-4, 0.1, 0.9, 5e-4
 
 
 def class_covariance(sums: torch.Tensor, count: float, moment: torch.Tensor) -> torch.Tensor:
-    """The unbiased covariance from the class's sums, plus SLCA's 10⁻⁴ I."""
-    mean = sums / count
-    covariance = (moment - count * torch.outer(mean, mean)) / max(count - 1.0, 1.0)
-    return covariance + JITTER * torch.eye(len(mean), dtype=covariance.dtype)
+    """FeCAM's unbiased per-class covariance from the class's sums, plus SLCA's 10⁻⁴ I."""
+    covariance = unbiased_covariance(sums, count, moment)
+    return covariance + JITTER * torch.eye(len(sums), dtype=covariance.dtype)
 
 
 def sample_features(gaussians: ClassGaussians, samples: int, generator: torch.Generator
@@ -74,6 +74,7 @@ class ClassifierAlignment:
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=self.epochs)
         generator = torch.Generator().manual_seed(self.run_seed * 1009 + task.index)
         block_sizes = [block.out_features for block in head.blocks]
+        dtype = head.blocks[0].weight.dtype
         losses = []
         for _ in range(self.epochs):
             features, positions = sample_features(self.gaussians, self.samples, generator)
@@ -82,7 +83,6 @@ class ClassifierAlignment:
             total = 0.0
             for batch in range(len(self.gaussians.sums)):
                 rows = slice(batch * self.samples, (batch + 1) * self.samples)
-                dtype = head.blocks[0].weight.dtype
                 logits = head(features[rows].to(learner.device, dtype))
                 loss = F.cross_entropy(normalised_logits(logits, block_sizes), positions[rows].to(learner.device))
                 optimizer.zero_grad(set_to_none=True)

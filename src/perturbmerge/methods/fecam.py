@@ -33,11 +33,15 @@ def shrink(covariance: torch.Tensor) -> torch.Tensor:
     return covariance + SHRINK_DIAGONAL * covariance.diagonal().mean() * eye + SHRINK_OFF_DIAGONAL * off_mean * (1 - eye)
 
 
+def class_covariance(sums: torch.Tensor, count: float, moment: torch.Tensor) -> torch.Tensor:
+    """Σ_c = (Σ_x xxᵀ − n_c μ_c μ_cᵀ) / (n_c − 1) from a class's sums (a single example: divided by 1)."""
+    mean = sums / count
+    return (moment - count * torch.outer(mean, mean)) / max(count - 1.0, 1.0)
+
+
 def class_precision(sums: torch.Tensor, count: float, moment: torch.Tensor) -> torch.Tensor:
     """Σ_c⁺ after shrinking twice and normalising to a correlation matrix."""
-    mean = sums / count
-    covariance = (moment - count * torch.outer(mean, mean)) / (count - 1)
-    covariance = shrink(shrink(covariance))
+    covariance = shrink(shrink(class_covariance(sums, count, moment)))
     deviation = covariance.diagonal().sqrt()
     return torch.linalg.pinv(covariance / torch.outer(deviation, deviation))
 

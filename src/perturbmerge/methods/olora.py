@@ -22,6 +22,11 @@ if TYPE_CHECKING:
     from ..learner import ContinualLearner
 
 
+def squared_overlap(down: torch.Tensor, earlier: list[torch.Tensor]) -> torch.Tensor:
+    """Σ_i ‖A_i A_tᵀ‖²_F of a down-projection A_t [r, d_in] against the stored A_i."""
+    return sum((old.to(down) @ down.T).pow(2).sum() for old in earlier)
+
+
 class OrthogonalSubspacePenalty:
     """The regulariser part of O-LoRA: the earlier tasks' down-projections and the penalty on the current one's."""
 
@@ -34,7 +39,7 @@ class OrthogonalSubspacePenalty:
         for key, layer in adaptation.layers.items():
             down = layer.lora_A[ADAPTER].weight.flatten(1)  # [r, d_in] (a Conv2d kernel: [r, C·k·k])
             if self.orthogonal and self.earlier.get(key):
-                terms.append(self.orthogonal * sum((old.to(down) @ down.T).pow(2).sum() for old in self.earlier[key]))
+                terms.append(self.orthogonal * squared_overlap(down, self.earlier[key]))
             if self.l2:
                 terms.append(self.l2 * (down.norm() + layer.lora_B[ADAPTER].weight.norm()))
         return torch.stack(terms).sum() if terms else None
@@ -46,9 +51,8 @@ class OrthogonalSubspacePenalty:
     def overlap(self, adaptation) -> float:
         """Σ ‖A_i A_tᵀ‖²_F of the current adapter against the stored ones (logged per task)."""
         with torch.no_grad():
-            return float(sum((old.to(layer.lora_A[ADAPTER].weight) @ layer.lora_A[ADAPTER].weight.flatten(1).T)
-                             .pow(2).sum() for key, layer in adaptation.layers.items()
-                             for old in self.earlier.get(key, [])))
+            return float(sum(squared_overlap(layer.lora_A[ADAPTER].weight.flatten(1), self.earlier.get(key, []))
+                             for key, layer in adaptation.layers.items()))
 
 
 class OLoraMethod(TaskVectorMethod):
