@@ -61,8 +61,8 @@ def main() -> None:
         print(f"| {name} | " + " | ".join(cell(found[b].get(method)) for b in FOLDERS) + " |")
     print()
     print("| benchmark | head | seeds | frozen backbone: final / forgetting / plasticity | P&M's merged backbone: final / "
-          "forgetting / plasticity |")
-    print("|---|---|---|---|---|")
+          "forgetting / plasticity | final: merged − frozen, paired over seeds |")
+    print("|---|---|---|---|---|---|")
     for benchmark in FOLDERS:
         for head in ("ranpac", "fecam", "lda"):
             frozen = found[benchmark].get("frozen-lda" if head == "lda" else head, {})
@@ -75,6 +75,9 @@ def main() -> None:
                     continue
                 measured = [(r["acc_all_seen"][-1], *forgetting_and_plasticity(r)) for r in (per_seed[s] for s in seeds)]
                 parts.append(" / ".join(f"{fmean(column):.2f}" for column in zip(*measured)))
+            differences = [merged[s]["acc_all_seen"][-1] - frozen[s]["acc_all_seen"][-1] for s in seeds]
+            parts.append("not run" if not seeds else f"{fmean(differences):+.2f}"
+                         + (f" ± {stdev(differences):.2f}" if len(seeds) > 1 else ""))
             name = head if head != "lda" else "lda (pm-lora-plus: + drift, anchor, ensemble)"
             print(f"| {benchmark} | {name} | {len(seeds)} | " + " | ".join(parts) + " |")
 
