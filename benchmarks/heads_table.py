@@ -5,13 +5,16 @@
 Per benchmark (10 tasks, test split): final Acc of every method with a run there, as the mean ± sample std over
 seeds 0, 1, 2 where all three ran and as seed 0's value, marked "(1 seed)", where only it ran; then, per statistics
 head, the same head on the frozen backbone vs on P&M's merged backbone (final Acc, forgetting, plasticity), averaged
-over the seeds both sides ran.
+over the seeds both sides ran; then the validation sweep (benchmarks/results/heads/sweep/PLAN.md): every candidate's
+mean ± std validation final Acc over seeds 0, 1, the value the pre-registered rule selects, and its test cell.
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
 from statistics import fmean, stdev
+
+from sweep_select import select
 
 ROOT = Path(__file__).resolve().parent / "results"
 FOLDERS = {  # benchmark -> folders whose runs/ hold its test-split runs
@@ -80,6 +83,43 @@ def main() -> None:
                          + (f" ± {stdev(differences):.2f}" if len(seeds) > 1 else ""))
             name = head if head != "lda" else "lda (pm-lora-plus: + drift, anchor, ensemble)"
             print(f"| {benchmark} | {name} | {len(seeds)} | " + " | ".join(parts) + " |")
+    print()
+    sweep_table()
+
+
+SWEPT = [  # (method, key, registered default as the sweep writes it) — benchmarks/results/heads/sweep/PLAN.md
+    ("ranpac", "head.rp_dim", "2048"), ("pm-lora-ranpac", "head.rp_dim", "2048"),
+    ("slca", "head.align_epochs", "5"), ("pm-lora-slca", "head.align_epochs", "5"),
+    ("inflora", "continual_lora.inflora_threshold", "0.95"), ("sd-lora", "lr", "0.001"),
+    ("o-lora", "continual_lora.olora_orthogonal", "0.5"),
+]
+
+
+def sweep_table() -> None:
+    print("| benchmark | method | key | validation final Acc per candidate (seeds 0, 1) | selected | test, 3 seeds |")
+    print("|---|---|---|---|---|---|")
+    for benchmark in FOLDERS:
+        for method, key, default in SWEPT:
+            folder = ROOT / "heads" / "sweep" / f"{benchmark}-{method}"
+            if not (folder / "sweep.json").is_file():
+                print(f"| {benchmark} | `{method}` | `{key}` | not run | | |")
+                continue
+            summary = json.loads((folder / "sweep.json").read_text())
+            winner, _ = select(summary, method, key, default)
+            candidates = []
+            for point in summary["points"]:
+                value = point["assignment"][key]
+                text = f"{value:g}" if isinstance(value, float) else str(value)
+                stats = point["methods"][method]["final_acc"]
+                mark = "**" if text == winner else ""
+                candidates.append(f"{mark}{text}: {stats['mean']:.2f} ± {stats['std']:.2f}{mark}")
+            if winner == default:
+                test = "the default's cell above"
+            else:
+                tuned = {int(p.parent.name.rsplit("-seed", 1)[1]): json.loads(p.read_text())
+                         for p in sorted(folder.with_name(folder.name + "-test").glob("runs/*-seed*/results.json"))}
+                test = cell(tuned)
+            print(f"| {benchmark} | `{method}` | `{key}` | " + "; ".join(candidates) + f" | {winner} | {test} |")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from pathlib import Path
 
 def select(summary: dict, method: str, key: str, default: str) -> tuple[str, dict[str, float]]:
     """(winning value as written in the sweep, {value: mean validation final Acc}) under the pre-registered rule."""
-    if summary.get("evaluated_on") != "validation":
+    if not str(summary.get("evaluated_on", "")).startswith("validation"):
         raise ValueError(f"the sweep was evaluated on {summary.get('evaluated_on')!r}, not on the validation split")
     means: dict[str, float] = {}
     for point in summary["points"]:
