@@ -7,7 +7,8 @@ import pytest
 import torch
 from sklearn.linear_model import Ridge
 
-from perturbmerge.methods.ranpac import HELD_OUT_EVERY, RIDGES, choose_ridge, ridge_readout
+from perturbmerge.methods.ranpac import (HELD_OUT_EVERY, RIDGES, choose_ridge, default_projection_width,
+                                         ridge_readout)
 from perturbmerge.runner import resolve_config, run_experiment
 from perturbmerge.streams import generator
 
@@ -66,3 +67,14 @@ def test_a_ranpac_run_ends_with_the_ridge_of_every_seen_tasks_features():
     expected = torch.relu(seen["test"] @ projection).numpy() @ ridge.coef_.T
     np.testing.assert_allclose(seen["logits"].numpy(), expected, rtol=1e-4, atol=1e-5)
     assert results["final_acc"] > 90.0  # digits with 10 classes: a working classifier, not chance (10 %)
+
+
+def test_unset_width_resolves_by_device_and_is_recorded():
+    """head.rp_dim unset: the paper's 10,000 on CUDA, 2048 on a CPU; the run's config records the resolved width."""
+    assert default_projection_width(torch.device("cuda")) == 10_000
+    assert default_projection_width(torch.device("cpu")) == 2048
+    assert default_projection_width(torch.device("mps")) == 2048
+    config, _ = resolve_config({"benchmark": "digits", "method": "ranpac", "tasks": 2, "device": "cpu"})
+    assert config.head.rp_dim == 2048
+    explicit, _ = resolve_config({"benchmark": "digits", "method": "ranpac", "tasks": 2}, sets=["head.rp_dim=96"])
+    assert explicit.head.rp_dim == 96

@@ -111,7 +111,8 @@ class HeadSettings:
                                       "statistics (shared-covariance Gaussian); ranpac: a random projection "
                                       "+ ReLU + ridge read-out from accumulated Gram statistics (RanPAC); "
                                       "fecam: per-class shrunk covariances, Mahalanobis distance (FeCAM)")
-    rp_dim: int = option(2048, "ranpac: width M of the random projection (the paper: 10,000 on a GPU)")
+    rp_dim: int | None = option(None, "ranpac: width M of the random projection; null: 10,000 on a CUDA GPU (the "
+                                      "paper's), 2048 on a CPU or MPS (resolved when the run starts and recorded)")
     shrinkage: float = option(0.1, "lda: Σ_γ = (1 − γ) Σ + γ (tr Σ / d) I")
     drift: Drift = option("none", "lda: sdc moves the stored class means by the drift the merge causes on the "
                                   "task's data; linear moves means and covariance by a fitted affine map (lda, "
@@ -520,7 +521,7 @@ def validate(c: RunConfig) -> None:
              "head.frozen_weight needs head.kind=lda; set it or remove head.frozen_weight")
     _require(finite(c.head.shrinkage) and 0.0 <= c.head.shrinkage <= 1.0,
              f"head.shrinkage must be in [0, 1], got {c.head.shrinkage}; e.g. --set head.shrinkage=0.1")
-    _require(c.head.rp_dim >= 1, f"head.rp_dim must be >= 1, got {c.head.rp_dim}; e.g. --set head.rp_dim=2048")
+    _require(c.head.rp_dim is None or c.head.rp_dim >= 1, f"head.rp_dim must be >= 1, got {c.head.rp_dim}; e.g. --set head.rp_dim=2048")
     _require(c.head.probe_epochs >= 0 and c.head.refit_epochs >= 0 and c.head.align_epochs >= 0,
              "head.probe_epochs, head.refit_epochs and head.align_epochs must be >= 0; 0 turns them off")
     _require(c.head.align_epochs == 0 or c.head.kind == "linear",

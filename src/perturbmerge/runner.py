@@ -30,6 +30,7 @@ from .heads import ContinualClassifier
 from .io import atomic_write_json, check_out_path, package_versions
 from .learner import ContinualLearner
 from .methods import check_keys_apply, get_method
+from .methods.ranpac import default_projection_width
 from .metrics import summarise
 
 
@@ -56,6 +57,8 @@ def resolve_config(
     config, explicit = build_config([spec.defaults, get_method(probe.method).defaults], user_layers)
     if config.tasks is None:
         config.tasks = spec.default_tasks  # recorded resolved, so results say how many tasks ran
+    if config.head.rp_dim is None:  # recorded resolved, like tasks
+        config.head.rp_dim = default_projection_width(resolve_device(config.device))
     if check_method_keys:
         check_keys_apply(get_method(config.method), explicit)
     unused_data = sorted(k for k in explicit if k.startswith("data.") and k.split(".", 1)[1] not in spec.data_keys | GENERIC_DATA_KEYS)

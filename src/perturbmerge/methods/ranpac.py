@@ -26,6 +26,13 @@ if TYPE_CHECKING:
 
 RIDGES = tuple(10.0 ** k for k in range(-8, 9))
 HELD_OUT_EVERY = 5  # every fifth training example of a task is in the 20 % that chooses λ
+GPU_WIDTH, CPU_WIDTH = 10_000, 2048  # the paper's M on a GPU; a width whose ridge costs seconds on a CPU core
+
+
+def default_projection_width(device: torch.device) -> int:
+    """head.rp_dim when unset: the paper's 10,000 on CUDA; 2048 elsewhere (the eigendecomposition that chooses λ
+    costs O(M³) per task: about 4 min a task at M = 8192 on one CPU core, 5 s at 2048)."""
+    return GPU_WIDTH if device.type == "cuda" else CPU_WIDTH
 
 
 @dataclass
@@ -63,8 +70,8 @@ def choose_ridge(fit: tuple[torch.Tensor, torch.Tensor], held_out: tuple[torch.T
 
 
 class RandomProjectionHead:
-    def __init__(self, width: int, run_seed: int) -> None:
-        self.width, self.run_seed = width, run_seed
+    def __init__(self, width: int | None, run_seed: int) -> None:
+        self.width, self.run_seed = width, run_seed  # width None: default_projection_width of the learner's device
         self.projection: torch.Tensor | None = None
         self.gram: torch.Tensor | None = None
         self.cross: torch.Tensor | None = None  # [M, C], C grows with the seen classes
@@ -80,6 +87,8 @@ class RandomProjectionHead:
     def add_task(self, learner: "ContinualLearner", task: "Task") -> dict[str, Any]:
         """Add the task's (G, Q) on the backbone as it is now; choose λ on it; return the log."""
         learner.model.eval()
+        if self.width is None:
+            self.width = default_projection_width(learner.device)
         classes = learner.model.head.num_classes
         parts = {name: [torch.zeros(self.width, self.width, dtype=torch.float64),
                         torch.zeros(self.width, classes, dtype=torch.float64), 0.0] for name in ("fit", "held_out")}
@@ -104,7 +113,7 @@ class RandomProjectionHead:
             task_cross[:, : self.cross.shape[1]] += self.cross
         self.cross = task_cross
         self.ridges.append(ridge)
-        return {"ridge": ridge}
+        return {"ridge": ridge, "width": self.width}
 
     def classifier(self, device: torch.device) -> RandomProjectionClassifier:
         """The head for every seen class, with the last task's λ."""
