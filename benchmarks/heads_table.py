@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from statistics import fmean, stdev
 
-from sweep_select import select
+from sweep_select import select, value_text
 
 ROOT = Path(__file__).resolve().parent / "results"
 FOLDERS = {  # benchmark -> folders whose runs/ hold its test-split runs
@@ -108,8 +108,7 @@ def sweep_table() -> None:
             winner, _ = select(summary, method, key, default)
             candidates = []
             for point in summary["points"]:
-                value = point["assignment"][key]
-                text = f"{value:g}" if isinstance(value, float) else str(value)
+                text = value_text(point["assignment"][key])
                 stats = point["methods"][method]["final_acc"]
                 mark = "**" if text == winner else ""
                 candidates.append(f"{mark}{text}: {stats['mean']:.2f} ± {stats['std']:.2f}{mark}")

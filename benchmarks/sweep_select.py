@@ -13,15 +13,18 @@ import sys
 from pathlib import Path
 
 
+def value_text(value: object) -> str:
+    """A swept value as the sweep's run folders write it (floats in %g)."""
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def select(summary: dict, method: str, key: str, default: str) -> tuple[str, dict[str, float]]:
     """(winning value as written in the sweep, {value: mean validation final Acc}) under the pre-registered rule."""
     if not str(summary.get("evaluated_on", "")).startswith("validation"):
         raise ValueError(f"the sweep was evaluated on {summary.get('evaluated_on')!r}, not on the validation split")
     means: dict[str, float] = {}
     for point in summary["points"]:
-        value = point["assignment"][key]
-        text = f"{value:g}" if isinstance(value, float) else str(value)
-        means[text] = point["methods"][method]["final_acc"]["mean"]
+        means[value_text(point["assignment"][key])] = point["methods"][method]["final_acc"]["mean"]
     if default not in means:
         raise ValueError(f"the default {default!r} is not among the swept values {sorted(means)}")
     best = max(round(m, 2) for m in means.values())

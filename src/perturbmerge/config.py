@@ -521,7 +521,8 @@ def validate(c: RunConfig) -> None:
              "head.frozen_weight needs head.kind=lda; set it or remove head.frozen_weight")
     _require(finite(c.head.shrinkage) and 0.0 <= c.head.shrinkage <= 1.0,
              f"head.shrinkage must be in [0, 1], got {c.head.shrinkage}; e.g. --set head.shrinkage=0.1")
-    _require(c.head.rp_dim is None or c.head.rp_dim >= 1, f"head.rp_dim must be >= 1, got {c.head.rp_dim}; e.g. --set head.rp_dim=2048")
+    _require(c.head.rp_dim is None or c.head.rp_dim >= 1,
+             f"head.rp_dim must be >= 1, got {c.head.rp_dim}; e.g. --set head.rp_dim=2048")
     _require(c.head.probe_epochs >= 0 and c.head.refit_epochs >= 0 and c.head.align_epochs >= 0,
              "head.probe_epochs, head.refit_epochs and head.align_epochs must be >= 0; 0 turns them off")
     _require(c.head.align_epochs == 0 or c.head.kind == "linear",
