@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/heads_table.py
 
-Per benchmark (10 tasks, test split): final Acc of every method with a run there, as the mean ± sample std over
+Per benchmark (10 tasks; digits-domains its 3 domains; test split): final Acc of every method with a run there, as the mean ± sample std over
 seeds 0, 1, 2 where all three ran and as seed 0's value, marked "(1 seed)", where only it ran; then, per statistics
 head, the same head on the frozen backbone vs on P&M's merged backbone (final Acc, forgetting, plasticity), averaged
 over the seeds both sides ran; then the validation sweep (benchmarks/results/heads/sweep/PLAN.md): every candidate's
@@ -21,6 +21,7 @@ FOLDERS = {  # benchmark -> folders whose runs/ hold its test-split runs
     "langid-10": ["regime/langid-10-test", "heads/langid-10"],
     "wordnet-10": ["long/wordnet-10", "heads/wordnet-10"],
     "mnist-fashion-10": ["long/mnist-fashion-10", "heads/mnist-fashion-10"],
+    "digits-domains-3": ["heads/digits-domains-3"],
 }
 METHODS = ["seq-lora", "pm-lora", "pm-lora-plus", "frozen-lda", "ranpac", "pm-lora-ranpac", "fecam", "pm-lora-fecam",
            "slca", "pm-lora-slca", "inflora", "sd-lora", "o-lora", "joint"]
