@@ -50,6 +50,24 @@ def test_a_fecam_run_ends_with_the_numpy_mahalanobis_head():
     assert results["final_acc"] > 90.0  # a working classifier on 10 digits, not chance
 
 
+def test_class_precision_equals_numpy_pseudo_inverse_of_the_shrunk_correlation_matrix():
+    """class_precision (eigendecomposition route) against numpy's SVD pseudo-inverse of the same construction from
+    raw examples, and against the plain inverse (the shrunk matrix is positive definite), for fewer examples than
+    dimensions (a singular raw covariance) and for more."""
+    from perturbmerge.methods.fecam import class_precision
+
+    generator = torch.Generator().manual_seed(1)
+    for examples in (6, 40):
+        x = torch.randn(examples, 12, generator=generator, dtype=torch.float64) @ torch.randn(
+            12, 12, generator=generator, dtype=torch.float64)
+        precision = class_precision(x.sum(0), float(examples), x.T @ x)
+        cov = numpy_shrink(numpy_shrink(np.cov(x.numpy().T)))
+        sd = np.sqrt(np.diag(cov))
+        correlation = cov / np.outer(sd, sd)
+        np.testing.assert_allclose(precision.numpy(), np.linalg.pinv(correlation), rtol=1e-9, atol=1e-10)
+        np.testing.assert_allclose(precision.numpy() @ correlation, np.eye(12), atol=1e-9)
+
+
 def test_moving_fecam_statistics_equals_the_statistics_of_the_moved_examples():
     """head.drift=linear on FeCAM's per-class sums and second moments: x ↦ xW + b applied through the statistics
     equals the statistics recomputed from the mapped raw examples (brute force, float64)."""
