@@ -22,6 +22,7 @@ FOLDERS = {  # benchmark -> folders whose runs/ hold its test-split runs
     "wordnet-10": ["long/wordnet-10", "heads/wordnet-10"],
     "mnist-fashion-10": ["long/mnist-fashion-10", "heads/mnist-fashion-10"],
     "digits-domains-3": ["heads/digits-domains-3"],
+    "glyphs-10": ["heads/glyphs-10"],
 }
 METHODS = ["seq-lora", "pm-lora", "pm-lora-plus", "frozen-lda", "ranpac", "pm-lora-ranpac", "fecam", "pm-lora-fecam",
            "slca", "pm-lora-slca", "inflora", "sd-lora", "o-lora", "joint"]
