@@ -3,10 +3,11 @@
     .venv/bin/python benchmarks/heads_table.py
 
 Per benchmark (10 tasks; digits-domains its 3 domains; test split): final Acc of every method with a run there, as
-the mean ± sample std over seeds 0, 1, 2 where all three ran and as seed 0's value, marked "(1 seed)", where only it ran; then, per statistics
-head, the same head on the frozen backbone vs on P&M's merged backbone (final Acc, forgetting, plasticity), averaged
-over the seeds both sides ran; then the validation sweep (benchmarks/results/heads/sweep/PLAN.md): every candidate's
-mean ± std validation final Acc over seeds 0, 1, the value the pre-registered rule selects, and its test cell.
+the mean ± sample std over seeds 0, 1, 2 where all three ran and as seed 0's value, marked "(1 seed)", where only it
+ran; then, per statistics head, the same head on the frozen backbone vs on P&M's merged backbone (final Acc,
+forgetting, plasticity), averaged over the seeds both sides ran; then the validation sweep
+(benchmarks/results/heads/sweep/PLAN.md): every candidate's mean ± std validation final Acc over seeds 0, 1, the value
+the pre-registered rule selects, and its test cell.
 """
 from __future__ import annotations
 

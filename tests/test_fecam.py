@@ -15,14 +15,19 @@ def numpy_shrink(cov: np.ndarray) -> np.ndarray:
     return cov + np.diag(cov).mean() * eye + off[off != 0].mean() * (1 - eye)
 
 
+def numpy_correlation(x: np.ndarray) -> np.ndarray:
+    """One class's covariance from its raw examples (np.cov), shrunk twice, normalised to a correlation matrix."""
+    cov = numpy_shrink(numpy_shrink(np.cov(x.T)))
+    sd = np.sqrt(np.diag(cov))
+    return cov / np.outer(sd, sd)
+
+
 def numpy_fecam_logits(train_features, train_labels, test_features) -> np.ndarray:
     logits = []
     unit = test_features / np.linalg.norm(test_features, axis=1, keepdims=True)
     for c in np.unique(train_labels):
         x = train_features[train_labels == c]
-        cov = numpy_shrink(numpy_shrink(np.cov(x.T)))
-        sd = np.sqrt(np.diag(cov))
-        precision = np.linalg.pinv(cov / np.outer(sd, sd))
+        precision = np.linalg.pinv(numpy_correlation(x))
         mean = x.mean(0) / np.linalg.norm(x.mean(0))
         difference = unit - mean
         logits.append(-np.einsum("nd,de,ne->n", difference, precision, difference))
@@ -61,9 +66,7 @@ def test_class_precision_equals_numpy_pseudo_inverse_of_the_shrunk_correlation_m
         x = torch.randn(examples, 12, generator=generator, dtype=torch.float64) @ torch.randn(
             12, 12, generator=generator, dtype=torch.float64)
         precision = class_precision(x.sum(0), float(examples), x.T @ x)
-        cov = numpy_shrink(numpy_shrink(np.cov(x.numpy().T)))
-        sd = np.sqrt(np.diag(cov))
-        correlation = cov / np.outer(sd, sd)
+        correlation = numpy_correlation(x.numpy())
         np.testing.assert_allclose(precision.numpy(), np.linalg.pinv(correlation), rtol=1e-9, atol=1e-10)
         np.testing.assert_allclose(precision.numpy() @ correlation, np.eye(12), atol=1e-9)
 
