@@ -7,8 +7,9 @@ import pytest
 import torch
 from sklearn.linear_model import Ridge
 
-from perturbmerge.methods.ranpac import (HELD_OUT_EVERY, RIDGES, choose_ridge, default_projection_width,
-                                         ridge_readout)
+from perturbmerge.methods import ranpac
+from perturbmerge.methods.ranpac import (HELD_OUT_EVERY, RIDGES, choose_ridge, choose_ridge_from_rows,
+                                         default_projection_width, ridge_readout)
 from perturbmerge.runner import resolve_config, run_experiment
 from perturbmerge.streams import generator
 
@@ -39,6 +40,36 @@ def test_lambda_is_the_one_with_least_held_out_error_of_sklearn_fits(seed):
     chosen = choose_ridge((fit[0].T @ fit[0], fit[0].T @ fit[1]), (out[0].T @ out[0], out[0].T @ out[1]),
                           float(held.sum()))
     assert chosen == RIDGES[int(np.argmin(errors))]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("width", [80, 30])  # more width than rows (where the run uses the dual), and fewer
+def test_lambda_from_rows_is_the_one_with_least_held_out_error_of_sklearn_fits(seed, width):
+    hidden, targets = projected_problem(seed, n=60, width=width)
+    held = (torch.arange(len(hidden)) % HELD_OUT_EVERY) == HELD_OUT_EVERY - 1
+    fit, out = (hidden[~held], targets[~held]), (hidden[held], targets[held])
+    errors = [float(((Ridge(alpha=r, fit_intercept=False, solver="svd").fit(fit[0].numpy(), fit[1].numpy())
+                      .predict(out[0].numpy()) - out[1].numpy()) ** 2).mean()) for r in RIDGES]
+    assert choose_ridge_from_rows(fit, out) == RIDGES[int(np.argmin(errors))]
+
+
+def test_a_run_chooses_the_same_lambdas_from_rows_as_from_sums(monkeypatch):
+    """digits tasks have fewer training rows than M = 1024, so the run chooses λ from rows; replacing that by the
+    choice from the rows' sums (the O(M³) path) changes no λ and no accuracy."""
+    calls = []
+
+    def from_sums(fit, held_out):
+        calls.append(len(fit[0]) + len(held_out[0]))
+        return choose_ridge((fit[0].T @ fit[0], fit[0].T @ fit[1]), (held_out[0].T @ held_out[0],
+                            held_out[0].T @ held_out[1]), float(len(held_out[0])))
+
+    config, _ = resolve_config({"benchmark": "digits", "method": "ranpac", "tasks": 3}, sets=["head.rp_dim=1024"])
+    from_rows = run_experiment(config, None, progress=False)
+    monkeypatch.setattr(ranpac, "choose_ridge_from_rows", from_sums)
+    reference = run_experiment(config, None, progress=False)
+    assert len(calls) == 3 and all(n <= 1024 for n in calls)  # the dual path ran on every task
+    assert [log["ridge"] for log in from_rows["task_logs"]] == [log["ridge"] for log in reference["task_logs"]]
+    assert from_rows["accuracy_matrix"] == reference["accuracy_matrix"]
 
 
 def test_a_ranpac_run_ends_with_the_ridge_of_every_seen_tasks_features():

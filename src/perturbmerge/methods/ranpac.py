@@ -8,7 +8,9 @@ a ReLU, and a ridge-regression read-out from statistics accumulated over every t
 λ is chosen per task as in the paper: among 10⁻⁸ … 10⁸, the one whose ridge fitted on 80 % of the current task's
 training examples has the least mean squared error on the other 20 % (here every fifth example by index, fixed;
 the paper takes a random 20 %). The MSE is computed from the two parts' Gram and cross-moment sums, so no
-example is kept and several processes agree.
+example is kept across tasks and several processes agree. When a task has no more training rows than M (one
+process), λ is chosen in the dual instead, from the task's own projected rows (`choose_ridge_from_rows`): the same
+λ at O(n²M) instead of the O(M³) eigendecomposition of G, which dominates a CPU run at M = 8192.
 """
 from __future__ import annotations
 
@@ -30,8 +32,9 @@ GPU_WIDTH, CPU_WIDTH = 10_000, 2048  # the paper's M on a GPU; a width whose rid
 
 
 def default_projection_width(device: torch.device) -> int:
-    """head.rp_dim when unset: the paper's 10,000 on CUDA; 2048 elsewhere (the eigendecomposition that chooses λ
-    costs O(M³) per task: about 4 min a task at M = 8192 on one CPU core, 5 s at 2048)."""
+    """head.rp_dim when unset: the paper's 10,000 on CUDA; 2048 elsewhere (the read-out solve is O(M³), and
+    choosing λ from the sums costs an M × M eigendecomposition: 175 s at M = 8192 on one CPU core, 3 s from a
+    2,000-row task's rows; docs/performance.md)."""
     return GPU_WIDTH if device.type == "cuda" else CPU_WIDTH
 
 
@@ -69,6 +72,21 @@ def choose_ridge(fit: tuple[torch.Tensor, torch.Tensor], held_out: tuple[torch.T
     return RIDGES[min(range(len(RIDGES)), key=errors.__getitem__)]
 
 
+def choose_ridge_from_rows(fit: tuple[torch.Tensor, torch.Tensor],
+                           held_out: tuple[torch.Tensor, torch.Tensor]) -> float:
+    """`choose_ridge` from the rows (H, Y) of the two parts instead of their sums, for n_fit ≤ M. In the dual,
+    (HᵀH + λI)⁻¹HᵀY = Hᵀ(HHᵀ + λI)⁻¹Y, and one eigendecomposition HHᵀ = U diag(e) Uᵀ (n × n) serves every λ:
+    the held-out predictions are H_h Hᵀ U diag(1 / (e + λ)) Uᵀ Y, and the MSE is Σ‖prediction − y‖² / (n_h·C)."""
+    (hidden, targets), (held_hidden, held_targets) = fit, held_out
+    values, vectors = torch.linalg.eigh(hidden @ hidden.T)
+    values = values.clamp_min(0.0)  # HHᵀ is positive semi-definite; rounding can leave tiny negative eigenvalues
+    rotated = vectors.T @ targets
+    cross_kernel = held_hidden @ (hidden.T @ vectors)
+    errors = [float(((cross_kernel @ (rotated / (values + ridge).unsqueeze(1)) - held_targets) ** 2).sum())
+              / (len(held_targets) * targets.shape[1]) for ridge in RIDGES]
+    return RIDGES[min(range(len(RIDGES)), key=errors.__getitem__)]
+
+
 class RandomProjectionHead:
     def __init__(self, width: int | None, run_seed: int) -> None:
         self.width, self.run_seed = width, run_seed  # width None: default_projection_width of the learner's device
@@ -93,19 +111,31 @@ class RandomProjectionHead:
         parts = {name: [torch.zeros(self.width, self.width, dtype=torch.float64),
                         torch.zeros(self.width, classes, dtype=torch.float64), 0.0] for name in ("fit", "held_out")}
         seen = 0
+        # the task's rows, kept while the dual is the cheaper way to choose λ (one process, at most M rows: no more
+        # memory than G itself); None once it is not
+        kept: dict[str, list[list[torch.Tensor]]] | None = \
+            {"fit": [[], []], "held_out": [[], []]} if learner.world.size == 1 else None
         for inputs, labels in learner.local_batches(task.train, learner.eval_batch_size):
             hidden = self._project(learner.model.backbone(inputs))
             targets = torch.nn.functional.one_hot(labels.cpu() + task.label_offset, classes).double()
             held = (torch.arange(seen, seen + len(labels)) % HELD_OUT_EVERY) == HELD_OUT_EVERY - 1
             seen += len(labels)
+            kept = kept if seen <= self.width else None
             for name, rows in (("fit", ~held), ("held_out", held)):
                 parts[name][0] += hidden[rows].T @ hidden[rows]
                 parts[name][1] += hidden[rows].T @ targets[rows]
                 parts[name][2] += float(rows.sum())
+                if kept is not None:
+                    kept[name][0].append(hidden[rows])
+                    kept[name][1].append(targets[rows])
         for name in parts:  # every process's rows (index order is per process; the sums are what matter)
             parts[name] = [summed_over_processes(learner, parts[name][0]),
                            summed_over_processes(learner, parts[name][1]), learner.sum_scalar(parts[name][2])]
-        ridge = choose_ridge(parts["fit"][:2], parts["held_out"][:2], parts["held_out"][2])
+        if kept is not None:
+            ridge = choose_ridge_from_rows(*[(torch.cat(kept[name][0]), torch.cat(kept[name][1]))
+                                             for name in ("fit", "held_out")])
+        else:
+            ridge = choose_ridge(parts["fit"][:2], parts["held_out"][:2], parts["held_out"][2])
         task_gram = parts["fit"][0] + parts["held_out"][0]
         task_cross = parts["fit"][1] + parts["held_out"][1]
         self.gram = task_gram if self.gram is None else self.gram + task_gram
