@@ -5,7 +5,7 @@ with C one-hot classes; n = 2000 is a langid task (2 languages × 1,000 training
 interleaved (sums, rows, sums, rows, …) and medians reported; both paths must choose the same λ.
 
     python benchmarks/ranpac_ridge_speed.py --widths 2048,4096,8192 --repeats 3 \
-        --out benchmarks/results/ranpac-ridge-speed-cpu.json
+        --out benchmarks/results/ranpac-ridge/ridge-speed-cpu.json
 """
 from __future__ import annotations
 
