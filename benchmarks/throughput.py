@@ -65,7 +65,7 @@ def main() -> int:
     def train_step() -> None:
         shift = schedule.draw() * 0.5
         with autocast:
-            loss = F.cross_entropy(head(adaptation.features(images, shift, "task_vector")), labels)
+            loss = F.cross_entropy(head(adaptation.features_along_task_vector(images, shift)), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -91,7 +91,7 @@ def main() -> int:
     fisher_batch = min(args.batch_size, 64)
     batches = [(images[:fisher_batch], labels[:fisher_batch])] * max(1, args.fisher_samples // fisher_batch)
     start = time.perf_counter()
-    adaptation.fisher(batches, head, None, False, "Fisher")  # fp32, as in a run
+    adaptation.fisher(batches, lambda out, y: F.cross_entropy(head(out), y, reduction="none"), False, "Fisher")  # fp32, as in a run
     _sync(device)
     fisher_s = time.perf_counter() - start
     fisher_n = fisher_batch * len(batches)

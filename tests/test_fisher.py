@@ -12,6 +12,11 @@ from perturbmerge.fisher import layer_weight_fisher
 from conftest import TinyConvNet, tiny_bert, tiny_text_batch
 
 
+
+def cross_entropy_of(head):
+    """The classification kind's per-example loss on backbone outputs: cross-entropy of `head`'s logits."""
+    return lambda outputs, labels: F.cross_entropy(head(outputs), labels, reduction="none")
+
 def _loop_fisher(backbone_call, weights: dict[str, torch.Tensor], head: nn.Module, inputs, labels, take):
     """Brute force: (1/N) Σ_n (∂ℓ_n/∂W)², one sample per backward pass, W made a leaf for the occasion."""
     for w in weights.values():
@@ -56,7 +61,7 @@ def test_lora_weight_fisher_matches_per_sample_autograd_on_tiny_bert(dtype, tol)
     inputs = tiny_text_batch(n=7)
     labels = torch.tensor([0, 1, 2, 0, 1, 2, 1])
     hooks = adaptation.fisher(_batches(inputs, labels, 3, lambda x, s: {k: v[s] for k, v in x.items()}),
-                              head, max_samples=None, progress=False, description="test")
+                              cross_entropy_of(head), progress=False, description="test")
     assert len(hooks) == 4 and all(k.endswith((".key.weight", ".value.weight")) for k in hooks)
     weights = {k: layer.get_base_layer().weight for k, layer in adaptation.layers.items()}
     loop = _loop_fisher(model, weights, head, inputs, labels, _take_dict)
@@ -77,8 +82,8 @@ def test_lora_weight_fisher_matches_on_conv_and_sample_cap():
     head = nn.Linear(6, 2).double()
     x = torch.randn(9, 3, 5, 5, dtype=torch.float64)
     y = torch.randint(0, 2, (9,))
-    hooks = adaptation.fisher(_batches(x, y, 4, lambda a, s: a[s]), head, max_samples=6, progress=False,
-                              description="test")
+    hooks = adaptation.fisher(_batches(x, y, 4, lambda a, s: a[s]), cross_entropy_of(head), max_samples=6,
+                              progress=False, description="test")
     weights = {k: layer.get_base_layer().weight for k, layer in adaptation.layers.items()}
     loop = _loop_fisher(model, weights, head, x[:6], y[:6], _take_tensor)
     for k in loop:
@@ -128,7 +133,7 @@ def test_full_parameter_fisher_matches_per_sample_autograd(mlp):
     head = nn.Linear(16, 3).double()
     x = torch.randn(10, 64, dtype=torch.float64)
     y = torch.randint(0, 3, (10,))
-    fisher = adaptation.fisher(_batches(x, y, 4, lambda a, s: a[s]), head, None, False, "test")
+    fisher = adaptation.fisher(_batches(x, y, 4, lambda a, s: a[s]), cross_entropy_of(head), False, "test")
     assert set(fisher) == {n for n, _ in mlp.named_parameters()}
     params = dict(mlp.named_parameters())
     total = {k: torch.zeros_like(p) for k, p in params.items()}
@@ -148,8 +153,8 @@ def test_full_parameter_fisher_on_padded_text_matches_per_sample_autograd():
     head = nn.Linear(16, 3).double()
     inputs = tiny_text_batch(n=6)
     labels = torch.tensor([0, 1, 2, 0, 1, 2])
-    fisher = adaptation.fisher(_batches(inputs, labels, 4, lambda a, s: {k: v[s] for k, v in a.items()}), head,
-                               None, False, "test")
+    fisher = adaptation.fisher(_batches(inputs, labels, 4, lambda a, s: {k: v[s] for k, v in a.items()}),
+                               cross_entropy_of(head), False, "test")
     loop = _loop_fisher(backbone, dict(backbone.named_parameters()), head, inputs, labels, _take_dict)
     for k in loop:
         torch.testing.assert_close(fisher[k], loop[k], rtol=1e-8, atol=1e-14)

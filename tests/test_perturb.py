@@ -46,7 +46,7 @@ def test_lora_branch_scale_equals_explicit_weights(sign, family):
     adaptation = LoraAdaptation(rank=4, alpha=8, dropout=0.0, targets=targets)
     adaptation.attach(backbone)
     _randomise_lora(adaptation)
-    perturbed = adaptation.features(inputs, sign * epsilon, "task_vector")
+    perturbed = adaptation.features_along_task_vector(inputs, sign * epsilon)
     explicit = _explicit_model(plain, adaptation, 1 + sign * epsilon)(inputs)
     torch.testing.assert_close(perturbed, explicit, rtol=1e-5, atol=1e-5)
     # the scale is restored afterwards
@@ -92,7 +92,7 @@ def test_expected_perturbed_loss_on_a_quadratic(p0):
     delta = model.theta.detach() - 0
     schedule = PerturbationSchedule(epsilon, p0, seed=11)
     with torch.no_grad():
-        samples = torch.stack([adaptation.features(None, schedule.draw() * epsilon, "task_vector")
+        samples = torch.stack([adaptation.features_along_task_vector(None, schedule.draw() * epsilon)
                                for _ in range(draws)])
         expected = model(None) + schedule.regulariser_weight * (delta @ model.H @ delta)
     standard_error = float(samples.std()) / math.sqrt(draws)
@@ -112,7 +112,7 @@ def test_full_parameter_gradient_carries_chain_rule_factor(mlp):
     x = torch.randn(5, 64, dtype=torch.float64)
     y = torch.randint(0, 16, (5,))
     shift = -0.5
-    loss = F.cross_entropy(adaptation.features(x, shift, "task_vector"), y)
+    loss = F.cross_entropy(adaptation.features_along_task_vector(x, shift), y)
     grads = torch.autograd.grad(loss, list(mlp.parameters()))
 
     theta = {k: p.detach().clone().requires_grad_(True) for k, p in mlp.named_parameters()}
@@ -142,7 +142,7 @@ def test_gaussian_lora_perturbation_adds_noise_times_input():
     x = torch.randn(3, 5)
     base = adaptation.features(x)
     gen_a, gen_b = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
-    noisy = adaptation.features(x, 0.5, "gaussian", gen_a)
+    noisy = adaptation.features_with_noise(x, 0.5, gen_a)
     noise = gaussian_like(adaptation.task_vector(), gen_b)["0.weight"]
     torch.testing.assert_close(noisy, base + 0.5 * x @ noise.T, rtol=1e-5, atol=1e-6)
     assert model is adaptation.peft_model

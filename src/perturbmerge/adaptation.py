@@ -14,7 +14,6 @@ from contextlib import contextmanager
 from typing import Any, Callable, Iterable, Iterator
 
 import torch
-import torch.nn.functional as F
 from peft import LoraConfig, get_peft_model
 from peft.tuners.lora import LoraLayer
 from torch import nn
@@ -24,7 +23,7 @@ from .errors import UserError
 from .fisher import layer_weight_fisher, parameter_fisher
 from .perturb import added_weight_noise, gaussian_like, lora_branch_scale, perturbed_parameters
 
-LogitsFn = Callable[[torch.Tensor], torch.Tensor]
+ExampleLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (outputs, targets) -> one loss per example
 Batch = tuple[Any, torch.Tensor]
 ADAPTER = "default"
 _PEFT_PREFIX = "base_model.model."
@@ -101,25 +100,31 @@ class LoraAdaptation:
         with torch.no_grad():
             return {k: layer.get_delta_weight(ADAPTER).detach() for k, layer in self.layers.items()}
 
-    def features(self, inputs: Any, shift: float = 0.0, perturbation: str = "none", generator=None) -> torch.Tensor:
-        """Backbone features at W + (1 + shift)ΔW ('task_vector') or W + ΔW + shift·N ('gaussian')."""
-        if perturbation == "task_vector":
-            with lora_branch_scale(self.layers, 1.0 + shift, ADAPTER):
-                return call_backbone(self.peft_model, inputs)
-        if perturbation == "gaussian" and shift != 0.0:
-            noise = gaussian_like(self.task_vector(), generator)
-            with added_weight_noise(self.layers, noise, shift):
-                return call_backbone(self.peft_model, inputs)
+    def features(self, inputs: Any) -> torch.Tensor:
+        """The adapted backbone's outputs at W + ΔW."""
         return call_backbone(self.peft_model, inputs)
 
-    def fisher(
-        self, batches: Iterable[Batch], logits_fn: LogitsFn, max_samples: int | None, progress: bool, description: str
-    ) -> dict[str, torch.Tensor]:
-        """Empirical Fisher of every adapted W (per-sample, hooks), at the unperturbed trained weights."""
+    def features_along_task_vector(self, inputs: Any, shift: float) -> torch.Tensor:
+        """Outputs at W + (1 + shift)ΔW (the LoRA branch scaled by 1 + shift)."""
+        with lora_branch_scale(self.layers, 1.0 + shift, ADAPTER):
+            return call_backbone(self.peft_model, inputs)
+
+    def features_with_noise(self, inputs: Any, shift: float, generator: torch.Generator) -> torch.Tensor:
+        """Outputs at W + ΔW + shift·N, N isotropic Gaussian of ΔW's norm per matrix (none when shift is 0)."""
+        if shift == 0.0:
+            return call_backbone(self.peft_model, inputs)
+        noise = gaussian_like(self.task_vector(), generator)
+        with added_weight_noise(self.layers, noise, shift):
+            return call_backbone(self.peft_model, inputs)
+
+    def fisher(self, batches: Iterable[Batch], example_loss: ExampleLoss, progress: bool = False,
+               description: str = "Fisher", max_samples: int | None = None) -> dict[str, torch.Tensor]:
+        """Empirical Fisher of every adapted W (per-sample, hooks), at the unperturbed trained weights;
+        `example_loss(outputs, targets)` gives one loss per example."""
 
         def per_sample_loss(batch: Batch) -> torch.Tensor:
-            inputs, labels = batch
-            return F.cross_entropy(logits_fn(self.features(inputs)), labels, reduction="none")
+            inputs, targets = batch
+            return example_loss(self.features(inputs), targets)
 
         return layer_weight_fisher(self.layers, batches, per_sample_loss, max_samples, progress, description)
 
@@ -166,28 +171,32 @@ class FullAdaptation:
     def task_vector(self) -> dict[str, torch.Tensor]:
         return {n: p.detach() - self.anchor[n] for n, p in self.backbone.named_parameters()}
 
-    def _perturbed(self, shift: float, perturbation: str, generator) -> dict[str, torch.Tensor]:
-        params = dict(self.backbone.named_parameters())
-        if perturbation == "task_vector":
-            return perturbed_parameters(params, self.anchor, shift)
-        noise = gaussian_like(self.task_vector(), generator)
-        return {n: p + shift * noise[n] for n, p in params.items()}
+    def features(self, inputs: Any) -> torch.Tensor:
+        return call_backbone(self.backbone, inputs)
 
-    def features(self, inputs: Any, shift: float = 0.0, perturbation: str = "none", generator=None) -> torch.Tensor:
-        """Backbone features at θ + shift·(θ − θ̂) ('task_vector') or θ + shift·N ('gaussian'), functionally."""
-        if perturbation == "none" or shift == 0.0:
+    def features_along_task_vector(self, inputs: Any, shift: float) -> torch.Tensor:
+        """Outputs at θ + shift·(θ − θ̂), functionally (the stored θ̂ is the task's start)."""
+        if shift == 0.0:
             return call_backbone(self.backbone, inputs)
-        return functional_call(self.backbone, self._perturbed(shift, perturbation, generator), (inputs,))
+        params = perturbed_parameters(dict(self.backbone.named_parameters()), self.anchor, shift)
+        return functional_call(self.backbone, params, (inputs,))
 
-    def fisher(
-        self, batches: Iterable[Batch], logits_fn: LogitsFn, max_samples: int | None, progress: bool, description: str
-    ) -> dict[str, torch.Tensor]:
-        def sample_loss(module, params, inputs, label):
-            return F.cross_entropy(logits_fn(functional_call(module, params, (inputs,))), label)
+    def features_with_noise(self, inputs: Any, shift: float, generator: torch.Generator) -> torch.Tensor:
+        """Outputs at θ + shift·N, N isotropic Gaussian of the update's norm per parameter, functionally."""
+        if shift == 0.0:
+            return call_backbone(self.backbone, inputs)
+        noise = gaussian_like(self.task_vector(), generator)
+        params = {n: p + shift * noise[n] for n, p in self.backbone.named_parameters()}
+        return functional_call(self.backbone, params, (inputs,))
 
-        return parameter_fisher(
-            self.backbone, list(self.anchor), batches, sample_loss, max_samples, progress, description
-        )
+    def fisher(self, batches: Iterable[Batch], example_loss: ExampleLoss, progress: bool = False,
+               description: str = "Fisher", max_samples: int | None = None) -> dict[str, torch.Tensor]:
+        """Empirical Fisher of every backbone parameter (per-sample gradients by torch.func)."""
+        def sample_loss(module, params, inputs, targets):
+            return example_loss(functional_call(module, params, (inputs,)), targets).sum()  # one example
+
+        return parameter_fisher(self.backbone, list(self.anchor), batches, sample_loss, max_samples, progress,
+                                description)
 
     @contextmanager
     def at_start(self) -> Iterator[None]:

@@ -55,9 +55,11 @@ def learner_for(method_name: str, config, stream, targets: list[str], backbone_m
     learner = ContinualLearner(model, method, stream, epochs=1, batch_size=config.batch_size,
                                eval_batch_size=config.eval_batch_size, seed=config.seed, device=torch.device("cpu"),
                                progress=False)
-    learner.task = stream.tasks[0]
-    method.begin_task(learner, stream.tasks[0])
-    return learner, method
+    context = learner.context
+    learner.task = context.task = stream.tasks[0]
+    context.kind_parameters = learner.kind.begin_task(context)
+    method.begin_task(context, stream.tasks[0])
+    return context, method
 
 
 def profile_run(method: str, benchmark: str, tasks: int, sets: list[str]) -> dict:
@@ -127,8 +129,8 @@ def main(argv: list[str] | None = None) -> int:
                 for name in ("pm-lora", "seq-lora")}
 
     def steps_of(name: str) -> Callable[[], None]:
-        learner, method = learners[name]
-        return lambda: [method.train_step(learner, batch) for batch in batches]
+        context, method = learners[name]
+        return lambda: [method.train_step(context, batch) for batch in batches]
 
     peft_model = get_peft_model(copy.deepcopy(backbone.module), LoraConfig(
         r=config.lora.rank, lora_alpha=config.lora.alpha, target_modules=targets))
@@ -145,15 +147,15 @@ def main(argv: list[str] | None = None) -> int:
 
     step = median_time({"pm-lora": steps_of("pm-lora"), "seq-lora": steps_of("seq-lora"), "peft": plain_peft},
                        args.repeats)
-    learner, method = learners["pm-lora"]
+    context, method = learners["pm-lora"]
     half_batch = dataclasses.replace(config.fisher, batch_size=max(1, config.fisher.batch_size // 2))
-    epoch = median_time({"epoch": lambda: [method.train_step(learner, b) for b in learner.local_batches(
-        task.train, config.batch_size)], "fisher": lambda: task_fisher(method.adaptation, learner, task,
-                                                                        config.fisher, config.seed),
-        "fisher_half_batch": lambda: task_fisher(method.adaptation, learner, task, half_batch, config.seed)},
+    epoch = median_time({"epoch": lambda: [method.train_step(context, b) for b in context.batches(
+        task.train, config.batch_size)], "fisher": lambda: task_fisher(method.adaptation, context, task,
+                                                                        config.fisher),
+        "fisher_half_batch": lambda: task_fisher(method.adaptation, context, task, half_batch)},
         max(1, args.repeats // 2))
 
-    fisher = task_fisher(method.adaptation, learner, task, config.fisher, config.seed)
+    fisher = task_fisher(method.adaptation, context, task, config.fisher)
     vector, previous = method.adaptation.task_vector(), method.adaptation.merged_weights()
     optimum = {k: previous[k].double() + vector[k].double() for k in vector}
 

@@ -28,6 +28,7 @@ from .data.base import GENERIC_DATA_KEYS, LoadRequest, joint_stream, validation_
 from .errors import UserError
 from .heads import ContinualClassifier
 from .io import atomic_write_json, check_out_path, package_versions
+from .kinds import task_kind_for
 from .learner import ContinualLearner
 from .methods import check_keys_apply, get_method
 from .methods.ranpac import default_projection_width
@@ -398,7 +399,7 @@ def _run_locked(config: RunConfig, method, stream: TaskStream, backbone, device:
             eval_batch_size=config.eval_batch_size, seed=config.seed, device=device, progress=progress,
             callbacks=callbacks, checkpoint_dir=out_path if keep else None,
             checkpoint_every=config.checkpoint.every_steps, grad_accumulation=config.grad_accumulation,
-            precision=config.precision, world=world,
+            precision=config.precision, world=world, kind=task_kind_for(stream.kind, config),
         )
         learner.checkpoint_meta_fn = lambda: {"config": config.to_dict(), "versions": run_versions(),
                                               "elapsed_s": elapsed_before + time.perf_counter() - start}

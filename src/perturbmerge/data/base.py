@@ -39,6 +39,7 @@ class TaskStream:
     info: dict[str, Any] = field(default_factory=dict)
     # (training inputs, generator) -> augmented inputs; applied to training batches only (data.augment)
     train_augment: Callable[[Any, torch.Generator], Any] | None = None
+    kind: str = "classification"  # the task kind (kinds/) that reads these tasks
 
     @property
     def class_names(self) -> list[str]:

@@ -23,7 +23,7 @@ from .fecam import class_covariance as unbiased_covariance
 
 if TYPE_CHECKING:
     from ..data import Task
-    from ..learner import ContinualLearner
+    from ..context import TaskContext
 
 JITTER, LOGIT_TEMPERATURE, MOMENTUM, WEIGHT_DECAY = 1e-4, 0.1, 0.9, 5e-4
 
@@ -61,11 +61,11 @@ class ClassifierAlignment:
         self.epochs, self.samples, self.lr, self.run_seed = epochs, samples, lr, run_seed
         self.gaussians = ClassGaussians()
 
-    def align(self, learner: "ContinualLearner", task: "Task") -> dict[str, Any]:
+    def align(self, context: "TaskContext", task: "Task") -> dict[str, Any]:
         """Add the task's class statistics on the backbone as it is now, then re-train every seen row; returns the
         mean loss per epoch."""
-        self.gaussians.add_task(learner, task)
-        head = learner.model.head
+        self.gaussians.add_task(context, task)
+        head = context.model.head
         parameters = [p for block in head.blocks for p in block.parameters()]
         frozen = [p.requires_grad for p in parameters]
         for p in parameters:
@@ -83,8 +83,8 @@ class ClassifierAlignment:
             total = 0.0
             for batch in range(len(self.gaussians.sums)):
                 rows = slice(batch * self.samples, (batch + 1) * self.samples)
-                logits = head(features[rows].to(learner.device, dtype))
-                loss = F.cross_entropy(normalised_logits(logits, block_sizes), positions[rows].to(learner.device))
+                logits = head(features[rows].to(context.device, dtype))
+                loss = F.cross_entropy(normalised_logits(logits, block_sizes), positions[rows].to(context.device))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()

@@ -9,7 +9,7 @@ from ..config import RunConfig
 
 if TYPE_CHECKING:
     from ..data import Task
-    from ..learner import ContinualLearner
+    from ..context import TaskContext
 
 COMMON_KEYS = frozenset(
     {"benchmark", "method", "seed", "tasks", "epochs", "batch_size", "eval_batch_size", "lr", "head_lr",
@@ -41,13 +41,13 @@ class Method:
     def check_backbone(self, backbone: "torch.nn.Module") -> None:
         """Fail before any output is written if the method cannot work on this backbone."""
 
-    def begin_task(self, learner: "ContinualLearner", task: "Task") -> None:
+    def begin_task(self, context: "TaskContext", task: "Task") -> None:
         raise NotImplementedError
 
-    def train_step(self, learner: "ContinualLearner", batch: tuple[Any, torch.Tensor]) -> float:
+    def train_step(self, context: "TaskContext", batch: tuple[Any, torch.Tensor]) -> float:
         raise NotImplementedError
 
-    def end_task(self, learner: "ContinualLearner", task: "Task") -> dict[str, Any]:
+    def end_task(self, context: "TaskContext", task: "Task") -> dict[str, Any]:
         return {}
 
     def deployed_weights(self) -> dict[str, torch.Tensor] | None:
@@ -78,9 +78,3 @@ def to_device(tensors: dict[str, torch.Tensor] | None, device: torch.device) -> 
     """A checkpoint's tensor dict (or None) moved to `device`."""
     return None if tensors is None else {k: v.to(device) for k, v in tensors.items()}
 
-
-def summed_over_processes(learner, tensor: torch.Tensor) -> torch.Tensor:
-    """A CPU statistic summed over every process (through the learner's device: NCCL sums CUDA tensors only)."""
-    if learner.world.size == 1:
-        return tensor
-    return learner.world.sum_(tensor.to(learner.device)).cpu()

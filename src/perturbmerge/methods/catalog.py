@@ -2,10 +2,12 @@
 your own): the keys it accepts follow from its parts (docs/architecture.md)."""
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ..config import RunConfig
+from ..errors import did_you_mean
 from . import head_part, merger as mergers, perturbation as perturbations, prototype, regulariser
 from .fisher_weighted import FisherWeightedMethod
 from .inflora import InfLoraMethod
@@ -26,21 +28,26 @@ class Recipe:
 
     name: str
     description: str
-    adaptation: Literal["lora", "full"]
-    perturbation: perturbations.PerturbationKind
-    merger: MergerKind
+    adaptation: Literal["lora", "full"]  # lora: a fresh PEFT adapter per task; full: every backbone weight trains
+    perturbation: perturbations.PerturbationKind  # none | task_vector (P&M) | gaussian (ablation)
+    merger: MergerKind  # closed_form (α* from Fishers) | average (1/t) | fixed (fixed_alpha) | sequential (α = 1)
     defaults: dict[str, Any] = field(default_factory=dict)
     joint: bool = False
     family: type[TaskVectorMethod] = TaskVectorMethod  # a subclass adds what happens around the adapter
     own_keys: frozenset[str] = frozenset()  # keys the family reads beyond its parts'
 
+    def __post_init__(self) -> None:
+        """A recipe names its parts by value; a value that is not one of its field's choices is refused when the
+        recipe is written (e.g. merger='closed-form'), not deep inside a run."""
+        hints = typing.get_type_hints(Recipe)
+        for name in ("adaptation", "perturbation", "merger"):
+            choices = typing.get_args(hints[name])
+            if getattr(self, name) not in choices:
+                raise ValueError(f"recipe '{self.name}': {name}={getattr(self, name)!r} is not one of "
+                                 f"{', '.join(choices)}{did_you_mean(str(getattr(self, name)), choices)}")
+
     def build(self, config: RunConfig, lora_targets: list[str]) -> TaskVectorMethod:
-        if self.merger == "closed_form":
-            merger = mergers.ClosedFormMerger(config)
-        elif self.merger == "sequential":
-            merger = mergers.SequentialFold()
-        else:
-            merger = mergers.DataFreeMerger(self.merger, config.fixed_alpha)
+        merger = mergers.MERGERS[self.merger](config)
         perturbation = perturbations.Perturbation(self.perturbation, config.epsilon, config.p0, config.seed)
         return self.family(self.name, config, self.adaptation, perturbation, merger, lora_targets)
 

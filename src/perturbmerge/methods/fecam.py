@@ -16,11 +16,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .base import summed_over_processes
 
 if TYPE_CHECKING:
     from ..data import Task
-    from ..learner import ContinualLearner
+    from ..context import TaskContext
 
 SHRINK_DIAGONAL, SHRINK_OFF_DIAGONAL = 1.0, 1.0
 
@@ -71,22 +70,22 @@ class ClassGaussians:
         self.moments: dict[int, torch.Tensor] = {}
 
     @torch.no_grad()
-    def add_task(self, learner: "ContinualLearner", task: "Task") -> dict[str, Any]:
+    def add_task(self, context: "TaskContext", task: "Task") -> dict[str, Any]:
         """Add each of the task's classes' sum, count and second moment on the backbone as it is now (summed
         over processes first; a class met again, as in domain-incremental streams, adds to what it had)."""
-        learner.model.eval()
-        dim = learner.model.head.feature_dim
+        context.model.eval()
+        dim = context.model.head.feature_dim
         sums = torch.zeros(task.num_classes, dim, dtype=torch.float64)
         counts = torch.zeros(task.num_classes, dtype=torch.float64)
         moments = torch.zeros(task.num_classes, dim, dim, dtype=torch.float64)
-        for inputs, labels in learner.local_batches(task.train, learner.eval_batch_size):
-            features, labels = learner.model.backbone(inputs).double().cpu(), labels.cpu()
+        for inputs, labels in context.batches(task.train, context.eval_batch_size):
+            features, labels = context.model.backbone(inputs).double().cpu(), labels.cpu()
             sums.index_add_(0, labels, features)
             counts.index_add_(0, labels, torch.ones(len(labels), dtype=torch.float64))
             for row in labels.unique().tolist():
                 picked = features[labels == row]
                 moments[row] += picked.T @ picked
-        sums, counts, moments = (summed_over_processes(learner, t) for t in (sums, counts, moments))
+        sums, counts, moments = (context.summed(t) for t in (sums, counts, moments))
         for row in range(task.num_classes):
             position = task.label_offset + row
             self.sums[position] = self.sums.get(position, 0) + sums[row]

@@ -21,7 +21,7 @@ from .task_vector import TaskVectorMethod
 
 if TYPE_CHECKING:
     from ..data import Task
-    from ..learner import ContinualLearner
+    from ..context import TaskContext
 
 
 class FisherWeightedMethod(TaskVectorMethod):
@@ -40,11 +40,10 @@ class FisherWeightedMethod(TaskVectorMethod):
         super().load_state_dict(state, device)
         self.fishers.load_state_dict(state, device)
 
-    def end_task(self, learner: "ContinualLearner", task: "Task") -> dict[str, Any]:
+    def end_task(self, context: "TaskContext", task: "Task") -> dict[str, Any]:
         task_vector = {k: v.double() for k, v in self.adaptation.task_vector().items()}
         previous = {k: v.double().clone() for k, v in self.adaptation.merged_weights().items()}
-        fisher = {k: v.double() for k, v in task_fisher(self.adaptation, learner, task, self.config.fisher,
-                                                        self.config.seed).items()}
+        fisher = {k: v.double() for k, v in task_fisher(self.adaptation, context, task, self.config.fisher).items()}
         optimum = {k: previous[k] + task_vector[k] for k in task_vector}
         log: dict[str, Any] = {"task_vector_norm": sum_norm_sq(task_vector) ** 0.5, "fisher_mass": total(fisher)}
         if self.rule == "cofima" and self.fishers.fisher_sum is not None:
@@ -52,12 +51,12 @@ class FisherWeightedMethod(TaskVectorMethod):
         else:
             merged = optimum
         self.fishers.add_task_fisher(fisher)
-        params = dict(self.fold_into_learner(learner, 1.0).named_parameters())
+        params = dict(self.fold_adapter(context, 1.0).named_parameters())
         with torch.no_grad():
             for k, value in merged.items():
                 params[k].copy_(value.to(params[k].dtype))
         log["kept_fraction_of_update"] = (
             total({k: (merged[k] - previous[k]) * task_vector[k] for k in merged})
             / max(sum_norm_sq(task_vector), 1e-300))  # 1 = whole task vector, 0 = none (projection)
-        log.update(self.head.finish_task(learner, task))
+        log.update(self.head.finish_task(context, task))
         return log

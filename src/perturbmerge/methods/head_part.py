@@ -29,7 +29,7 @@ from .ranpac import RandomProjectionHead
 
 if TYPE_CHECKING:
     from ..data import Task
-    from ..learner import ContinualLearner
+    from ..context import TaskContext
 
 KEYS = frozenset({"head.kind", "head.probe_epochs", "head.refit_epochs", "head.shrinkage", "head.drift",
                   "head.drift_ridge", "head.train_logits", "head.frozen_weight", "head.rp_dim",
@@ -46,62 +46,54 @@ class HeadProtocol:
         self.frozen_statistics = GaussianClassStatistics()  # head.frozen_weight > 0: the same, on θ_0
         self.pretrained_weights: dict[str, torch.Tensor] | None = None  # θ_0 in merge space (head.frozen_weight)
         self.log: dict[str, Any] = {}
+        self.rows_after_fold = HEAD_ROWS_AFTER_FOLD[settings.kind]  # resolved once (head.kind)
 
-    def begin_task(self, learner: "ContinualLearner", task: "Task", adaptation) -> None:
+    def begin_task(self, context: "TaskContext", task: "Task", adaptation) -> None:
         """After the adapter is attached: drop the ensemble until the merge; keep θ_0 at the first task; probe."""
-        learner.set_ensemble(None)  # rebuilt after the merge, once the task's classes have rows in it
-        learner.set_classifier(None)  # likewise (ranpac)
+        context.kind.set_ensemble(context, None)  # rebuilt after the merge, once the task's classes have rows in it
+        context.kind.set_classifier(context, None)  # likewise (ranpac)
         if self.settings.frozen_weight > 0 and task.index == 0:  # (a resume inside a later task loads θ_0 later)
             self.pretrained_weights = {k: v.detach().clone() for k, v in adaptation.merged_weights().items()}
 
-    def probe(self, learner: "ContinualLearner", task: "Task") -> None:
-        self.log = ({"probe_losses": learner.fit_head(task, self.settings.probe_epochs, self.head_lr,
+    def probe(self, context: "TaskContext", task: "Task") -> None:
+        self.log = ({"probe_losses": context.kind.fit_head(context, task, self.settings.probe_epochs, self.head_lr,
                                                       self.weight_decay, tag=1)}
                     if self.settings.probe_epochs else {})
 
-    def compensate_drift(self, learner: "ContinualLearner", task: "Task", adaptation, alpha) -> dict[str, float]:
+    def compensate_drift(self, context: "TaskContext", task: "Task", adaptation, alpha) -> dict[str, float]:
         """Before the fold (the adapter still holds Δ_t): move the stored statistics to θ̂_t."""
         statistics = self.fecam if self.settings.kind == "fecam" else self.class_statistics
         if self.settings.drift == "none" or not statistics.sums:
             return {}
         if self.settings.drift == "sdc":
-            return {"mean_drift": semantic_drift(statistics, adaptation, learner, task, alpha)}
-        return {"mean_drift": linear_drift(statistics, adaptation, learner, task, alpha, self.settings.drift_ridge)}
+            return {"mean_drift": semantic_drift(statistics, adaptation, context, task, alpha)}
+        return {"mean_drift": linear_drift(statistics, adaptation, context, task, alpha, self.settings.drift_ridge)}
 
     @property
     def acts_after_fold(self) -> bool:
         """Whether `finish_task` changes the head (a refit, prototype or LDA rows)."""
         return bool(self.settings.refit_epochs or self.settings.align_epochs) or self.settings.kind != "linear"
 
-    def finish_task(self, learner: "ContinualLearner", task: "Task") -> dict[str, Any]:
+    def finish_task(self, context: "TaskContext", task: "Task") -> dict[str, Any]:
         """After the fold, on the merged and frozen backbone: refit, then prototype or LDA rows (and ensemble)."""
         s = self.settings
         log = dict(self.log)
         if s.refit_epochs:
-            log["refit_losses"] = learner.fit_head(task, s.refit_epochs, self.head_lr, self.weight_decay, tag=2)
+            log["refit_losses"] = context.kind.fit_head(context, task, s.refit_epochs, self.head_lr, self.weight_decay, tag=2)
         if s.align_epochs:
-            log.update(self.alignment.align(learner, task))
-        if s.kind == "prototype":
-            set_prototype_rows(learner.model.head.blocks[learner.head_block], *learner.class_feature_sums(task))
-        elif s.kind == "lda":
-            write_lda_rows(self.class_statistics, learner, task, s.shrinkage)
-            if s.frozen_weight > 0:
-                learner.set_ensemble(self._pretrained_ensemble(learner, task))
-        elif s.kind in ("ranpac", "fecam"):
-            statistics = self.ranpac if s.kind == "ranpac" else self.fecam
-            log.update(statistics.add_task(learner, task))
-            learner.set_classifier(statistics.classifier(learner.device))
+            log.update(self.alignment.align(context, task))
+        log.update(self.rows_after_fold(self, context, task))
         return log
 
-    def _pretrained_ensemble(self, learner: "ContinualLearner", task: "Task") -> PretrainedEnsemble:
+    def _pretrained_ensemble(self, context: "TaskContext", task: "Task") -> PretrainedEnsemble:
         """Add the task's class statistics on the pretrained backbone; the ensemble's head ← their LDA rows."""
-        model = learner.model
-        add_task_statistics(self.frozen_statistics, learner, task,
+        model = context.model
+        add_task_statistics(self.frozen_statistics, context, task,
                             lambda inputs: pretrained_features(model.backbone, self.pretrained_weights, inputs))
         rows, biases = self.frozen_statistics.dense_classifier(self.settings.shrinkage, model.head.num_classes)
         dtype = model.head.blocks[0].weight.dtype
-        return PretrainedEnsemble(self.pretrained_weights, rows.to(learner.device, dtype),
-                                  biases.to(learner.device, dtype), self.settings.frozen_weight)
+        return PretrainedEnsemble(self.pretrained_weights, rows.to(context.device, dtype),
+                                  biases.to(context.device, dtype), self.settings.frozen_weight)
 
     def state_dict(self) -> dict[str, Any]:
         return {"head_log": self.log, "class_statistics": self.class_statistics.state_dict(),
@@ -119,6 +111,40 @@ class HeadProtocol:
                 getattr(self, name).load_state_dict(state[name], device)
 
 
+def _linear_rows(protocol: HeadProtocol, context: "TaskContext", task: "Task") -> dict[str, Any]:
+    """linear: the rows keep what training (and a refit or alignment) gave them."""
+    return {}
+
+
+def _prototype_rows(protocol: HeadProtocol, context: "TaskContext", task: "Task") -> dict[str, Any]:
+    """prototype: the task's rows ← its normalised class means on the merged backbone."""
+    set_prototype_rows(context.kind.block(context), *context.kind.class_feature_sums(context, task))
+    return {}
+
+
+def _lda_rows(protocol: HeadProtocol, context: "TaskContext", task: "Task") -> dict[str, Any]:
+    """lda: every seen class's rows ← the shared-covariance Gaussian classifier (+ the pretrained ensemble)."""
+    write_lda_rows(protocol.class_statistics, context, task, protocol.settings.shrinkage)
+    if protocol.settings.frozen_weight > 0:
+        context.kind.set_ensemble(context, protocol._pretrained_ensemble(context, task))
+    return {}
+
+
+def _statistics_classifier(name: str) -> Callable[[HeadProtocol, "TaskContext", "Task"], dict[str, Any]]:
+    """ranpac / fecam: add the task's statistics; their classifier replaces the head's logits."""
+    def rows(protocol: HeadProtocol, context: "TaskContext", task: "Task") -> dict[str, Any]:
+        statistics = getattr(protocol, name)
+        log = statistics.add_task(context, task)
+        context.kind.set_classifier(context, statistics.classifier(context.device))
+        return log
+    return rows
+
+
+HEAD_ROWS_AFTER_FOLD: dict[str, Callable[[HeadProtocol, "TaskContext", "Task"], dict[str, Any]]] = {
+    "linear": _linear_rows, "prototype": _prototype_rows, "lda": _lda_rows,
+    "ranpac": _statistics_classifier("ranpac"), "fecam": _statistics_classifier("fecam")}
+
+
 @torch.no_grad()
 def set_prototype_rows(block: torch.nn.Linear, sums: torch.Tensor, counts: torch.Tensor) -> None:
     """Rows ← L2-normalised class means (rows without examples keep their weights), bias 0: for a feature f the
@@ -130,15 +156,15 @@ def set_prototype_rows(block: torch.nn.Linear, sums: torch.Tensor, counts: torch
     block.bias.zero_()
 
 
-def add_task_statistics(statistics: GaussianClassStatistics, learner: "ContinualLearner", task: "Task",
+def add_task_statistics(statistics: GaussianClassStatistics, context: "TaskContext", task: "Task",
                         features_of: Callable[[Any], torch.Tensor] | None = None) -> None:
     """Add the task's class statistics on the backbone as it is now (or on `features_of`)."""
-    sums, counts, moment = learner.class_feature_statistics(task, features_of=features_of)
+    sums, counts, moment = context.kind.class_feature_statistics(context, task, features_of=features_of)
     statistics.add([task.label_offset + row for row in range(len(counts))], sums, counts, moment)
 
 
-def write_lda_rows(statistics: GaussianClassStatistics, learner: "ContinualLearner", task: "Task",
+def write_lda_rows(statistics: GaussianClassStatistics, context: "TaskContext", task: "Task",
                    shrinkage: float) -> None:
     """Add the task's class statistics on the backbone as it is now; every seen class's rows ← the LDA rows."""
-    add_task_statistics(statistics, learner, task)
-    statistics.write_rows(learner.model.head, shrinkage)
+    add_task_statistics(statistics, context, task)
+    statistics.write_rows(context.model.head, shrinkage)

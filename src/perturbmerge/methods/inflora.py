@@ -23,12 +23,11 @@ import torch
 
 from ..adaptation import ADAPTER
 from ..errors import UserError
-from .base import summed_over_processes
 from .task_vector import TaskVectorMethod
 
 if TYPE_CHECKING:
     from ..data import Task
-    from ..learner import ContinualLearner
+    from ..context import TaskContext
 
 
 def layer_input_rows(module: torch.nn.Module, inputs: torch.Tensor) -> torch.Tensor:
@@ -46,7 +45,7 @@ def layer_input_rows(module: torch.nn.Module, inputs: torch.Tensor) -> torch.Ten
 
 
 @torch.no_grad()
-def layer_input_moments(learner: "ContinualLearner", task: "Task", modules: dict[str, torch.nn.Module]
+def layer_input_moments(context: "TaskContext", task: "Task", modules: dict[str, torch.nn.Module]
                         ) -> dict[str, torch.Tensor]:
     """Σ x xᵀ (float64, [d_in, d_in]) of the inputs each module receives on the task's training data (eval mode)."""
     moments: dict[str, torch.Tensor] = {}
@@ -58,14 +57,14 @@ def layer_input_moments(learner: "ContinualLearner", task: "Task", modules: dict
         return add
 
     handles = [module.register_forward_pre_hook(hook(key)) for key, module in modules.items()]
-    learner.model.eval()
+    context.model.eval()
     try:
-        for inputs, _ in learner.local_batches(task.train, learner.eval_batch_size):
-            learner.model.backbone(inputs)
+        for inputs, _ in context.batches(task.train, context.eval_batch_size):
+            context.model.backbone(inputs)
     finally:
         for handle in handles:
             handle.remove()
-    return {key: summed_over_processes(learner, moment.cpu()) for key, moment in moments.items()}
+    return {key: context.summed(moment.cpu()) for key, moment in moments.items()}
 
 
 def complement_basis(memory: torch.Tensor | None, dim: int) -> torch.Tensor:
@@ -108,9 +107,9 @@ class InfLoraMethod(TaskVectorMethod):
         super().__init__(*args, **kwargs)
         self.memory: dict[str, torch.Tensor] = {}
 
-    def prepare_adapter(self, learner: "ContinualLearner", task: "Task") -> list[torch.nn.Parameter]:
+    def prepare_adapter(self, context: "TaskContext", task: "Task") -> list[torch.nn.Parameter]:
         layers = self.adaptation.layers
-        moments = layer_input_moments(learner, task, {k: layer.get_base_layer() for k, layer in layers.items()})
+        moments = layer_input_moments(context, task, {k: layer.get_base_layer() for k, layer in layers.items()})
         with torch.no_grad():
             for key, layer in layers.items():
                 down = layer.lora_A[ADAPTER].weight
@@ -119,13 +118,13 @@ class InfLoraMethod(TaskVectorMethod):
                 down.requires_grad_(False)
         return []
 
-    def end_task(self, learner: "ContinualLearner", task: "Task") -> dict[str, Any]:
+    def end_task(self, context: "TaskContext", task: "Task") -> dict[str, Any]:
         keys, rank = list(self.adaptation.layers), self.config.lora.rank
-        log = super().end_task(learner, task)  # folds the task's update
-        backbone = learner.model.backbone
-        moments = layer_input_moments(learner, task, {k: backbone.get_submodule(k.removesuffix(".weight"))
+        log = super().end_task(context, task)  # folds the task's update
+        backbone = context.model.backbone
+        moments = layer_input_moments(context, task, {k: backbone.get_submodule(k.removesuffix(".weight"))
                                                       for k in keys})
-        start, steps = self.config.continual_lora.inflora_threshold, max(len(learner.stream.tasks) - 1, 1)
+        start, steps = self.config.continual_lora.inflora_threshold, max(context.num_tasks - 1, 1)
         threshold = start + (1.0 - start) * task.index / steps
         for key in keys:
             limit = moments[key].shape[0] - rank

@@ -19,7 +19,7 @@ from .task_vector import TaskVectorMethod
 
 if TYPE_CHECKING:
     from ..data import Task
-    from ..learner import ContinualLearner
+    from ..context import TaskContext
 
 
 def squared_overlap(down: torch.Tensor, earlier: list[torch.Tensor]) -> torch.Tensor:
@@ -61,10 +61,10 @@ class OLoraMethod(TaskVectorMethod):
         settings = self.config.continual_lora
         self.regulariser = OrthogonalSubspacePenalty(settings.olora_orthogonal, settings.olora_l2)
 
-    def end_task(self, learner: "ContinualLearner", task: "Task") -> dict[str, Any]:
+    def end_task(self, context: "TaskContext", task: "Task") -> dict[str, Any]:
         overlap = self.regulariser.overlap(self.adaptation)
         self.regulariser.add_task(self.adaptation)
-        return {"subspace_overlap": overlap, **super().end_task(learner, task)}
+        return {"subspace_overlap": overlap, **super().end_task(context, task)}
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "olora_earlier": {k: list(v) for k, v in self.regulariser.earlier.items()}}

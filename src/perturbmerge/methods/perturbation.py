@@ -4,11 +4,12 @@
     task_vector   the weights W + (1 + sε)ΔW: P&M's perturbation along the task vector
     gaussian      W + ΔW + sε·N with N isotropic Gaussian of ΔW's norm per tensor (the ablation)
 
-It owns ε, p0, the draw stream and the Gaussian direction stream, and counts the draws of the current task.
+It owns ε, p0, the draw stream and the Gaussian direction stream, and counts the draws of the current task. The
+kind is resolved once, from `PERTURBED_FORWARDS`, when the part is built (not by name on every forward).
 """
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import torch
 
@@ -18,10 +19,21 @@ from ..streams import generator, stream_seed
 PerturbationKind = Literal["none", "task_vector", "gaussian"]
 KEYS = frozenset({"epsilon", "p0"})  # read only when the kind is not "none"
 
+# (adaptation, inputs, shift = sε, Gaussian generator) -> the adapted model's outputs at the perturbed weights
+PerturbedForward = Callable[[Any, Any, float, torch.Generator], torch.Tensor]
+PERTURBED_FORWARDS: dict[str, PerturbedForward] = {
+    "none": lambda adaptation, inputs, shift, generator: adaptation.features(inputs),
+    "task_vector": lambda adaptation, inputs, shift, generator: adaptation.features_along_task_vector(inputs, shift),
+    "gaussian": lambda adaptation, inputs, shift, generator: adaptation.features_with_noise(inputs, shift, generator),
+}
+
 
 class Perturbation:
     def __init__(self, kind: PerturbationKind, epsilon: float, p0: float, run_seed: int) -> None:
+        if kind not in PERTURBED_FORWARDS:
+            raise ValueError(f"unknown perturbation '{kind}'; one of {', '.join(PERTURBED_FORWARDS)}")
         self.kind, self.epsilon = kind, epsilon
+        self.forward: PerturbedForward = PERTURBED_FORWARDS[kind]
         self.schedule = PerturbationSchedule(epsilon, p0, seed=stream_seed(run_seed, "perturbation"))
         self.noise_generator = generator(run_seed, "gaussian_noise")
         self.draws = {-1: 0, 0: 0, 1: 0}
@@ -43,7 +55,7 @@ class Perturbation:
 
     def features(self, adaptation, inputs: Any, sign: int) -> torch.Tensor:
         """The backbone's features at the perturbed weights of draw `sign`."""
-        return adaptation.features(inputs, sign * self.epsilon, self.kind, self.noise_generator)
+        return self.forward(adaptation, inputs, sign * self.epsilon, self.noise_generator)
 
     def log(self) -> dict[str, Any]:
         return {"perturbation_draws": {str(k): v for k, v in self.draws.items()}}

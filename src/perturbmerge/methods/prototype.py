@@ -23,7 +23,7 @@ from .ranpac import RandomProjectionHead
 
 if TYPE_CHECKING:
     from ..data import Task
-    from ..learner import ContinualLearner
+    from ..context import TaskContext
 
 KEYS = frozenset({"head.kind", "head.shrinkage", "head.rp_dim"})
 
@@ -40,8 +40,8 @@ class SimpleCIL(Method):
         self.class_statistics = GaussianClassStatistics()  # per head position (domain-incremental: all domains)
         self.heads = {"ranpac": RandomProjectionHead(config.head.rp_dim, config.seed), "fecam": ClassGaussians()}
 
-    def begin_task(self, learner: "ContinualLearner", task: "Task") -> None:
-        learner.prepare_head(task)
+    def begin_task(self, context: "TaskContext", task: "Task") -> None:
+        """Nothing to prepare: the task kind has added the task's head rows."""
 
     def state_dict(self) -> dict[str, Any]:
         return {"class_statistics": self.class_statistics.state_dict(),
@@ -54,22 +54,22 @@ class SimpleCIL(Method):
                 head.load_state_dict(state[name], device)
 
     @torch.no_grad()
-    def end_task(self, learner: "ContinualLearner", task: "Task") -> dict[str, Any]:
-        block = learner.model.head.blocks[learner.head_block]
+    def end_task(self, context: "TaskContext", task: "Task") -> dict[str, Any]:
+        block = context.kind.block(context)
         block.requires_grad_(False)
         if self.config.head.kind == "lda":
-            write_lda_rows(self.class_statistics, learner, task, self.config.head.shrinkage)
+            write_lda_rows(self.class_statistics, context, task, self.config.head.shrinkage)
             return {}
         if self.config.head.kind in self.heads:
             head = self.heads[self.config.head.kind]
-            log = head.add_task(learner, task)
-            learner.set_classifier(head.classifier(learner.device))
+            log = head.add_task(context, task)
+            context.kind.set_classifier(context, head.classifier(context.device))
             return log
         statistics = self.class_statistics
         positions = [task.label_offset + row for row in range(block.out_features)]
-        statistics.add(positions, *learner.class_feature_sums(task))
+        statistics.add(positions, *context.kind.class_feature_sums(context, task))
         known = [statistics.sums.get(p, torch.zeros(block.in_features, dtype=torch.float64)) for p in positions]
         counts = [int(statistics.counts.get(p, 0)) for p in positions]
-        set_prototype_rows(block, torch.stack([k.to(learner.device) for k in known]),
+        set_prototype_rows(block, torch.stack([k.to(context.device) for k in known]),
                            torch.tensor(counts, dtype=torch.float64))
         return {"prototype_counts": counts}

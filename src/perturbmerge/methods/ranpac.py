@@ -20,11 +20,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..streams import generator
-from .base import summed_over_processes
 
 if TYPE_CHECKING:
     from ..data import Task
-    from ..learner import ContinualLearner
+    from ..context import TaskContext
 
 RIDGES = tuple(10.0 ** k for k in range(-8, 9))
 HELD_OUT_EVERY = 5  # every fifth training example of a task is in the 20 % that chooses λ
@@ -89,7 +88,7 @@ def choose_ridge_from_rows(fit: tuple[torch.Tensor, torch.Tensor],
 
 class RandomProjectionHead:
     def __init__(self, width: int | None, run_seed: int) -> None:
-        self.width, self.run_seed = width, run_seed  # width None: default_projection_width of the learner's device
+        self.width, self.run_seed = width, run_seed  # width None: default_projection_width of the run's device
         self.projection: torch.Tensor | None = None
         self.gram: torch.Tensor | None = None
         self.cross: torch.Tensor | None = None  # [M, C], C grows with the seen classes
@@ -102,21 +101,21 @@ class RandomProjectionHead:
         return torch.relu(features.double().cpu() @ self.projection)
 
     @torch.no_grad()
-    def add_task(self, learner: "ContinualLearner", task: "Task") -> dict[str, Any]:
+    def add_task(self, context: "TaskContext", task: "Task") -> dict[str, Any]:
         """Add the task's (G, Q) on the backbone as it is now; choose λ on it; return the log."""
-        learner.model.eval()
+        context.model.eval()
         if self.width is None:
-            self.width = default_projection_width(learner.device)
-        classes = learner.model.head.num_classes
+            self.width = default_projection_width(context.device)
+        classes = context.model.head.num_classes
         parts = {name: [torch.zeros(self.width, self.width, dtype=torch.float64),
                         torch.zeros(self.width, classes, dtype=torch.float64), 0.0] for name in ("fit", "held_out")}
         seen = 0
         # the task's rows, kept while the dual is the cheaper way to choose λ (one process, at most M rows: no more
         # memory than G itself); None once it is not
         kept: dict[str, list[list[torch.Tensor]]] | None = \
-            {"fit": [[], []], "held_out": [[], []]} if learner.world.size == 1 else None
-        for inputs, labels in learner.local_batches(task.train, learner.eval_batch_size):
-            hidden = self._project(learner.model.backbone(inputs))
+            {"fit": [[], []], "held_out": [[], []]} if context.world.size == 1 else None
+        for inputs, labels in context.batches(task.train, context.eval_batch_size):
+            hidden = self._project(context.model.backbone(inputs))
             targets = torch.nn.functional.one_hot(labels.cpu() + task.label_offset, classes).double()
             held = (torch.arange(seen, seen + len(labels)) % HELD_OUT_EVERY) == HELD_OUT_EVERY - 1
             seen += len(labels)
@@ -129,8 +128,8 @@ class RandomProjectionHead:
                     kept[name][0].append(hidden[rows])
                     kept[name][1].append(targets[rows])
         for name in parts:  # every process's rows (index order is per process; the sums are what matter)
-            parts[name] = [summed_over_processes(learner, parts[name][0]),
-                           summed_over_processes(learner, parts[name][1]), learner.sum_scalar(parts[name][2])]
+            parts[name] = [context.summed(parts[name][0]),
+                           context.summed(parts[name][1]), context.sum_scalar(parts[name][2])]
         if kept is not None:
             ridge = choose_ridge_from_rows(*[(torch.cat(kept[name][0]), torch.cat(kept[name][1]))
                                              for name in ("fit", "held_out")])

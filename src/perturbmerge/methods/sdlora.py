@@ -22,7 +22,7 @@ from .task_vector import TaskVectorMethod
 
 if TYPE_CHECKING:
     from ..data import Task
-    from ..learner import ContinualLearner
+    from ..context import TaskContext
 
 
 def direction_output(x: torch.Tensor, directions: list[tuple[torch.Tensor, torch.Tensor]],
@@ -55,7 +55,7 @@ class SdLoraMethod(TaskVectorMethod):
         self.magnitudes: dict[str, torch.nn.Parameter] = {}
         self._hooks: list[Any] = []
 
-    def prepare_adapter(self, learner: "ContinualLearner", task: "Task") -> list[torch.nn.Parameter]:
+    def prepare_adapter(self, context: "TaskContext", task: "Task") -> list[torch.nn.Parameter]:
         self.magnitudes = {}
         for key, layer in self.adaptation.layers.items():
             if not self.directions.get(key):
@@ -73,7 +73,7 @@ class SdLoraMethod(TaskVectorMethod):
             return output + direction_output(args[0], self.directions[key], self.magnitudes[key], conv)
         return hook
 
-    def fold_into_learner(self, learner: "ContinualLearner", alpha) -> torch.nn.Module:
+    def fold_adapter(self, context: "TaskContext", alpha) -> torch.nn.Module:
         """Store D_t, fold s B_t A_t (with α) and Σ δα_i D_i into the backbone, drop the hooks."""
         for handle in self._hooks:
             handle.remove()
@@ -85,7 +85,7 @@ class SdLoraMethod(TaskVectorMethod):
                 up = layer.lora_B[ADAPTER].weight.detach().flatten(1) * layer.scaling[ADAPTER]  # [d_out, r]
                 norm = float((up.double() @ down.double()).norm())
                 new_directions[key] = (up / norm, down) if norm > 0 else None
-        backbone = super().fold_into_learner(learner, alpha)
+        backbone = super().fold_adapter(context, alpha)
         with torch.no_grad():
             for key, magnitudes in self.magnitudes.items():
                 weight = backbone.get_parameter(key)
@@ -96,9 +96,9 @@ class SdLoraMethod(TaskVectorMethod):
         self.magnitudes = {}
         return backbone
 
-    def end_task(self, learner: "ContinualLearner", task: "Task") -> dict[str, Any]:
+    def end_task(self, context: "TaskContext", task: "Task") -> dict[str, Any]:
         magnitudes = {key: m.detach().tolist() for key, m in self.magnitudes.items()}
-        log = super().end_task(learner, task)
+        log = super().end_task(context, task)
         if magnitudes:
             log["magnitude_offsets"] = magnitudes
         return log

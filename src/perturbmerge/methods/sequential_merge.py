@@ -23,7 +23,7 @@ from .task_vector import TaskVectorMethod
 
 if TYPE_CHECKING:
     from ..data import Task
-    from ..learner import ContinualLearner
+    from ..context import TaskContext
 
 
 class SequentialMergeMethod(TaskVectorMethod):
@@ -37,13 +37,13 @@ class SequentialMergeMethod(TaskVectorMethod):
         self.deployed: dict[str, torch.Tensor] | None = None
         self.dare_generator = generator(config.seed, "dare_masks")
 
-    def end_task(self, learner: "ContinualLearner", task: "Task") -> dict[str, Any]:
+    def end_task(self, context: "TaskContext", task: "Task") -> dict[str, Any]:
         c = self.config.task_merge
         delta = {k: v.double().cpu() for k, v in self.adaptation.task_vector().items()}
         if self.pretrained is None:
             self.pretrained = {k: v.double().cpu().clone() for k, v in self.adaptation.merged_weights().items()}
         log: dict[str, Any] = {"task_vector_norm": sum_norm_sq(delta) ** 0.5}
-        self.fold_into_learner(learner, 1.0)
+        self.fold_adapter(context, 1.0)
         self.cumulative = delta if self.cumulative is None else {k: self.cumulative[k] + delta[k] for k in delta}
         if self.rule == "magmax":
             self.vectors.append(self.cumulative)
@@ -55,13 +55,13 @@ class SequentialMergeMethod(TaskVectorMethod):
             self.vectors.append(dare(delta, c.drop, self.dare_generator))
             merged = task_arithmetic(self.vectors)
         deployed = add_scaled(self.pretrained, merged, c.lam)
-        device_params = dict(learner.model.backbone.named_parameters())
+        device_params = dict(context.model.backbone.named_parameters())
         self.deployed = {k: v.to(device_params[k].dtype) for k, v in deployed.items()}
         log["deployed_distance"] = sum_norm_sq({k: deployed[k] - self.pretrained[k] - self.cumulative[k]
                                                 for k in deployed}) ** 0.5  # ‖deployed − sequential model‖
         if self.head.acts_after_fold:
-            with learner.deployed_weights():
-                log.update(self.head.finish_task(learner, task))
+            with context.deployed_weights():
+                log.update(self.head.finish_task(context, task))
         return log
 
     def deployed_weights(self) -> dict[str, torch.Tensor] | None:

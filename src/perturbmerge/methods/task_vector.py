@@ -26,7 +26,7 @@ from .perturbation import Perturbation
 
 if TYPE_CHECKING:
     from ..data import Task
-    from ..learner import ContinualLearner
+    from ..context import TaskContext
 
 LORA_KEYS = frozenset({"lora.rank", "lora.alpha", "lora.dropout", "lora.targets"})
 
@@ -61,54 +61,49 @@ class TaskVectorMethod(Method):
         if self.adaptation_kind == "lora":
             resolve_lora_targets(backbone, self.make_adaptation().targets)
 
-    def begin_task(self, learner: "ContinualLearner", task: "Task") -> None:
+    def begin_task(self, context: "TaskContext", task: "Task") -> None:
         c = self.config
-        head_params = learner.prepare_head(task)
+        head_params = context.kind_parameters
         self.adaptation = self.make_adaptation()
-        self.adaptation.attach(learner.model.backbone)
-        learner.model.to(learner.device)
-        extra_parameters = self.prepare_adapter(learner, task)
-        self.head.begin_task(learner, task, self.adaptation)
+        self.adaptation.attach(context.model.backbone)
+        context.model.to(context.device)
+        extra_parameters = self.prepare_adapter(context, task)
+        self.head.begin_task(context, task, self.adaptation)
         self.optimizer = torch.optim.AdamW(
             [{"params": self.adaptation.trainable_parameters() + extra_parameters, "lr": c.lr},
              {"params": head_params, "lr": c.head_lr}],
             weight_decay=c.weight_decay,
         )
         self.perturbation.begin_task()
-        self.head.probe(learner, task)  # the new rows fit the features before the LoRA moves them
+        self.head.probe(context, task)  # the new rows fit the features before the LoRA moves them
 
-    def prepare_adapter(self, learner: "ContinualLearner", task: "Task") -> list[torch.nn.Parameter]:
+    def prepare_adapter(self, context: "TaskContext", task: "Task") -> list[torch.nn.Parameter]:
         """After the task's fresh adapter is attached, before the optimiser is built: a subclass may set or freeze
         the adapter's matrices and return parameters of its own that train with the adapter (at lr)."""
         return []
 
-    def train_step(self, learner: "ContinualLearner", batch: tuple[Any, torch.Tensor]) -> float:
+    def train_step(self, context: "TaskContext", batch: tuple[Any, torch.Tensor]) -> float:
         sign = self.perturbation.draw()  # one draw per optimiser step
-        return learner.optimiser_step(self.optimizer, batch, lambda part: self.objective(learner, part, sign),
+        return context.optimiser_step(self.optimizer, batch, lambda part: self.objective(context, part, sign),
                                       lambda: divergence_advice(self.config, self.divergence_hint))
 
-    def objective(self, learner: "ContinualLearner", batch: tuple[Any, torch.Tensor],
+    def objective(self, context: "TaskContext", batch: tuple[Any, torch.Tensor],
                   sign: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(objective to minimise, task loss to report) on a batch, at the perturbed weights of draw `sign`. The
-        loss is over the current task's logits (head.train_logits = task, the masked loss) or over every seen
-        class's (seen; labels as global head positions, earlier rows fixed); plus the regulariser's penalty."""
-        inputs, labels = batch
-        features = self.perturbation.features(self.adaptation, inputs, sign)
-        if self.config.head.train_logits == "seen":
-            loss = F.cross_entropy(learner.model.head(features), labels + learner.task.label_offset)
-        else:
-            loss = F.cross_entropy(learner.task_logits(features), labels)
+        """(objective to minimise, task loss to report) on a batch, at the perturbed weights of draw `sign`: the
+        task kind's training loss (classification: head.train_logits) plus the regulariser's penalty."""
+        inputs, targets = batch
+        loss = context.kind.loss(context, self.perturbation.features(self.adaptation, inputs, sign), targets)
         penalty = self.regulariser.penalty(self.adaptation) if self.regulariser is not None else None
         return (loss if penalty is None else loss + penalty), loss
 
-    def fold_into_learner(self, learner: "ContinualLearner", alpha: float | dict[str, float]) -> torch.nn.Module:
-        """Fold the task's adapter in with coefficient α; the learner's backbone becomes the plain result."""
-        learner.set_backbone(self.adaptation.fold(alpha))
+    def fold_adapter(self, context: "TaskContext", alpha: float | dict[str, float]) -> torch.nn.Module:
+        """Fold the task's adapter in with coefficient α; the model's backbone becomes the plain result."""
+        context.set_backbone(self.adaptation.fold(alpha))
         self.adaptation = None
         self.optimizer = None
-        return learner.model.backbone
+        return context.model.backbone
 
-    def end_task(self, learner: "ContinualLearner", task: "Task") -> dict[str, Any]:
+    def end_task(self, context: "TaskContext", task: "Task") -> dict[str, Any]:
         """merger: α_t (Fisher at θ*_t, unperturbed, eval mode) → head drift → fold → head after the fold."""
         task_vector = self.adaptation.task_vector()
         log: dict[str, Any] = {"task_vector_norm": sum_norm_sq(task_vector) ** 0.5, **self.perturbation.log()}
@@ -117,17 +112,17 @@ class TaskVectorMethod(Method):
             self.task_models = {"previous": before, "optimum": {k: before[k] + task_vector[k] for k in task_vector}}
         if self.merges:
             started = time.perf_counter()
-            log["acc_before_merge"] = learner.evaluate([task])[0][0]
+            log["acc_before_merge"] = context.evaluate([task])[0][0]
             log["acc_before_merge_s"] = time.perf_counter() - started
         started = time.perf_counter()
-        alpha, merge_log = self.merger.decide(self.adaptation, learner, task, task_vector)
+        alpha, merge_log = self.merger.decide(self.adaptation, context, task, task_vector)
         log.update(merge_log)
-        log.update(self.head.compensate_drift(learner, task, self.adaptation, alpha))
+        log.update(self.head.compensate_drift(context, task, self.adaptation, alpha))
         if self.task_models is not None:
             self.task_models["alpha"] = alpha
-        self.fold_into_learner(learner, alpha)
+        self.fold_adapter(context, alpha)
         log["merge_s"] = time.perf_counter() - started - log.get("fisher_s", 0.0)  # α + fold (+ drift), Fisher aside
-        log.update(self.head.finish_task(learner, task))
+        log.update(self.head.finish_task(context, task))
         return log
 
     def state_dict(self) -> dict[str, Any]:

@@ -1,0 +1,5 @@
+"""Task kinds (kinds/base.py): classification today; a kind of your own is a `TaskKind` subclass."""
+from .base import TASK_KINDS, ExampleLoss, TaskKind, register_task_kind, task_kind_for
+from .classification import ClassificationKind
+
+__all__ = ["TASK_KINDS", "ClassificationKind", "ExampleLoss", "TaskKind", "register_task_kind", "task_kind_for"]
