@@ -1,6 +1,9 @@
 """`PerturbAndMerge` reproduces `perturbmerge run --method pm-lora` exactly: in a hand-written loop and with a plain
 `transformers.Trainer` plus `PerturbAndMergeCallback`, on the same data and seed, α of every task and the whole
-accuracy matrix are equal (==) to the CLI's. 3 class-incremental tasks of a CSV of texts, a tiny local BERT.
+accuracy matrix are equal (==) to the CLI's. 3 class-incremental tasks of a CSV of texts, a tiny local BERT. The
+hand-written loop also matches every merging method the API can express (merge-lora, avg-lora, task-arithmetic)
+and every merge option of the CLI (alpha_rule, alpha_granularity, anchor_pretrained, fisher.normalise): both call
+the same end-of-task sequence (methods/merger.py).
 
 What the user's side must match, each from a public function: the task stream (`load_tasks`), the backbone built
 after `torch.manual_seed(seed)` (`load_backbone`), one `ExpandingLinearHead` block per task created before the
@@ -41,25 +44,36 @@ def task_logits(module: nn.Module, inputs, task) -> torch.Tensor:
 
 
 @pytest.fixture(scope="module")
-def cli(tmp_path_factory):
-    """The CLI's run: config and results."""
+def data_folder(tmp_path_factory):
     folder = tmp_path_factory.mktemp("api-cli")
     save_tiny_hf_encoder(folder / "enc")
     write_csv(folder / "data.csv", csv_rows(classes=6, per_class=14))
-    config, _ = resolve_config({"benchmark": f"csv:{folder / 'data.csv'}", "method": "pm-lora", "seed": SEED,
-                                "tasks": 3}, sets=[f"backbone=hf:{folder / 'enc'}", "epochs=2", "batch_size=8"])
-    results = run_experiment(config, None, progress=False)
+    return folder
+
+
+def run_cli(folder, method: str, sets: list[str] = ()):
+    config, _ = resolve_config({"benchmark": f"csv:{folder / 'data.csv'}", "method": method, "seed": SEED,
+                                "tasks": 3}, sets=[f"backbone=hf:{folder / 'enc'}", "epochs=2", "batch_size=8",
+                                                   *sets])
+    return config, run_experiment(config, None, progress=False)
+
+
+@pytest.fixture(scope="module")
+def cli(data_folder):
+    """The CLI's pm-lora run: config and results."""
+    config, results = run_cli(data_folder, "pm-lora")
     assert len(set(results["alphas"][1:])) == 2 and all(0 < a < 1 for a in results["alphas"][1:])  # a real merge
-    return config, results, folder
+    return config, results, data_folder
 
 
-def setup(config):
+def setup(config, **options):
     stream = load_tasks(config.benchmark, num_tasks=config.tasks, seed=config.seed, backbone=config.backbone)
     torch.manual_seed(config.seed)  # as `perturbmerge run`: the global stream seeds head and adapter inits, dropout
     backbone = load_backbone(config.backbone, config.seed)
+    options = {"epsilon": config.epsilon, "p0": config.p0, **options}
     pm = PerturbAndMerge(Classifier(backbone.module, backbone.feature_dim), targets=backbone.lora_targets,
                          rank=config.lora.rank, lora_alpha=config.lora.alpha, dropout=config.lora.dropout,
-                         epsilon=config.epsilon, p0=config.p0, seed=config.seed)
+                         seed=config.seed, **options)
     return stream, pm
 
 
@@ -102,8 +116,40 @@ def assert_same_as_cli(results, alphas, matrix, overall):
 
 def test_hand_written_loop_gives_the_clis_alphas_and_accuracies(cli):
     config, results, _ = cli
-    stream, pm = setup(config)
-    alphas, matrix, overall = [], [], []
+    hand_written_loop(config, results)
+
+
+# (CLI method, its --set keys, PerturbAndMerge's arguments): each merging method the API expresses, each merge option
+MERGING = [
+    ("merge-lora", [], {"epsilon": 0.0}),
+    ("avg-lora", [], {"epsilon": 0.0, "merge": "average"}),
+    ("task-arithmetic", [], {"epsilon": 0.0, "merge": "fixed", "fixed_alpha": 0.3}),
+    ("pm-lora", ["alpha_rule=simplified"], {"merge": "simplified"}),
+    ("pm-lora", ["alpha_granularity=module"], {"alpha_granularity": "module"}),
+    ("pm-lora", ["anchor_pretrained=true", "fisher.normalise=trace"],
+     {"anchor_pretrained": True, "fisher_normalise": "trace"}),
+]
+
+
+@pytest.mark.parametrize("method, sets, options", MERGING, ids=[f"{m}-{'-'.join(s) or 'defaults'}"
+                                                                for m, s, _ in MERGING])
+def test_every_merging_method_and_merge_option_matches_the_cli(data_folder, method, sets, options):
+    config, results = run_cli(data_folder, method, sets)
+    records = hand_written_loop(config, results, **options)
+    if "alpha_granularity" in options:
+        # (the API's names carry the user's wrapper, `encoder.`; the CLI's are the backbone's own)
+        assert [list(r.alpha_per_module.values()) for r in records] == [
+            list(log["alpha_per_module"].values()) for log in results["task_logs"]]
+        assert all(name.endswith(own) for r, log in zip(records, results["task_logs"])
+                   for name, own in zip(r.alpha_per_module, log["alpha_per_module"]))
+    if options.get("anchor_pretrained"):
+        assert records[0].alpha < 1.0  # θ_0 took part in the first merge
+
+
+def hand_written_loop(config, results, **options):
+    """The library's recipe by hand: train each task with pm.perturbed(), end_task, evaluate; == the CLI."""
+    stream, pm = setup(config, **options)
+    alphas, matrix, overall, records = [], [], [], []
     for task in stream.tasks:
         trainable, optimizer = begin(pm, task, config)
         for epoch in range(config.epochs):
@@ -122,10 +168,12 @@ def test_hand_written_loop_gives_the_clis_alphas_and_accuracies(cli):
 
         record = pm.end_task(fisher_batches(stream, task, config), per_sample_loss)
         alphas.append(record.alpha)
+        records.append(record)
         per_task, all_seen = accuracies(pm, stream, stream.tasks[: task.index + 1], config)
         matrix.append(per_task)
         overall.append(all_seen)
     assert_same_as_cli(results, alphas, matrix, overall)
+    return records
 
 
 class TaskLossModel(nn.Module):

@@ -22,7 +22,7 @@ of `merge.RunningMergeState`:
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Literal
@@ -31,20 +31,26 @@ import torch
 from torch import nn
 
 from .adaptation import LoraAdaptation
+from .config import AlphaGranularity, FisherNormalisation
 from .errors import UserError
 from .fisher import layer_weight_fisher
-from .merge import AlphaDecision, RunningMergeState, data_free_alpha
-from .methods.base import sum_norm_sq, total
+from .merge import RunningMergeState
+from .methods.base import sum_norm_sq
+from .methods.merger import MergeOptions, closed_form_decision, data_free_decision
 from .perturb import PerturbationSchedule, lora_branch_scale
 from .streams import stream_seed
 
 MergeRule = Literal["closed_form", "simplified", "average", "fixed"]
 MERGE_RULES = ("closed_form", "simplified", "average", "fixed")
+FISHER_RULES = ("closed_form", "simplified")  # the rules that need the task's Fisher
 
 
 @dataclass
 class TaskRecord:
-    """What `end_task` decided: α_t, the raw closed form before clipping, the Fisher mass Σ F_t, ‖Δ_t‖, draws."""
+    """What `end_task` decided, with the names `perturbmerge run` writes in results.json's task logs: α_t (the
+    mean over matrices with alpha_granularity='module'), the raw closed form before clipping, the simplified rule,
+    whether the zero-denominator fallback α = 1 was taken, the Fisher mass Σ F_t, ‖Δ_t‖, the draws, and α per
+    adapted matrix (module granularity)."""
 
     task: int
     alpha: float
@@ -53,6 +59,15 @@ class TaskRecord:
     fisher_mass: float | None
     task_vector_norm: float
     perturbation_draws: dict[str, int]
+    alpha_simplified: float | None = None
+    alpha_per_module: dict[str, float] | None = None
+    pretrained_fisher_mass: float | None = None
+
+    @classmethod
+    def from_log(cls, task: int, log: dict[str, Any]) -> "TaskRecord":
+        return cls(task, log["alpha"], log["alpha_raw"], log["alpha_fallback"], log.get("fisher_mass"),
+                   log["task_vector_norm"], log["perturbation_draws"], log.get("alpha_simplified"),
+                   log.get("alpha_per_module"), log.get("pretrained_fisher_mass"))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -67,7 +82,13 @@ class PerturbAndMerge:
         rank, lora_alpha, dropout: the LoRA adapter of each task (scale = lora_alpha / rank).
         epsilon, p0: the perturbation W + (1 + sε)ΔW, s = 0 with probability p0, ±1 with (1 − p0)/2 each.
         merge: "closed_form" (α*, the paper), "simplified" (current task's Fisher only), "average" (1/t),
-            "fixed" (`fixed_alpha`).
+            "fixed" (`fixed_alpha`); as `perturbmerge run --set alpha_rule=...`. closed_form and simplified clip
+            α to [0, 1] and fall back to α = 1 (with a warning) when the Fisher-weighted denominator is 0.
+        alpha_granularity: "model" (one α) or "module" (one α per adapted matrix, the paper's ablation).
+        anchor_pretrained: the pretrained weights enter the merge as task 0, with the first task's Fisher at them.
+        fisher_normalise: "trace" divides each task's Fisher by its total before it enters the sums.
+        fisher_max_samples: examples per task in the Fisher pass (the first ones of `end_task`'s batches); None:
+            all of them. The same merge sequence as the CLI's (methods/merger.py `closed_form_decision`).
         seed: the run's seed, as `perturbmerge run --seed`: the perturbation draws come from their own stream
             derived from it (`streams.stream_seed(seed, "perturbation")`); the adapter initialisation and dropout follow
             torch's global RNG, which you seed (`torch.manual_seed(seed)`, as the CLI does before the backbone).
@@ -77,7 +98,9 @@ class PerturbAndMerge:
 
     def __init__(self, model: nn.Module, targets: list[str], rank: int = 8, lora_alpha: float = 16.0,
                  dropout: float = 0.0, epsilon: float = 0.5, p0: float = 1.0 / 3.0, merge: MergeRule = "closed_form",
-                 fixed_alpha: float = 0.5, seed: int = 0, train_modules: list[str] | None = None) -> None:
+                 fixed_alpha: float = 0.5, seed: int = 0, train_modules: list[str] | None = None,
+                 alpha_granularity: AlphaGranularity = "model", anchor_pretrained: bool = False,
+                 fisher_normalise: FisherNormalisation = "none", fisher_max_samples: int | None = None) -> None:
         if not isinstance(model, nn.Module):
             raise UserError(f"PerturbAndMerge needs an nn.Module, got {type(model).__name__}")
         if not targets:
@@ -86,9 +109,20 @@ class PerturbAndMerge:
             raise UserError(f"merge must be one of {', '.join(MERGE_RULES)}, got '{merge}'")
         if not (epsilon >= 0 and 0.0 <= p0 <= 1.0 and rank >= 1):
             raise UserError(f"need epsilon >= 0, 0 <= p0 <= 1 and rank >= 1; got {epsilon}, {p0}, {rank}")
+        if alpha_granularity not in ("model", "module") or fisher_normalise not in ("none", "trace"):
+            raise UserError(f"alpha_granularity must be model or module and fisher_normalise none or trace; got "
+                            f"'{alpha_granularity}', '{fisher_normalise}'")
+        if (alpha_granularity == "module" or anchor_pretrained or fisher_normalise != "none") and \
+                merge not in FISHER_RULES:
+            raise UserError(f"alpha_granularity, anchor_pretrained and fisher_normalise need a Fisher rule "
+                            f"(merge='closed_form' or 'simplified'), got merge='{merge}'")
+        if fisher_max_samples is not None and fisher_max_samples < 1:
+            raise UserError(f"fisher_max_samples must be >= 1 or None, got {fisher_max_samples}")
         self.model = model
         self.targets, self.rank, self.lora_alpha, self.dropout = list(targets), rank, lora_alpha, dropout
         self.epsilon, self.merge, self.fixed_alpha = epsilon, merge, fixed_alpha
+        self.merge_options = MergeOptions(merge, fixed_alpha, alpha_granularity, anchor_pretrained, fisher_normalise)
+        self.fisher_max_samples = fisher_max_samples
         self.train_modules = list(train_modules or [])
         self.schedule = PerturbationSchedule(epsilon, p0, stream_seed(seed, "perturbation"))
         self.merge_state = RunningMergeState()
@@ -134,33 +168,38 @@ class PerturbAndMerge:
     def end_task(self, batches: Iterable[Any], per_sample_loss: Callable[[nn.Module, Any], torch.Tensor]
                  ) -> TaskRecord:
         """Estimate the task's diagonal Fisher at the trained, unperturbed weights (eval mode; `per_sample_loss(
-        module, batch)` returns one loss per example), decide α_t, fold W ← W + α_t·ΔW and remove the adapter."""
+        module, batch)` returns one loss per example), decide α_t, fold W ← W + α_t·ΔW and remove the adapter.
+        The sequence is the CLI's: `closed_form_decision` / `data_free_decision` of methods/merger.py."""
         adaptation = self._active()
         module = adaptation.peft_model
         task_vector = adaptation.task_vector()
-        previous = adaptation.merged_weights()
         task = self.merge_state.num_tasks + 1
-        fisher_mass = None
-        was_training = module.training
-        module.eval()
-        try:
-            if self.merge in ("closed_form", "simplified"):
-                fisher = layer_weight_fisher(adaptation.layers, batches, lambda batch: per_sample_loss(module, batch),
-                                             progress=False, description=f"Fisher, task {task}")
-                fisher_mass = total(fisher)
-                optimum = {k: previous[k].to(torch.float64) + task_vector[k].to(torch.float64) for k in task_vector}
-                self.merge_state.update(fisher, optimum)
-                decision = self.merge_state.decide(previous, task_vector, fisher, self.merge, self.fixed_alpha)
-            else:
-                self.merge_state.num_tasks += 1  # data-free rules: only the task count
-                decision = AlphaDecision(data_free_alpha(self.merge, task, self.fixed_alpha), None, None, False)
-        finally:
-            module.train(was_training)
-        norm = sum_norm_sq(task_vector) ** 0.5
-        self.model = adaptation.fold(decision.alpha)
+        log: dict[str, Any] = {"task_vector_norm": sum_norm_sq(task_vector) ** 0.5,
+                               "perturbation_draws": {str(k): v for k, v in self.draws.items()}}
+        if self.merge in FISHER_RULES:
+            batches = list(batches) if self.merge_options.anchor_pretrained and task == 1 else batches
+
+            def fisher_at(at_start: bool) -> dict[str, torch.Tensor]:
+                was_training = module.training
+                module.eval()
+                try:
+                    with adaptation.at_start() if at_start else nullcontext():
+                        return layer_weight_fisher(adaptation.layers, batches,
+                                                   lambda batch: per_sample_loss(module, batch),
+                                                   self.fisher_max_samples, progress=False,
+                                                   description=f"Fisher, task {task}")
+                finally:
+                    module.train(was_training)
+
+            alpha, merge_log = closed_form_decision(self.merge_state, adaptation.merged_weights(), task_vector,
+                                                    fisher_at, self.merge_options)
+        else:
+            alpha, merge_log = data_free_decision(self.merge, task, self.fixed_alpha)
+            self.merge_state.num_tasks = task  # data-free rules keep only the task count
+        log.update(merge_log)
+        self.model = adaptation.fold(alpha)
         self.adaptation = None
-        return TaskRecord(task, decision.alpha, decision.raw, decision.fallback, fisher_mass, norm,
-                          {str(k): v for k, v in self.draws.items()})
+        return TaskRecord.from_log(task, log)
 
     # ---- the running sums, for the next task in another process ---------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -202,7 +241,9 @@ class PerturbAndMerge:
         save_file(tensors, str(directory / "perturbmerge_state.safetensors"))
         atomic_write_json(directory / "perturbmerge.json", {
             "num_tasks": state["num_tasks"], "targets": self.targets, "rank": self.rank, "lora_alpha": self.lora_alpha,
-            "epsilon": self.epsilon, "p0": self.schedule.p0, "merge": self.merge, "train_modules": self.train_modules})
+            "epsilon": self.epsilon, "p0": self.schedule.p0, "merge": self.merge, "train_modules": self.train_modules,
+            "alpha_granularity": self.merge_options.granularity, "anchor_pretrained": self.merge_options.anchor_pretrained,
+            "fisher_normalise": self.merge_options.normalise, "fisher_max_samples": self.fisher_max_samples})
         return directory
 
     def load_running_state(self, directory: str | Path) -> None:
