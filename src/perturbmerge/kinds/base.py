@@ -42,6 +42,7 @@ class TaskKind:
 
     name: ClassVar[str] = "kind"
     score_name: ClassVar[str] = "score (%)"
+    has_head: ClassVar[bool] = False  # whether the head parts (methods/head_part.py) apply
 
     def begin_task(self, context: "TaskContext") -> list[nn.Parameter]:
         return []

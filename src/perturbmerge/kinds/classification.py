@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 class ClassificationKind(TaskKind):
     name = "classification"
     score_name = "accuracy (%)"
+    has_head = True
 
     def __init__(self, train_logits: str = "task") -> None:
         self.train_logits = train_logits

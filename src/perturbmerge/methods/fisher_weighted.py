@@ -58,5 +58,6 @@ class FisherWeightedMethod(TaskVectorMethod):
         log["kept_fraction_of_update"] = (
             total({k: (merged[k] - previous[k]) * task_vector[k] for k in merged})
             / max(sum_norm_sq(task_vector), 1e-300))  # 1 = whole task vector, 0 = none (projection)
-        log.update(self.head.finish_task(context, task))
+        if self.uses_head:
+            log.update(self.head.finish_task(context, task))
         return log

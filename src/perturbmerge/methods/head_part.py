@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 
 from ..config import HeadSettings
+from ..errors import UserError
 from ..heads import GaussianClassStatistics, PretrainedEnsemble, pretrained_features
 from .alignment import ClassifierAlignment
 from .base import to_device
@@ -47,6 +48,23 @@ class HeadProtocol:
         self.pretrained_weights: dict[str, torch.Tensor] | None = None  # θ_0 in merge space (head.frozen_weight)
         self.log: dict[str, Any] = {}
         self.rows_after_fold = HEAD_ROWS_AFTER_FOLD[settings.kind]  # resolved once (head.kind)
+
+    @property
+    def is_default(self) -> bool:
+        """The paper's masked linear head and nothing more (what a kind without a head runs with)."""
+        s = self.settings
+        return (s.kind == "linear" and s.drift == "none" and s.train_logits == "task" and s.frozen_weight == 0
+                and not (s.probe_epochs or s.refit_epochs or s.align_epochs))
+
+    def applies(self, context: "TaskContext", method: str) -> bool:
+        """Whether the task kind has a head for this part to act on; a kind without one (regression, causal LM)
+        refuses head settings in one line instead of ignoring them."""
+        if context.kind.has_head:
+            return True
+        if not self.is_default:
+            raise UserError(f"method '{method}' sets head.* options, but the {context.kind.name} task kind has no "
+                            f"classifier head; remove the head.* keys or pick a method without a head")
+        return False
 
     def begin_task(self, context: "TaskContext", task: "Task", adaptation) -> None:
         """After the adapter is attached: drop the ensemble until the merge; keep θ_0 at the first task; probe."""

@@ -42,6 +42,9 @@ class SimpleCIL(Method):
 
     def begin_task(self, context: "TaskContext", task: "Task") -> None:
         """Nothing to prepare: the task kind has added the task's head rows."""
+        if not context.kind.has_head:
+            raise UserError(f"method '{self.config.method}' is a classifier from class statistics; the "
+                            f"{context.kind.name} task kind has no classes: pick a method that trains an adapter")
 
     def state_dict(self) -> dict[str, Any]:
         return {"class_statistics": self.class_statistics.state_dict(),

@@ -59,7 +59,7 @@ class SequentialMergeMethod(TaskVectorMethod):
         self.deployed = {k: v.to(device_params[k].dtype) for k, v in deployed.items()}
         log["deployed_distance"] = sum_norm_sq({k: deployed[k] - self.pretrained[k] - self.cumulative[k]
                                                 for k in deployed}) ** 0.5  # ‖deployed − sequential model‖
-        if self.head.acts_after_fold:
+        if self.uses_head and self.head.acts_after_fold:
             with context.deployed_weights():
                 log.update(self.head.finish_task(context, task))
         return log

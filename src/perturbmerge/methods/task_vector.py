@@ -47,6 +47,7 @@ class TaskVectorMethod(Method):
         self.perturbation, self.merger, self.regulariser = perturbation, merger, regulariser
         self.merges = merger.merges
         self.head = HeadProtocol(config.head, config.head_lr, config.weight_decay, config.seed)
+        self.uses_head = True  # (begin_task asks the task kind)
         self.adaptation: LoraAdaptation | FullAdaptation | None = None
         self.optimizer: torch.optim.Optimizer | None = None
         # save_task_models: θ̂_{t-1} and θ*_t of the task just finished, in merge space, and its α (the runner
@@ -68,14 +69,17 @@ class TaskVectorMethod(Method):
         self.adaptation.attach(context.model.backbone)
         context.model.to(context.device)
         extra_parameters = self.prepare_adapter(context, task)
-        self.head.begin_task(context, task, self.adaptation)
+        self.uses_head = self.head.applies(context, self.name)
+        if self.uses_head:
+            self.head.begin_task(context, task, self.adaptation)
         self.optimizer = torch.optim.AdamW(
             [{"params": self.adaptation.trainable_parameters() + extra_parameters, "lr": c.lr},
              {"params": head_params, "lr": c.head_lr}],
             weight_decay=c.weight_decay,
         )
         self.perturbation.begin_task()
-        self.head.probe(context, task)  # the new rows fit the features before the LoRA moves them
+        if self.uses_head:
+            self.head.probe(context, task)  # the new rows fit the features before the LoRA moves them
 
     def prepare_adapter(self, context: "TaskContext", task: "Task") -> list[torch.nn.Parameter]:
         """After the task's fresh adapter is attached, before the optimiser is built: a subclass may set or freeze
@@ -117,12 +121,14 @@ class TaskVectorMethod(Method):
         started = time.perf_counter()
         alpha, merge_log = self.merger.decide(self.adaptation, context, task, task_vector)
         log.update(merge_log)
-        log.update(self.head.compensate_drift(context, task, self.adaptation, alpha))
+        if self.uses_head:
+            log.update(self.head.compensate_drift(context, task, self.adaptation, alpha))
         if self.task_models is not None:
             self.task_models["alpha"] = alpha
         self.fold_adapter(context, alpha)
         log["merge_s"] = time.perf_counter() - started - log.get("fisher_s", 0.0)  # α + fold (+ drift), Fisher aside
-        log.update(self.head.finish_task(context, task))
+        if self.uses_head:
+            log.update(self.head.finish_task(context, task))
         return log
 
     def state_dict(self) -> dict[str, Any]:
