@@ -66,8 +66,10 @@ def test_evaluation_restores_the_training_weights():
             super().__init__()
             self.backbone = nn.Linear(2, 2, bias=False)
 
+    from perturbmerge.context import TaskContext
+
     learner = ContinualLearner.__new__(ContinualLearner)
-    learner.method, learner.model = Fixed(), Holder()
+    learner.method, learner.context = Fixed(), TaskContext(Holder(), None, torch.device("cpu"), 1)
     before = learner.model.backbone.weight.detach().clone()
     with learner.deployed_weights():
         assert (learner.model.backbone.weight == 0).all()

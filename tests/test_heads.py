@@ -170,7 +170,7 @@ def test_training_loss_covers_the_task_or_every_seen_class(train_logits):
         blocks = learner.model.head.blocks
         for block in blocks:
             block.zero_grad(set_to_none=True)
-        objective, _ = learner.method.objective(learner, (x, local), 0)
+        objective, _ = learner.method.objective(learner.context, (x, local), 0)
         objective.backward()
         with torch.no_grad():
             features = learner.model.backbone(x).double().numpy()  # the fresh LoRA is zero: θ̂_1's features

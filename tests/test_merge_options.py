@@ -31,16 +31,11 @@ def test_fisher_options_change_the_fisher_and_alpha(tmp_path, sets):
 def test_true_fisher_labels_are_draws_from_the_models_predictive_distribution():
     import torch
 
-    from perturbmerge.methods.task_fisher import model_sampled_labels
-
-    class Identity:
-        @staticmethod
-        def features(inputs):
-            return inputs
+    from perturbmerge.kinds.classification import model_sampled_labels
 
     logits = torch.tensor([[4.0, 0.0, 0.0], [0.0, 0.0, 9.0]]).repeat(500, 1)
     drawn = torch.cat([labels for _, labels in model_sampled_labels(
-        Identity(), [(logits, torch.zeros(1000, dtype=torch.long))], lambda x: x, torch.Generator().manual_seed(0))])
+        [(logits, torch.zeros(1000, dtype=torch.long))], lambda x: x, lambda x: x, torch.Generator().manual_seed(0))])
     expected = torch.multinomial(logits.double().softmax(-1), 1, generator=torch.Generator().manual_seed(0)).squeeze(1)
     assert torch.equal(drawn, expected)
     first = drawn[0::2]  # p(class 0) = e⁴ / (e⁴ + 2) ≈ 0.965
