@@ -162,7 +162,7 @@ def test_data_free_rules_need_no_fisher(net, merge, expected):
 def test_misuse_is_one_clear_error(net):
     with pytest.raises(UserError, match="merge must be one of"):
         PerturbAndMerge(net, targets=["fc1"], merge="magic")
-    with pytest.raises(UserError, match="needs LoRA targets"):
+    with pytest.raises(UserError, match="needs a list of LoRA targets"):
         PerturbAndMerge(net, targets=[])
     with pytest.raises(UserError, match="needs an nn.Module"):
         PerturbAndMerge("hf:model", targets=["fc1"])

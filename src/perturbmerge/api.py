@@ -22,6 +22,10 @@ of `merge.RunningMergeState`:
 """
 from __future__ import annotations
 
+import re
+import shutil
+import tempfile
+import warnings
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -43,6 +47,34 @@ from .streams import stream_seed
 MergeRule = Literal["closed_form", "simplified", "average", "fixed"]
 MERGE_RULES = ("closed_form", "simplified", "average", "fixed")
 FISHER_RULES = ("closed_form", "simplified")  # the rules that need the task's Fisher
+
+
+class PerturbationNotUsedWarning(UserWarning):
+    """ε > 0 but no optimiser step of the task ran inside `PerturbAndMerge.perturbed()`."""
+
+
+# PerturbAndMerge's arguments → the `perturbmerge run` keys whose checks they share (config/validation.py)
+API_TO_CONFIG_KEYS = {"rank": "lora.rank", "lora_alpha": "lora.alpha", "dropout": "lora.dropout",
+                      "targets": "lora.targets", "epsilon": "epsilon", "p0": "p0", "merge": "alpha_rule",
+                      "fixed_alpha": "fixed_alpha", "seed": "seed", "alpha_granularity": "alpha_granularity",
+                      "anchor_pretrained": "anchor_pretrained", "fisher_normalise": "fisher.normalise",
+                      "fisher_max_samples": "fisher.max_samples"}
+
+
+def check_arguments(**arguments: Any) -> None:
+    """The constructor's arguments through the CLI's own type coercion and range checks (`build_config`), so the
+    API refuses what `perturbmerge run` refuses, in one line naming the argument: rank=1.5, seed=-1, seed=2**70,
+    fixed_alpha=nan, dropout=1.0, ..."""
+    from .config import build_config, nested
+
+    try:
+        build_config([], [nested({API_TO_CONFIG_KEYS[name]: value for name, value in arguments.items()})])
+    except UserError as exc:
+        message = re.sub(r"[;,]? ?(e\.g\. )?(--set|fix it in the config or --set) \S+", "", str(exc))
+        message = re.sub(r"\s*\((--set|[a-z_.]+=)[^)]*\)", "", message)
+        for name, key in sorted(API_TO_CONFIG_KEYS.items(), key=lambda item: -len(item[1])):
+            message = re.sub(rf"(?<![\w.]){re.escape(key)}(?![\w.])", name, message)
+        raise UserError(f"PerturbAndMerge: {message}") from None
 
 
 @dataclass
@@ -103,21 +135,16 @@ class PerturbAndMerge:
                  fisher_normalise: FisherNormalisation = "none", fisher_max_samples: int | None = None) -> None:
         if not isinstance(model, nn.Module):
             raise UserError(f"PerturbAndMerge needs an nn.Module, got {type(model).__name__}")
-        if not targets:
-            raise UserError("PerturbAndMerge needs LoRA targets, e.g. targets=['query', 'value']")
-        if merge not in MERGE_RULES:
-            raise UserError(f"merge must be one of {', '.join(MERGE_RULES)}, got '{merge}'")
-        if not (epsilon >= 0 and 0.0 <= p0 <= 1.0 and rank >= 1):
-            raise UserError(f"need epsilon >= 0, 0 <= p0 <= 1 and rank >= 1; got {epsilon}, {p0}, {rank}")
-        if alpha_granularity not in ("model", "module") or fisher_normalise not in ("none", "trace"):
-            raise UserError(f"alpha_granularity must be model or module and fisher_normalise none or trace; got "
-                            f"'{alpha_granularity}', '{fisher_normalise}'")
+        if isinstance(targets, str) or not targets:
+            raise UserError("PerturbAndMerge needs a list of LoRA targets, e.g. targets=['query', 'value']")
+        check_arguments(rank=rank, lora_alpha=lora_alpha, dropout=dropout, targets=list(targets), epsilon=epsilon,
+                        p0=p0, merge=merge, fixed_alpha=fixed_alpha, seed=seed, alpha_granularity=alpha_granularity,
+                        anchor_pretrained=anchor_pretrained, fisher_normalise=fisher_normalise,
+                        fisher_max_samples=fisher_max_samples)
         if (alpha_granularity == "module" or anchor_pretrained or fisher_normalise != "none") and \
                 merge not in FISHER_RULES:
             raise UserError(f"alpha_granularity, anchor_pretrained and fisher_normalise need a Fisher rule "
                             f"(merge='closed_form' or 'simplified'), got merge='{merge}'")
-        if fisher_max_samples is not None and fisher_max_samples < 1:
-            raise UserError(f"fisher_max_samples must be >= 1 or None, got {fisher_max_samples}")
         self.model = model
         self.targets, self.rank, self.lora_alpha, self.dropout = list(targets), rank, lora_alpha, dropout
         self.epsilon, self.merge, self.fixed_alpha = epsilon, merge, fixed_alpha
@@ -168,12 +195,23 @@ class PerturbAndMerge:
     def end_task(self, batches: Iterable[Any], per_sample_loss: Callable[[nn.Module, Any], torch.Tensor]
                  ) -> TaskRecord:
         """Estimate the task's diagonal Fisher at the trained, unperturbed weights (eval mode; `per_sample_loss(
-        module, batch)` returns one loss per example), decide α_t, fold W ← W + α_t·ΔW and remove the adapter.
-        The sequence is the CLI's: `closed_form_decision` / `data_free_decision` of methods/merger.py."""
+        module, batch)` returns one loss per example, shape [N]), decide α_t, fold W ← W + α_t·ΔW and remove the
+        adapter. The sequence is the CLI's: `closed_form_decision` / `data_free_decision` of methods/merger.py.
+
+        Refused: an adapter that never changed (ΔW = 0: the optimiser does not hold `pm.parameters()`), a loss of
+        another shape than [N]. Warned: ε > 0 but no step ran inside `pm.perturbed()` (plain merging then)."""
         adaptation = self._active()
         module = adaptation.peft_model
         task_vector = adaptation.task_vector()
         task = self.merge_state.num_tasks + 1
+        if all(not bool(v.any()) for v in task_vector.values()):
+            raise UserError(f"task {task}: the adapter did not change during training (ΔW = 0), so there is nothing "
+                            f"to merge; build the optimiser after pm.begin_task() from pm.parameters() (one built "
+                            f"before holds the previous task's parameters, not this task's adapter)")
+        if self.epsilon > 0 and sum(self.draws.values()) == 0:
+            warnings.warn(f"task {task}: epsilon={self.epsilon} but no optimiser step ran inside pm.perturbed(), "
+                          f"so this task trained without P&M's perturbation (plain merging); compute each step's "
+                          f"loss inside `with pm.perturbed():`", PerturbationNotUsedWarning, stacklevel=2)
         log: dict[str, Any] = {"task_vector_norm": sum_norm_sq(task_vector) ** 0.5,
                                "perturbation_draws": {str(k): v for k, v in self.draws.items()}}
         if self.merge in FISHER_RULES:
@@ -217,48 +255,108 @@ class PerturbAndMerge:
         self.merge_state.num_tasks = int(state["num_tasks"])
         self.schedule.set_state(state["schedule"])
 
-    def save_pretrained(self, directory: str | Path) -> Path:
+    def save_pretrained(self, directory: str | Path, tokenizer: Any = None, *, processing_class: Any = None,
+                        overwrite: bool = False) -> Path:
         """Write the merged model so that plain transformers loads it (`AutoModel...from_pretrained(directory)`,
         perturbmerge not needed): `save_pretrained` for a Hugging Face model, else `model.safetensors` of its
-        state dict; plus `perturbmerge_state.safetensors` / `perturbmerge.json` (S, M, draw stream, settings) to
-        continue P&M later. Between tasks only."""
+        state dict; the tokenizer (or `processing_class`) beside it when given, so `AutoTokenizer` loads the same
+        folder; plus `perturbmerge_state.safetensors` / `perturbmerge.json` (S, M, draw stream, settings) to
+        continue P&M later. Between tasks only. A folder that exists and is not empty is refused unless
+        `overwrite=True`; the folder is written beside it and renamed into place, so a failure leaves no
+        half-written folder."""
         from safetensors.torch import save_file
 
         from .io import atomic_write_json
 
         state = self.state_dict()
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        if hasattr(self.model, "save_pretrained"):
-            self.model.save_pretrained(str(directory), safe_serialization=True)
-        else:
-            save_file({k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()},
-                      str(directory / "model.safetensors"))
-        tensors = {f"fisher_sum.{k}": v.cpu().contiguous() for k, v in state["fisher_sum"].items()}
-        tensors.update({f"weighted_optimum_sum.{k}": v.cpu().contiguous()
-                        for k, v in state["weighted_optimum_sum"].items()})
-        tensors["schedule"] = state["schedule"]
-        save_file(tensors, str(directory / "perturbmerge_state.safetensors"))
-        atomic_write_json(directory / "perturbmerge.json", {
-            "num_tasks": state["num_tasks"], "targets": self.targets, "rank": self.rank, "lora_alpha": self.lora_alpha,
-            "epsilon": self.epsilon, "p0": self.schedule.p0, "merge": self.merge, "train_modules": self.train_modules,
-            "alpha_granularity": self.merge_options.granularity, "anchor_pretrained": self.merge_options.anchor_pretrained,
-            "fisher_normalise": self.merge_options.normalise, "fisher_max_samples": self.fisher_max_samples})
+        if directory.exists() and (not directory.is_dir() or any(directory.iterdir())) and not overwrite:
+            raise UserError(f"'{directory}' exists and is not empty; choose a new folder or pass overwrite=True")
+        tokenizer = tokenizer if tokenizer is not None else processing_class
+        if tokenizer is not None and not hasattr(tokenizer, "save_pretrained"):
+            raise UserError(f"tokenizer must have save_pretrained (a transformers tokenizer or processor), got "
+                            f"{type(tokenizer).__name__}")
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+        try:
+            if hasattr(self.model, "save_pretrained"):
+                self.model.save_pretrained(str(staging), safe_serialization=True)
+            else:
+                save_file({k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()},
+                          str(staging / "model.safetensors"))
+            if tokenizer is not None:
+                tokenizer.save_pretrained(str(staging))
+            tensors = {f"fisher_sum.{k}": v.cpu().contiguous() for k, v in state["fisher_sum"].items()}
+            tensors.update({f"weighted_optimum_sum.{k}": v.cpu().contiguous()
+                            for k, v in state["weighted_optimum_sum"].items()})
+            tensors["schedule"] = state["schedule"]
+            save_file(tensors, str(staging / "perturbmerge_state.safetensors"))
+            atomic_write_json(staging / "perturbmerge.json", {
+                "num_tasks": state["num_tasks"], "targets": self.targets, "rank": self.rank,
+                "lora_alpha": self.lora_alpha, "epsilon": self.epsilon, "p0": self.schedule.p0, "merge": self.merge,
+                "train_modules": self.train_modules, "alpha_granularity": self.merge_options.granularity,
+                "anchor_pretrained": self.merge_options.anchor_pretrained,
+                "fisher_normalise": self.merge_options.normalise, "fisher_max_samples": self.fisher_max_samples})
+            if directory.exists():
+                old = directory.with_name(f".{directory.name}.old-{staging.name}")
+                directory.rename(old)
+                staging.rename(directory)
+                shutil.rmtree(old) if old.is_dir() else old.unlink()
+            else:
+                staging.rename(directory)
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging, ignore_errors=True)
         return directory
 
     def load_running_state(self, directory: str | Path) -> None:
-        """Read back the `perturbmerge_state.safetensors` / `perturbmerge.json` written by `save_pretrained`."""
+        """Read back the `perturbmerge_state.safetensors` / `perturbmerge.json` written by `save_pretrained`,
+        checked against this object and its model before anything changes: the same LoRA targets, and every
+        running-sum tensor named like a weight of the model with that weight's shape. A missing folder or file and
+        a damaged one are refused in one line."""
         import json
 
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        tensors = load_file(str(Path(directory) / "perturbmerge_state.safetensors"))
-        info = json.loads((Path(directory) / "perturbmerge.json").read_text())
-        self.load_state_dict({
-            "fisher_sum": {k.removeprefix("fisher_sum."): v for k, v in tensors.items() if k.startswith("fisher_sum.")},
-            "weighted_optimum_sum": {k.removeprefix("weighted_optimum_sum."): v for k, v in tensors.items()
-                                     if k.startswith("weighted_optimum_sum.")},
-            "num_tasks": info["num_tasks"], "schedule": tensors["schedule"]})
+        directory = Path(directory)
+        state_file, info_file = directory / "perturbmerge_state.safetensors", directory / "perturbmerge.json"
+        for path in (state_file, info_file):
+            if not path.is_file():
+                raise UserError(f"'{path}' not found; give the folder written by PerturbAndMerge.save_pretrained")
+        try:
+            tensors = load_file(str(state_file))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise UserError(f"'{state_file}' cannot be read ({str(exc).splitlines()[0]}); it is damaged: save "
+                            f"the state again") from None
+        try:
+            info = json.loads(info_file.read_text(encoding="utf-8"))
+            num_tasks = int(info["num_tasks"])
+            saved_targets = list(info["targets"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise UserError(f"'{info_file}' is not a perturbmerge state file ({exc!r}); save the state again") from None
+        if sorted(saved_targets) != sorted(self.targets):
+            raise UserError(f"'{directory}' was saved with targets={saved_targets}, this PerturbAndMerge has "
+                            f"targets={self.targets}; use the same targets to continue")
+        if "schedule" not in tensors:
+            raise UserError(f"'{state_file}' has no perturbation stream; save the state again")
+        fisher = {k.removeprefix("fisher_sum."): v for k, v in tensors.items() if k.startswith("fisher_sum.")}
+        optimum = {k.removeprefix("weighted_optimum_sum."): v for k, v in tensors.items()
+                   if k.startswith("weighted_optimum_sum.")}
+        if set(fisher) != set(optimum):
+            raise UserError(f"'{state_file}' holds Fisher sums and weighted sums of different weights; save the "
+                            f"state again")
+        weights = dict(self.model.named_parameters())
+        for key, value in fisher.items():
+            if key not in weights:
+                raise UserError(f"'{directory}' holds running sums of '{key}', which this model does not have; load "
+                                f"the state into the model it was saved from")
+            if tuple(value.shape) != tuple(weights[key].shape) or tuple(optimum[key].shape) != tuple(value.shape):
+                raise UserError(f"'{directory}': the running sums of '{key}' have shape {list(value.shape)}, the "
+                                f"model's weight {list(weights[key].shape)}; load it into the model it was saved "
+                                f"from")
+        self.load_state_dict({"fisher_sum": fisher, "weighted_optimum_sum": optimum, "num_tasks": num_tasks,
+                              "schedule": tensors["schedule"]})
 
     def _active(self) -> LoraAdaptation:
         if self.adaptation is None:

@@ -20,7 +20,7 @@ from torch import nn
 from torch.func import grad, vmap
 from tqdm.auto import tqdm
 
-from .errors import TrainingDiverged
+from .errors import TrainingDiverged, UserError
 
 Batch = tuple[Any, torch.Tensor]
 
@@ -133,6 +133,19 @@ def _bar_total(batches: Iterable[Batch], max_samples: int | None) -> int | None:
     return len(batches) if max_samples is None and hasattr(batches, "__len__") else None
 
 
+def check_example_losses(losses: Any, batch_size: int, description: str) -> None:
+    """The per-example loss must be one loss per example, shape [batch_size]: a mean (a scalar) would make the
+    Fisher that of the batch's mean gradient, an [N, C] tensor would inflate it by C; both are refused."""
+    shape = tuple(losses.shape) if isinstance(losses, torch.Tensor) else None
+    if shape != (batch_size,):
+        hint = (" (a mean: use reduction='none')" if shape == () else
+                " (one loss per example and output: reduce over every dimension but the first)" if shape and
+                shape[0] == batch_size else "")
+        got = f"shape {list(shape)}" if shape is not None else type(losses).__name__
+        raise UserError(f"{description}: the per-example loss must have shape [{batch_size}] (one loss per example "
+                        f"of the batch), got {got}{hint}")
+
+
 def layer_weight_fisher(
     layers: Mapping[str, nn.Module],
     batches: Iterable[Batch],
@@ -163,6 +176,7 @@ def layer_weight_fisher(
                           total=_bar_total(batches, max_samples)):
             calls.clear()
             losses = per_sample_loss(batch)
+            check_example_losses(losses, _batch_size(batch), description)
             if not torch.isfinite(losses).all():
                 raise TrainingDiverged(f"{description}: non-finite loss in the Fisher pass; lower lr or check the data")
             missing = set(layers) - {name for name, _, out in calls if out.requires_grad}

@@ -79,6 +79,24 @@ def machine_description() -> str:
     return f"{platform.machine()} {device}, Python {platform.python_version()}, torch {torch.__version__}"
 
 
+def is_committed_results_path(path: str | Path) -> bool:
+    """Whether `path` lies in a `benchmarks/results/` folder: where runs that documents cite are kept."""
+    parts = Path(path).resolve().parts
+    return any(parts[i:i + 2] == ("benchmarks", "results") for i in range(len(parts) - 1))
+
+
+def require_committed_source(out_dir: str | Path) -> None:
+    """A run written under benchmarks/results/ must come from a committed source tree (its results.json names
+    the commit, and a dirty tree's commit does not say what ran): refused in one line otherwise."""
+    if is_committed_results_path(out_dir) and _git_commit().endswith("+dirty"):
+        from .errors import UserError
+
+        root = Path(__file__).resolve().parents[2]
+        raise UserError(f"the source tree {root} has uncommitted changes, and '{out_dir}' is under "
+                        f"benchmarks/results/, where every run must name the commit that produced it; commit or "
+                        f"stash the changes (or write the run outside benchmarks/results/)")
+
+
 def _git_commit() -> str:
     """The source checkout's commit (with '+dirty' for local changes), or 'unknown' outside a git checkout."""
     import subprocess

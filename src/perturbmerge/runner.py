@@ -27,7 +27,7 @@ from .distributed import init_world
 from .data.base import GENERIC_DATA_KEYS, LoadRequest, joint_stream, validation_stream
 from .errors import UserError
 from .heads import ContinualClassifier
-from .io import atomic_write_json, check_out_path, package_versions
+from .io import atomic_write_json, check_out_path, package_versions, require_committed_source
 from .kinds import task_kind_for
 from .learner import ContinualLearner
 from .methods import check_keys_apply, get_method
@@ -358,6 +358,8 @@ def run_experiment(config: RunConfig, out_dir: str | Path | None = None, progres
     out_path = Path(out_dir) if out_dir is not None else None
     world = init_world(device)  # several processes under torchrun; only rank 0 writes files
     writes = out_path is not None and world.is_main
+    if writes:
+        require_committed_source(out_path)
     progress = progress and world.is_main
     created = False
     if resume and writes:
