@@ -10,7 +10,9 @@ import pytest
 import torch
 
 from perturbmerge.cli import main
-from perturbmerge.export import ExportedClassifier
+from perturbmerge.errors import UserError
+from perturbmerge.export import MANIFEST_FORMAT, ExportedClassifier
+from perturbmerge.io import write_manifest
 from perturbmerge.runner import resolve_config, run_experiment
 
 from helpers import csv_rows, save_tiny_hf_encoder, write_csv
@@ -143,15 +145,40 @@ def test_export_and_predict_bad_input(tmp_path, capsys):
         (["predict", "--model", str(tmp_path / "kept" / "model"), "--text", "a", "--top-k", "0"], "--top-k"),
         (["predict", "--model", str(tmp_path / "kept" / "model"), "--csv", str(tmp_path / "none.csv")], "cannot read"),
     ]
+    capsys.readouterr()  # (the runs' own progress output)
     for argv, message in cases:
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1, (argv, err)
     assert not (tmp_path / "x").exists() and (tmp_path / "full" / "f").read_text() == "x"
     card = tmp_path / "kept" / "model" / "perturbmerge_model.json"
-    card.write_text(json.dumps({**json.loads(card.read_text()), "format": 99}))
+    original = card.read_text()
+    card.write_text(json.dumps({**json.loads(original), "format": 99}))  # an edit the manifest does not know
+    assert main(["predict", "--model", str(tmp_path / "kept" / "model"), "--text", "a"]) == 2
+    err = capsys.readouterr().err
+    assert "perturbmerge_model.json fails its integrity check" in err and len(err.strip().splitlines()) == 1
+    write_manifest(tmp_path / "kept" / "model", MANIFEST_FORMAT)  # as a later version would write it
     assert main(["predict", "--model", str(tmp_path / "kept" / "model"), "--text", "a"]) == 2
     assert "format 99" in capsys.readouterr().err
+
+
+def test_a_flipped_bit_in_an_exported_model_is_refused_in_one_line(tmp_path, capsys):
+    _run(tmp_path, "seq-lora", True, "kept")
+    model = tmp_path / "kept" / "model"
+    tensors = model / "classifier.safetensors"
+    data = bytearray(tensors.read_bytes())
+    data[-3] ^= 0x04  # inside the tensor data: safetensors itself would load it silently
+    tensors.write_bytes(bytes(data))
+    capsys.readouterr()
+    for argv in (["predict", "--model", str(model), "--text", "a"],
+                 ["export", "--run", str(tmp_path / "kept"), "--out", str(tmp_path / "copy")]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "classifier.safetensors fails its integrity check" in err and len(err.strip().splitlines()) == 1
+        assert "export the model again" in err
+    assert not (tmp_path / "copy").exists()
+    with pytest.raises(UserError, match="integrity check"):
+        ExportedClassifier(model)
 
 
 def test_image_model_predicts_files_with_the_runs_scores(tmp_path, capsys):

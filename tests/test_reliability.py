@@ -16,8 +16,10 @@ import torch
 
 from perturbmerge import lock
 from perturbmerge.checkpoint import FOLDER, latest_checkpoint
+from perturbmerge.checkpoint import FORMAT as CHECKPOINT_FORMAT
 from perturbmerge.cli import main
 from perturbmerge.errors import UserError
+from perturbmerge.io import write_manifest
 
 RUN = ["--benchmark", "digits", "--tasks", "2", "--quiet", "--set", "epochs=1"]
 RUN_WITH_STEPS = ["--benchmark", "digits", "--tasks", "3", "--quiet", "--set", "epochs=1", "checkpoint.every_steps=4"]
@@ -158,12 +160,40 @@ def _state(folder: Path) -> dict:
     return json.loads((folder / "state.json").read_text())
 
 
-def _edit_state(folder: Path, key: str, edit) -> None:
+def _edit_state(folder: Path, key: str, edit, reseal: bool = True) -> None:
+    """Change one entry of state.json; `reseal` rewrites the manifest too (a checkpoint consistent with its
+    manifest but malformed inside), else the edit is what a flipped bit or a hand edit would leave."""
     document = _state(folder)
     for pair in document["state"]["__dict__"]:
         if pair[0] == key:
             pair[1] = edit(pair[1])
     (folder / "state.json").write_text(json.dumps(document))
+    if reseal:
+        write_manifest(folder, CHECKPOINT_FORMAT)
+
+
+@pytest.mark.parametrize("damage", ["batch+1", "digit-flip", "invalid-json", "no-manifest"])
+def test_an_edited_state_json_is_refused_with_the_previous_checkpoint_offered(interrupted, capsys, damage):
+    """Issue 51: before the manifest, an in-range edit of state.json (a position, a counter) resumed with exit 0
+    and another accuracy matrix. Now every file of a checkpoint is covered by MANIFEST.json, checked first."""
+    folder = latest_checkpoint(interrupted)
+    state = folder / "state.json"
+    if damage == "batch+1":
+        _edit_state(folder, "position", lambda p: {"__dict__": [[k, v + 1 if k == "batch" else v]
+                                                                for k, v in p["__dict__"]]}, reseal=False)
+    elif damage == "digit-flip":  # one bit of one digit of the step counter: '"step": 12' -> '"step": 13'
+        text = state.read_text()
+        at = text.index('"step"')
+        digit = next(i for i in range(at, len(text)) if text[i].isdigit())
+        state.write_text(text[:digit] + chr(ord(text[digit]) ^ 0x01) + text[digit + 1:])
+    elif damage == "invalid-json":
+        state.write_text(state.read_text()[:-20])
+    else:
+        (folder / "MANIFEST.json").unlink()
+    assert main(["run", "--resume", str(interrupted), "--quiet"]) == 2
+    message = capsys.readouterr().err.strip()
+    expected = "no MANIFEST.json" if damage == "no-manifest" else "state.json fails its integrity check"
+    assert expected in message and len(message.splitlines()) == 1 and "--from-checkpoint ckpt-" in message
 
 
 def test_a_flipped_bit_is_refused_and_the_previous_checkpoint_is_offered(interrupted, capsys):
@@ -217,6 +247,18 @@ def test_malformed_state_json_is_refused_in_one_line(interrupted, capsys, edit, 
     assert main(["run", "--resume", str(interrupted), "--quiet"]) == 2
     message = capsys.readouterr().err.strip()
     assert expected in message and len(message.splitlines()) == 1 and "--from-checkpoint ckpt-" in message
+
+
+def test_a_checkpoint_of_format_1_without_a_manifest_still_resumes(interrupted):
+    """Checkpoints written before the manifest (format 1: the tensors' sha256 in state.json) are still read."""
+    folder = latest_checkpoint(interrupted)
+    document = _state(folder)
+    document["format"] = "perturbmerge-checkpoint-1"
+    (folder / "state.json").write_text(json.dumps(document))
+    (folder / "MANIFEST.json").unlink()
+    assert main(["run", "--resume", str(interrupted), "--quiet"]) == 0
+    reference = json.loads((interrupted.parent / "reference.json").read_text())
+    assert json.loads((interrupted / "results.json").read_text())["accuracy_matrix"] == reference["accuracy_matrix"]
 
 
 @pytest.mark.parametrize("latest", ["garbage", "directory", "missing-folder", "binary"])

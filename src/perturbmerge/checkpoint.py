@@ -4,12 +4,15 @@ Layout inside a run folder:
 
     checkpoints/LATEST          name of the last complete checkpoint (replaced atomically, written last)
     checkpoints/ckpt-000042/    state.json (structure, numbers, RNG states of Python/NumPy) +
-                                tensors.safetensors (model, optimiser, running sums, torch RNG states)
+                                tensors.safetensors (model, optimiser, running sums, torch RNG states) +
+                                MANIFEST.json (the sha256 of both, written last)
 
 A checkpoint folder is written in full under a temporary name, renamed, and only then named in LATEST; of the
 older ones, the previous checkpoint is kept (a fallback should the latest be damaged) and the rest are deleted. A
-crash at any point leaves LATEST naming a complete checkpoint. state.json records the sha256 of
-tensors.safetensors; loading checks it, so a flipped bit is refused rather than resumed from.
+crash at any point leaves LATEST naming a complete checkpoint. MANIFEST.json records the sha256 of every other
+file of the checkpoint and is checked before anything else is read, so a flipped bit in the tensors or an edited
+number in state.json is refused (with the previous checkpoint as the way on) rather than resumed from. Checkpoints
+of format 1 (no manifest) are still read, with the tensors' sha256 that their state.json records.
 
 `split_tensors` / `join_tensors` turn a nested state (dicts, lists, tensors, numbers, strings) into a JSON tree
 with tensor placeholders plus a flat {key: tensor} dict, and back.
@@ -30,9 +33,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .errors import UserError
-from .io import atomic_write_text, sha256_file
+from .io import MANIFEST, atomic_write_text, manifest_problem, sha256_file, write_manifest
 
-FORMAT = "perturbmerge-checkpoint-1"
+FORMAT = "perturbmerge-checkpoint-2"
+LEGACY_FORMAT = "perturbmerge-checkpoint-1"  # no manifest: only the tensors file is hashed (in state.json)
 FOLDER = "checkpoints"
 STATE, TENSORS = "state.json", "tensors.safetensors"
 _CHECKPOINT_NAME = re.compile(r"ckpt-\d{6,}")
@@ -112,6 +116,7 @@ def save_checkpoint(run_dir: str | Path, state: dict[str, Any], before_commit: C
         save_file(tensors, str(staging / TENSORS))
         document = {"format": FORMAT, "tensors_sha256": sha256_file(staging / TENSORS), "state": tree}
         (staging / STATE).write_text(json.dumps(document))
+        write_manifest(staging, FORMAT)  # last: a checkpoint without one is incomplete
         for file in staging.iterdir():
             _fsync(file)
     except (OSError, SafetensorError) as exc:
@@ -167,14 +172,28 @@ def _fallback_hint(run_dir: str | Path, exclude: str | None) -> str:
     return "; no other intact checkpoint is left, start a new run"
 
 
+def _manifest_problem(folder: Path) -> str | None:
+    problem = manifest_problem(folder, FORMAT)
+    if problem is None and not {STATE, TENSORS} <= set(json.loads((folder / MANIFEST).read_text())["files"]):
+        return f"its {MANIFEST} does not cover {STATE} and {TENSORS}"
+    return problem
+
+
 def _integrity_problem(folder: Path) -> str | None:
-    """Why `folder` is not an intact checkpoint (unreadable state.json, other format, sha256 mismatch), or None."""
+    """Why `folder` is not an intact checkpoint (a file that differs from the manifest, unreadable state.json,
+    other format), or None."""
+    if (folder / MANIFEST).exists():
+        problem = _manifest_problem(folder)
+        if problem is not None:
+            return problem
     try:
         document = json.loads((folder / STATE).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         return f"no readable {STATE} ({exc.__class__.__name__})"
-    if not isinstance(document, dict) or document.get("format") != FORMAT:
+    if not isinstance(document, dict) or document.get("format") not in (FORMAT, LEGACY_FORMAT):
         return f"not in format {FORMAT}"
+    if document["format"] == FORMAT and not (folder / MANIFEST).exists():
+        return f"no {MANIFEST} (written last: the checkpoint is incomplete)"
     expected = document.get("tensors_sha256")
     try:
         actual = sha256_file(folder / TENSORS)
@@ -193,11 +212,13 @@ def load_checkpoint(folder: str | Path) -> dict[str, Any]:
     def fix() -> str:  # read the other checkpoints only when this one is refused
         return _fallback_hint(folder.parent.parent, exclude=folder.name)
 
+    if (folder / MANIFEST).exists() and (problem := _manifest_problem(folder)) is not None:
+        raise UserError(f"checkpoint '{folder}': {problem}{fix()}")  # before anything is parsed
     try:
         document = json.loads((folder / STATE).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise UserError(f"checkpoint '{folder}' has no readable state.json ({exc.__class__.__name__}){fix()}") from None
-    if not isinstance(document, dict) or document.get("format") != FORMAT:
+    if not isinstance(document, dict) or document.get("format") not in (FORMAT, LEGACY_FORMAT):
         raise UserError(f"checkpoint '{folder}' is not in format {FORMAT}{fix()}")
     try:
         # fresh allocations: tensors viewed inside the loaded file's buffer can sit at an address that sends a BLAS
@@ -259,14 +280,18 @@ def check_run_state(state: Any, folder: str | Path, num_tasks: int) -> None:
 
 
 def checkpoint_versions(folder: str | Path) -> dict[str, Any]:
-    """The package versions a checkpoint was written with, from its state.json alone (no tensors read)."""
+    """The package versions a checkpoint was written with, from its state.json (after the integrity check)."""
+    folder = Path(folder)
+    problem = _integrity_problem(folder)
+    if problem is not None:
+        raise UserError(f"checkpoint '{folder}': {problem}{_fallback_hint(folder.parent.parent, folder.name)}")
     try:
         document = json.loads((Path(folder) / "state.json").read_text())
         pairs = dict((key, value) for key, value in document["state"]["__dict__"])
         return join_tensors(pairs.get("versions", {"__dict__": []}), {})
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise UserError(f"checkpoint '{folder}' has no readable state.json ({exc.__class__.__name__}); resume from "
-                        f"a checkpoint written by perturbmerge, or start a new run") from None
+        raise UserError(f"checkpoint '{folder}' has no readable state.json ({exc.__class__.__name__})"
+                        f"{_fallback_hint(folder.parent.parent, folder.name)}") from None
 
 
 def _fsync(path: Path) -> None:

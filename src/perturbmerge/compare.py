@@ -20,7 +20,7 @@ from .config import RunConfig, config_differences
 from .errors import UserError
 from .io import check_out_path, machine_description
 from .methods import get_method, unused_keys
-from .report import read_results, table_lines, write_report
+from .report import difference_lines, read_results, table_lines, write_report
 
 DEFAULT_METHODS = ("pm-lora", "merge-lora", "seq-lora")
 
@@ -173,5 +173,6 @@ def run_comparison(
 def summary_text(summary: Mapping[str, Any], out_dir: str | Path, markdown_name: str) -> str:
     lines = [f"{summary['benchmark']}, {summary['num_tasks']} tasks ({summary['backbone']})"]
     lines += table_lines(summary)
+    lines += difference_lines(summary.get("differences"))
     lines.append(f"report: {Path(out_dir) / markdown_name}")
     return "\n".join(lines)

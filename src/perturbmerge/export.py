@@ -15,6 +15,8 @@ Layout of MODEL_DIR (safetensors + JSON only; nothing is pickled):
     backbone.safetensors      any other backbone: its state dict (rebuilt by perturbmerge from the backbone's name;
                               a frozen prefix, e.g. EfficientNet-Lite0's first blocks, comes from the pinned weights)
     pretrained/ (or pretrained.safetensors)  the backbone at θ₀, only for the ensemble (head.frozen_weight > 0)
+    MANIFEST.json             the sha256 of every other file, written last; `export`, `predict` and
+                              `ExportedClassifier` check it first and refuse a changed or missing file in one line
 
 The scores are those the run evaluated with: logits, or with the ensemble (weight w)
     score_c(x) = log softmax_c(f_θ̂(x) Wᵀ + b) + w · log softmax_c(f_θ₀(x) W₀ᵀ + b₀).
@@ -35,13 +37,15 @@ import torch
 from torch import nn
 
 from .errors import UserError
-from .io import atomic_write_json
+from .io import atomic_write_json, manifest_problem, write_manifest
 
 if TYPE_CHECKING:  # pragma: no cover
     from .learner import ContinualLearner
 
 MODEL_CARD = "perturbmerge_model.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: with MANIFEST.json; folders of format 1 (no manifest) are still read
+READABLE_FORMATS = (1, 2)
+MANIFEST_FORMAT = "perturbmerge-model-2"
 SAVED_MODEL = "model"  # the folder a run with save_model=true writes its final model to
 
 
@@ -124,7 +128,18 @@ def write_model(learner: "ContinualLearner", folder: str | Path, backbone_name: 
             "backbone_files": kind, "features": "mean of the last hidden state over the attention mask"
             if kind == "hf" else f"perturbmerge backbone '{backbone_name}'", "max_tokens": max_tokens,
             "image_size": image_size, "ensemble_weight": ensemble_weight, "head": head_kind, **provenance})
+        write_manifest(work, MANIFEST_FORMAT)
     return folder
+
+
+def verify_model_folder(folder: Path, card: dict[str, Any] | None = None) -> None:
+    """Refuse (one line) a model folder whose files differ from its manifest; format 1 folders have none."""
+    if card is not None and card.get("format") == 1:
+        return
+    problem = manifest_problem(folder, MANIFEST_FORMAT)
+    if problem is not None:
+        raise UserError(f"model folder '{folder}': {problem}; it was changed or damaged after export: export the "
+                        f"model again")
 
 
 def statistics_head_tensors(classifier: Any) -> tuple[str, dict[str, torch.Tensor]]:
@@ -165,11 +180,22 @@ def export_run(run_dir: str | Path, out: str | Path) -> Path:
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"{out} exists and is not empty; choose a new --out")
+    verify_model_folder(source, _read_card(source / MODEL_CARD))
     if out.exists():
         out.rmdir()
     with _atomic_folder(out) as work:
         shutil.copytree(source, work, dirs_exist_ok=True)
     return out
+
+
+def _read_card(card_path: Path) -> dict[str, Any]:
+    try:
+        card = json.loads(card_path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as error:
+        raise UserError(f"{card_path} is not valid JSON ({error}); export the model again") from None
+    if not isinstance(card, dict):
+        raise UserError(f"{card_path} is not a model card; export the model again")
+    return card
 
 
 class ExportedClassifier(nn.Module):
@@ -184,13 +210,13 @@ class ExportedClassifier(nn.Module):
         if not card_path.is_file():
             raise UserError(f"'{folder}' has no {MODEL_CARD}; give a folder written by `perturbmerge export` or a "
                             f"run's model/ folder")
-        try:
-            self.card = json.loads(card_path.read_text(encoding="utf-8"))
-        except ValueError as error:
-            raise UserError(f"{card_path} is not valid JSON ({error}); export the model again") from None
-        if self.card.get("format") != FORMAT_VERSION:
-            raise UserError(f"{card_path} has format {self.card.get('format')!r}; this perturbmerge reads format "
-                            f"{FORMAT_VERSION}: export the model again with this version")
+        if (self.folder / "MANIFEST.json").exists():  # the card too is covered: check before reading it
+            verify_model_folder(self.folder)
+        self.card = _read_card(card_path)
+        if self.card.get("format") not in READABLE_FORMATS:
+            raise UserError(f"{card_path} has format {self.card.get('format')!r}; this perturbmerge reads formats "
+                            f"{', '.join(map(str, READABLE_FORMATS))}: export the model again with this version")
+        verify_model_folder(self.folder, self.card)
         tensors = load_file(str(self.folder / "classifier.safetensors"))
         self.weight, self.bias = tensors["weight"], tensors["bias"]
         self.ensemble_weight = float(self.card.get("ensemble_weight", 0.0))

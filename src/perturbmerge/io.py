@@ -64,6 +64,42 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+MANIFEST = "MANIFEST.json"
+
+
+def write_manifest(folder: str | Path, format_name: str) -> None:
+    """MANIFEST.json in `folder`: the sha256 of every other file under it (relative POSIX paths). Written last, so a
+    folder whose manifest exists was written in full."""
+    folder = Path(folder)
+    files = {path.relative_to(folder).as_posix(): sha256_file(path)
+             for path in sorted(folder.rglob("*")) if path.is_file() and path.name != MANIFEST}
+    atomic_write_text(folder / MANIFEST, json.dumps({"format": format_name, "files": files}, indent=1) + "\n")
+
+
+def manifest_problem(folder: str | Path, format_name: str) -> str | None:
+    """Why the files of `folder` do not match its manifest (none or unreadable, a listed file missing or changed),
+    or None. Files the manifest does not list are not judged."""
+    folder = Path(folder)
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+        files = manifest["files"]
+        if manifest.get("format") != format_name or not isinstance(files, dict) or not files:
+            return f"its {MANIFEST} is not in format {format_name}"
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        return f"no readable {MANIFEST} ({exc.__class__.__name__})"
+    for name, expected in files.items():
+        path = folder / name
+        if ".." in Path(name).parts or not path.is_file():
+            return f"{name}, listed in {MANIFEST}, is missing"
+        try:
+            actual = sha256_file(path)
+        except OSError as exc:
+            return f"{name} unreadable ({exc.__class__.__name__})"
+        if actual != expected:
+            return f"{name} fails its integrity check (its sha256 differs from the one in {MANIFEST})"
+    return None
+
+
 def atomic_write_json(path: str | Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, allow_nan=False) + "\n")
 

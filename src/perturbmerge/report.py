@@ -12,6 +12,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from .stats import interval_text, paired_summary
+
 from .io import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 METRICS = ("final_acc", "aaa", "forgetting", "bwt", "plasticity", "wall_time_s")
@@ -108,10 +110,18 @@ def _is_upper_bound(method: str) -> bool:
 REFERENCE = "seq-lora"  # differences are reported against sequential LoRA when it is among the methods
 
 
-def paired_differences(runs: Sequence[Mapping[str, Any]], reference: str = REFERENCE) -> dict[str, Any] | None:
+def reference_method(runs: Sequence[Mapping[str, Any]]) -> str:
+    """What differences are taken against: seq-lora when it ran, else the first method of the comparison."""
+    methods = list(group_by_method(runs))
+    return REFERENCE if REFERENCE in methods else methods[0]
+
+
+def paired_differences(runs: Sequence[Mapping[str, Any]], reference: str | None = None) -> dict[str, Any] | None:
     """Per method: final Acc and all-seen accuracy after each task minus the reference method's, seed by seed
-    (seeds both ran), as mean and sample std over those seeds; None if the reference did not run."""
+    (seeds both ran), as mean and sample std over those seeds, and the final Acc difference's 95 % t-interval and
+    paired bootstrap interval (stats.py); None if the reference did not run."""
     groups = group_by_method(runs)
+    reference = reference or reference_method(runs)
     if reference not in groups:
         return None
     base = {r["seed"]: r for r in groups[reference]}
@@ -121,10 +131,19 @@ def paired_differences(runs: Sequence[Mapping[str, Any]], reference: str = REFER
         if not pairs or len(pairs[0][0]["acc_all_seen"]) != len(pairs[0][1]["acc_all_seen"]):
             continue  # the reference itself, no common seed, or a joint run (one task)
         curve = _per_task_mean_std([[a - b for a, b in zip(r["acc_all_seen"], ref["acc_all_seen"])] for r, ref in pairs])
+        final = [r["final_acc"] - ref["final_acc"] for r, ref in pairs]
         out[method] = {"seeds": [r["seed"] for r, _ in pairs],
-                       "final_acc": mean_std([r["final_acc"] - ref["final_acc"] for r, ref in pairs]),
+                       "final_acc": mean_std(final), "final_acc_paired": paired_summary(final),
                        "acc_all_seen": {"mean": curve[0].tolist(), "std": curve[1].tolist()}}
     return {"reference": reference, "methods": out}
+
+
+def difference_lines(differences: Mapping[str, Any] | None) -> list[str]:
+    """One line per method: its paired final Acc difference to the reference, with both intervals."""
+    if not differences:
+        return []
+    return [f"- {m} − {differences['reference']}: {interval_text(d['final_acc_paired'])} points"
+            for m, d in differences["methods"].items()]
 
 
 def seed_noise_sentence(summary: Mapping[str, Any], reference: str = REFERENCE) -> str:
@@ -261,8 +280,9 @@ def write_report(out_dir: str | Path, runs: Sequence[Mapping[str, Any]], markdow
     has_alpha = _plot_curves(summary, "alphas", "merge coefficient α", out / PLOTS["alpha"], (-0.02, 1.02),
                              band=(0.0, 1.0))
     differences = paired_differences(runs)
+    reference = differences["reference"] if differences else REFERENCE
     has_difference = bool(differences and differences["methods"]) and _plot_curves(
-        summary, "acc_all_seen", f"accuracy on all seen classes − {REFERENCE} (points)", out / PLOTS["difference"],
+        summary, "acc_all_seen", f"accuracy on all seen classes − {reference} (points)", out / PLOTS["difference"],
         None, methods=differences["methods"], zero_line=True)
     summary["differences"] = differences
     summary["plots"] = ([PLOTS["accuracy_matrix"], PLOTS["acc_all_seen"]] + ([PLOTS["alpha"]] if has_alpha else [])
@@ -284,10 +304,12 @@ def write_report(out_dir: str | Path, runs: Sequence[Mapping[str, Any]], markdow
         lines += ["", "## Warnings", "", "These runs finished, but their numbers may be meaningless:", ""]
         lines += [f"- **{m}**, seed {seed}: {w}" for m, seed, w in flagged]
     if has_difference:
-        lines += ["", f"## Difference to {REFERENCE}", "",
-                  f"Final Acc minus {REFERENCE}'s, seed by seed (mean ± sample std over the common seeds):", ""]
-        lines += [f"- {m}: {_cell(d['final_acc'], 2, len(d['seeds']))} points" for m, d in differences["methods"].items()]
-        lines += ["", f"![difference to {REFERENCE}]({PLOTS['difference']})"]
+        lines += ["", f"## Difference to {reference}", "",
+                  f"Final Acc minus {reference}'s, seed by seed: mean ± sample std over the common seeds, with the "
+                  f"95 % t-interval and paired bootstrap interval of the mean (an interval that contains 0 does not "
+                  f"show a difference):", ""]
+        lines += difference_lines(differences)
+        lines += ["", f"![difference to {reference}]({PLOTS['difference']})"]
     lines += ["", "## Accuracy on all seen classes after each task", "", f"![acc_all_seen]({PLOTS['acc_all_seen']})",
               "", "## Accuracy matrices", "", "Row t, column i: accuracy on task i after training task t.", "",
               f"![accuracy matrices]({PLOTS['accuracy_matrix']})"]
