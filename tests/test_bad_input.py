@@ -114,6 +114,16 @@ BAD_INPUTS: list[tuple[str, Setup, str]] = [
     ("drift-on-ewc", flags("--method", "ewc-lora", "--set", "head.drift_ridge=2"),
      "method 'ewc-lora' does not use head.drift_ridge"),
     ("set-syntax", flags("--set", "epochs"), "--set expects key=value"),
+    # issue 51, "not yet tried": each gives one line now
+    ("set-empty-key", flags("--set", "=3"), "--set '=3' has an empty key;"),
+    ("set-empty-key-part", flags("--set", "lora..rank=4"), "--set 'lora..rank=4' has an empty key part"),
+    ("batch-size-huge", flags("--set", "batch_size=1e12"), "batch_size must be <= 1,048,576"),
+    ("every-steps-fraction", flags("--set", "checkpoint.every_steps=2.5"), "checkpoint.every_steps must be int, got 2.5"),
+    ("method-trailing-space", flags("--method", "seq-lora "), "unknown method 'seq-lora ' (did you mean 'seq-lora'?)"),
+    ("class-order-builtin", flags("--set", "data.class_order=0,1"), "benchmark 'digits' does not use data.class_order"),
+    ("csv-unclosed-quote", csv_file('text,label\nok,a\n"hello,a\nworld,b\n'),
+     "the record starting on line 3 opens a quote that is never closed"),
+    ("csv-stray-quote", csv_file('text,label\n"a"b,c\n'), "malformed at the record starting on line 2"),
     # unknown names, with the closest one suggested
     ("method", flags("--method", "pm-lroa"), "unknown method 'pm-lroa' (did you mean 'pm-lora'?)"),
     ("benchmark", flags("--benchmark", "digit"), "unknown benchmark 'digit' (did you mean 'digits'?)"),

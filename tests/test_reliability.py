@@ -391,13 +391,48 @@ def test_a_full_disk_at_the_end_gives_one_line_and_resume_finishes(tmp_path, mon
     else:
         monkeypatch.setattr(report, "atomic_write_bytes", _full_disk(
             io.atomic_write_bytes, lambda args: args[0], lambda n, path: True))
-    assert main(["run", "--method", "seq-lora", *RUN, "--out", str(out)]) == 1
+    assert main(["run", "--method", "seq-lora", *RUN, "--out", str(out)]) == 2
     message = capsys.readouterr().err.strip()
-    assert message.startswith("perturbmerge: error: No space left on device") and len(message.splitlines()) == 1
+    assert "No space left on device" in message and len(message.splitlines()) == 1
+    if at == "results.json":  # the final checkpoint is kept: resume writes results.json without training
+        assert f"cannot write '{out / 'results.json'}'" in message and f"--resume {out}" in message
+    else:
+        assert f"{out / 'results.json'} is written" in message and f"`perturbmerge report {out}`" in message
     assert (out / "results.json").exists() == (at == "plot")
     monkeypatch.undo()
     assert main(["run", "--resume", str(out), "--quiet"]) == 0
     assert (out / "results.json").is_file() and (out / "report.md").is_file()
+
+
+def test_a_full_disk_before_the_first_checkpoint_does_not_offer_a_resume_of_a_removed_folder(tmp_path, monkeypatch,
+                                                                                              capsys):
+    """Issue 51: the folder of a run that never got a checkpoint is removed, so the message says to run again."""
+    from perturbmerge import checkpoint
+
+    monkeypatch.setattr(checkpoint, "save_file", _full_disk(checkpoint.save_file, lambda args: args[1],
+                                                            lambda n, path: True, partial=True))
+    out = tmp_path / "run"
+    assert main(["run", "--method", "pm-lora", *RUN_WITH_STEPS, "--out", str(out)]) == 2
+    message = capsys.readouterr().err.strip()
+    assert "No space left on device" in message and len(message.splitlines()) == 1
+    assert "--resume" not in message and "run the same command again" in message and "was removed" in message
+    assert not out.exists()
+
+
+def test_a_report_that_cannot_be_written_names_it_and_the_way_on(tmp_path, capsys):
+    """Issue 51: report.md standing as a folder named a temporary file and offered a --resume that failed alike."""
+    out = tmp_path / "run"
+    assert main(["run", "--method", "seq-lora", *RUN, "--out", str(out)]) == 0
+    (out / "report.md").unlink()
+    (out / "report.md").mkdir()  # something else took the report's name
+    capsys.readouterr()
+    assert main(["run", "--resume", str(out), "--quiet"]) == 2  # resume only writes the missing report
+    lines = capsys.readouterr().err.strip().splitlines()
+    errors, message = [line for line in lines if line.startswith("perturbmerge: error")], lines[-1]
+    assert errors == [message] and "a folder stands there; move it away" in message
+    assert f"{out / 'report.md'} cannot be written" in message and ".tmp" not in message
+    (out / "report.md").rmdir()
+    assert main(["report", str(out)]) == 0 and (out / "report.md").is_file()
 
 
 def test_lock_errors_are_user_errors():

@@ -40,6 +40,16 @@ LEGACY_FORMAT = "perturbmerge-checkpoint-1"  # no manifest: only the tensors fil
 FOLDER = "checkpoints"
 STATE, TENSORS = "state.json", "tensors.safetensors"
 _CHECKPOINT_NAME = re.compile(r"ckpt-\d{6,}")
+
+
+class CheckpointWriteError(UserError):
+    """A checkpoint could not be written (a full disk, permissions); the message says how to continue, which
+    depends on whether the run folder survives (the runner removes a folder that never got a checkpoint)."""
+
+    def __init__(self, root: Path, reason: str, run_dir: str | Path) -> None:
+        super().__init__(f"cannot write a checkpoint in '{root}' ({reason}); free space or fix permissions, then "
+                         f"continue with `perturbmerge run --resume {run_dir}`")
+        self.root, self.reason = root, reason
 _TENSOR = "__tensor__"
 
 
@@ -122,8 +132,7 @@ def save_checkpoint(run_dir: str | Path, state: dict[str, Any], before_commit: C
     except (OSError, SafetensorError) as exc:
         shutil.rmtree(staging, ignore_errors=True)
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise UserError(f"cannot write a checkpoint in '{root}' ({reason}); free space or fix permissions, then "
-                        f"continue with `perturbmerge run --resume {run_dir}`") from None
+        raise CheckpointWriteError(root, reason, run_dir) from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -104,8 +104,17 @@ def _finish_run(args: argparse.Namespace, results: dict[str, Any], out: str) -> 
         return 0
 
     with lock.locked(out, "run folder"):
-        write_report(out, [results], "report.md", args.command_line, {(results["method"], results["seed"]): out},
-                     machine_description())
+        try:
+            write_report(out, [results], "report.md", args.command_line, {(results["method"], results["seed"]): out},
+                         machine_description())
+        except OSError as error:  # results.json is written: only the report is missing
+            from pathlib import Path
+
+            report = Path(out) / "report.md"
+            problem = ("a folder stands there; move it away" if report.is_dir()
+                       else f"{error.strerror or error}; free space or fix the folder")
+            raise UserError(f"the run finished and {Path(out) / 'results.json'} is written, but {report} cannot be "
+                            f"written ({problem}), then write it with `perturbmerge report {out}`") from None
     for warning in results.get("warnings", []):
         print(f"perturbmerge: warning: {warning}", file=sys.stderr)
     print("\n".join(_summary_lines(results)))

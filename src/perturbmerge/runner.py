@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from . import __version__, lock
 from .backbones import get_backbone_spec
-from .checkpoint import (FOLDER as CHECKPOINTS, check_run_state, checkpoint_versions, has_checkpoint,
+from .checkpoint import (FOLDER as CHECKPOINTS, CheckpointWriteError, check_run_state, checkpoint_versions, has_checkpoint,
                          latest_checkpoint, load_checkpoint)
 from .config import RunConfig, build_config, config_differences, get_dotted, load_yaml, nested, parse_set
 from .data import TaskStream, get_benchmark
@@ -435,14 +435,25 @@ def _run_locked(config: RunConfig, method, stream: TaskStream, backbone, device:
             results["model_dir"] = str(model_dir)
         results["warnings"] = run_warnings(results, config, method.trains)
         if writes:
-            atomic_write_json(out_path / "results.json", results)
+            try:
+                atomic_write_json(out_path / "results.json", results)
+            except OSError as error:  # the final checkpoint is on disk: the run can finish without training again
+                raise UserError(f"cannot write '{out_path / 'results.json'}' ({error.strerror or error}); free space "
+                                f"or fix the folder, then finish with `perturbmerge run --resume {out_path}` (it "
+                                f"trains nothing again)" if has_checkpoint(out_path) else
+                                f"cannot write '{out_path / 'results.json'}' ({error.strerror or error}); free space "
+                                f"or fix the folder, then run again") from None
             if not config.checkpoint.keep_final:  # finished: the checkpoints are no longer needed
                 shutil.rmtree(out_path / CHECKPOINTS, ignore_errors=True)
         return results
-    except BaseException:
+    except BaseException as exc:
         # A run that has a checkpoint is kept for --resume; one that never got that far is removed.
         if created and out_path is not None and not has_checkpoint(out_path):
             shutil.rmtree(out_path, ignore_errors=True)
+            if isinstance(exc, CheckpointWriteError):  # its --resume hint would name a folder that is gone
+                raise UserError(f"cannot write a checkpoint in '{exc.root}' ({exc.reason}); free space or fix "
+                                f"permissions, then run the same command again (no checkpoint had been written, "
+                                f"so '{out_path}' was removed)") from None
         raise
 
 

@@ -124,6 +124,9 @@ def parse_set(assignments: list[str]) -> dict[str, Any]:
             raise UserError(f"--set expects key=value, got '{item}'; e.g. --set epochs=3")
         key, raw = item.split("=", 1)
         key = key.strip()
+        if not key or any(not part.strip() for part in key.split(".")):
+            raise UserError(f"--set '{item}' has an empty key{' part' if key else ''}; give key=value with a dotted "
+                            f"key, e.g. --set lora.rank=4 (`perturbmerge keys` lists them)")
         if key in given:
             raise UserError(f"--set gives {key} twice; keep one")
         given.add(key)

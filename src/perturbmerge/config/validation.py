@@ -11,6 +11,9 @@ from ..errors import UserError
 from .settings import RunConfig, _coerce
 
 
+MAX_BATCH = 1 << 20  # a larger batch is a typo (1e12), not a setting
+
+
 def _require(condition: bool, message: str) -> None:
     if not condition:
         raise UserError(message)
@@ -42,6 +45,9 @@ def validate(c: RunConfig) -> None:
              "log.tensorboard=false)")
     _require(c.epochs >= 1, f"epochs must be >= 1, got {c.epochs}; e.g. --set epochs=5")
     _require(c.batch_size >= 1, f"batch_size must be >= 1, got {c.batch_size}; e.g. --set batch_size=32")
+    _require(c.batch_size <= MAX_BATCH, f"batch_size must be <= {MAX_BATCH:,} (examples per optimiser step), got "
+                                        f"{c.batch_size:,}; e.g. --set batch_size=32")
+    _require(c.eval_batch_size <= MAX_BATCH, f"eval_batch_size must be <= {MAX_BATCH:,}, got {c.eval_batch_size:,}")
     _require(c.eval_batch_size >= 1, f"eval_batch_size must be >= 1, got {c.eval_batch_size}")
     _require(finite(c.lr) and c.lr > 0, f"lr must be a positive number, got {c.lr}; e.g. --set lr=1e-3")
     _require(finite(c.head_lr) and c.head_lr > 0, f"head_lr must be a positive number, got {c.head_lr}; e.g. --set head_lr=1e-2")

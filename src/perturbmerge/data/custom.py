@@ -75,6 +75,7 @@ def build_tasks(groups: list[np.ndarray], class_names: list[str], labels: np.nda
 
 # ---- csv:PATH -------------------------------------------------------------------------------------------
 TextTable = tuple[list[str], list[str], list[str] | None]  # texts, labels, splits ("train" / "test") or None
+CSV_FIELD_LIMIT = 1 << 26  # characters in one CSV field (Python's default, 131,072, refuses valid long texts)
 
 
 def _check_rows(rows: list[tuple[int, dict]], path: Path, kind: str) -> TextTable:
@@ -101,19 +102,34 @@ def _check_rows(rows: list[tuple[int, dict]], path: Path, kind: str) -> TextTabl
 def read_text_csv(path: Path) -> TextTable:
     if not path.is_file():
         raise UserError(f"CSV file '{path}' not found; give --benchmark csv:PATH with an existing file")
+    rows: list[tuple[int, dict]] = []
+    limit = csv.field_size_limit()
+    csv.field_size_limit(CSV_FIELD_LIMIT)  # a long text is valid (the tokenizer truncates it), not "malformed"
+    record_start = 2  # the line on which the record being read starts
     try:
         with path.open(newline="", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle)
+            reader = csv.DictReader(handle, strict=True)  # strict: an unclosed quote is an error, not a long field
             columns = reader.fieldnames or []
             if "text" not in columns or "label" not in columns:
                 raise UserError(f"CSV '{path}' needs a header with columns text,label; found: "
                                 f"{', '.join(columns) if columns else 'no header'}")
-            rows = [(line, {k: v for k, v in row.items() if k in ("text", "label", "split")})
-                    for line, row in enumerate(reader, start=2)]
+            record_start = reader.line_num + 1
+            for row in reader:
+                rows.append((record_start, {k: v for k, v in row.items() if k in ("text", "label", "split")}))
+                record_start = reader.line_num + 1
     except UnicodeDecodeError:
         raise UserError(f"CSV '{path}' is not UTF-8 text; save it as UTF-8") from None
     except csv.Error as exc:
-        raise UserError(f"CSV '{path}' is malformed ({exc}); fix the quoting") from None
+        if "unexpected end of data" in str(exc):
+            raise UserError(f"CSV '{path}': the record starting on line {record_start} opens a quote that is never "
+                            f"closed; close it (a quote inside a quoted text is written twice: \"\")") from None
+        if "field larger than field limit" in str(exc):
+            raise UserError(f"CSV '{path}': the record starting on line {record_start} has a field of more than "
+                            f"{CSV_FIELD_LIMIT:,} characters; shorten it") from None
+        raise UserError(f"CSV '{path}' is malformed at the record starting on line {record_start} ({exc}); fix "
+                        f"the quoting") from None
+    finally:
+        csv.field_size_limit(limit)
     return _check_rows(rows, path, "CSV")
 
 
