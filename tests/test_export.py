@@ -214,3 +214,13 @@ def test_image_model_predicts_files_with_the_runs_scores(tmp_path, capsys):
     assert capsys.readouterr().out.startswith(f"{files[0]}\t{classes[int(seen['scores'][0].argmax())]} ")
     assert main(["predict", "--model", str(tmp_path / "run" / "model"), "--text", "a text"]) == 2
     assert "this model takes image inputs; give --image/--folder" in capsys.readouterr().err
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG not an image")
+    (tmp_path / "empty").mkdir()
+    capsys.readouterr()
+    for argv, message in ((["--image", str(tmp_path / "missing.png")], "is not a file"),
+                          (["--image", str(tmp_path / "broken.png")], "broken.png' cannot be decoded"),
+                          (["--folder", str(tmp_path / "empty")], "holds no images"),
+                          (["--folder", str(files[0])], "is not a folder")):
+        assert main(["predict", "--model", str(tmp_path / "run" / "model"), *argv]) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, (argv, err)

@@ -300,3 +300,13 @@ def test_decoder_backbone_without_key_value_layers_names_lora_targets(tmp_path, 
     assert error.count("\n") == 0 and "set lora.targets, e.g. --set lora.targets=c_attn" in error, error
     assert not (tmp_path / "bad").exists()
     assert main([*args, "lora.targets=c_attn", "--out", str(tmp_path / "good")]) == 0
+
+
+def test_a_csv_text_longer_than_pythons_default_field_limit_is_read(tmp_path):
+    """Issue 51: a valid 200,000-character text was refused as "malformed … fix the quoting"."""
+    from perturbmerge.data.custom import read_text_csv
+
+    path = tmp_path / "long.csv"
+    path.write_text("text,label\n\"" + "word " * 40_000 + "\",a\nshort,b\n", encoding="utf-8")
+    texts, labels, _ = read_text_csv(path)
+    assert len(texts[0]) == 199_999 and labels == ["a", "b"]

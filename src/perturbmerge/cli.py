@@ -207,6 +207,9 @@ def _images_of(args: argparse.Namespace) -> list[str]:
     from .data.custom import IMAGE_SUFFIXES
 
     paths = list(args.image)
+    for path in paths:
+        if not Path(path).is_file():
+            raise UserError(f"--image {path} is not a file; give an image file (or --folder DIR)")
     if args.folder:
         root = Path(args.folder)
         if not root.is_dir():
