@@ -130,3 +130,74 @@ def test_the_api_save_kill_load_next_task_matches_an_uninterrupted_loop(tmp_path
     assert record.task == 2 and record.alpha == expected.alpha and record.alpha_raw == expected.alpha_raw
     for (name, a), b in zip(continuous.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+TRAINER_SCRIPT = """
+import os, signal, sys
+import torch
+from transformers import BertConfig, BertForSequenceClassification, Trainer, TrainerCallback, TrainingArguments
+sys.path.insert(0, sys.argv[3])
+from perturbmerge import PerturbAndMerge
+from perturbmerge.integrations import PerturbAndMergeCallback
+from test_integrations import TinyTask
+torch.set_num_threads(1)
+
+def arguments(folder):
+    return TrainingArguments(output_dir=folder, per_device_train_batch_size=4, max_steps=3, learning_rate=1e-2,
+                             report_to=[], use_cpu=True, save_strategy="no", disable_tqdm=True, seed=0)
+
+def task(pm, callback, index, folder, extra=()):
+    torch.manual_seed(10 + index)  # the adapter's initialisation, as a resumed process reproduces it
+    Trainer(model=pm.begin_task(), args=arguments(folder), train_dataset=TinyTask(index),
+            callbacks=[callback, *extra]).train()
+
+class KillAtStep(TrainerCallback):
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == 2:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+mode, folder = sys.argv[1], sys.argv[2]
+if mode == "resume":
+    model = BertForSequenceClassification.from_pretrained(folder + "/saved")
+    pm = PerturbAndMerge(model, targets=["query", "value"], rank=2, seed=99, train_modules=["classifier"])
+    pm.load_running_state(folder + "/saved")
+    callback = PerturbAndMergeCallback(pm)
+    task(pm, callback, 1, folder + "/t")
+else:
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=32, max_position_embeddings=16, num_labels=2)
+    pm = PerturbAndMerge(BertForSequenceClassification(config), targets=["query", "value"], rank=2, seed=1,
+                         train_modules=["classifier"])
+    callback = PerturbAndMergeCallback(pm)
+    task(pm, callback, 0, folder + "/t")
+    if mode == "killed":
+        pm.save_pretrained(folder + "/saved")
+        task(pm, callback, 1, folder + "/t", [KillAtStep()])  # SIGKILL inside task 2's Trainer
+    task(pm, callback, 1, folder + "/t")
+pm.save_pretrained(folder + "/final")
+print("ALPHA", repr(callback.records[-1].alpha))
+"""
+
+
+def test_the_trainer_callback_killed_inside_a_task_resumes_from_the_saved_state(tmp_path):
+    """A Trainer with PerturbAndMergeCallback SIGKILLed inside task 2; a new process loads the model and running
+    state saved after task 1 and trains task 2 again: α and every weight equal an uninterrupted pair of tasks."""
+    from safetensors.torch import load_file
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def script(mode: str, folder: Path) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", TRAINER_SCRIPT, mode, str(folder), str(TESTS)],
+                              capture_output=True, text=True, env=env)
+
+    reference = script("reference", tmp_path / "reference")
+    assert reference.returncode == 0, reference.stderr[-2000:]
+    assert script("killed", tmp_path / "run").returncode == -9
+    resumed = script("resume", tmp_path / "run")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    alpha = [line for line in reference.stdout.splitlines() if line.startswith("ALPHA")]
+    assert alpha and alpha == [line for line in resumed.stdout.splitlines() if line.startswith("ALPHA")]
+    expected = load_file(str(tmp_path / "reference" / "final" / "model.safetensors"))
+    got = load_file(str(tmp_path / "run" / "final" / "model.safetensors"))
+    assert sorted(expected) == sorted(got) and all(torch.equal(expected[k], got[k]) for k in expected)
