@@ -5,7 +5,8 @@
 Per benchmark (10 tasks; digits-domains its 3 domains; test split): final Acc of every method with a run there, as
 the mean ± sample std over seeds 0, 1, 2 where all three ran and as seed 0's value, marked "(1 seed)", where only it
 ran; then, per statistics head, the same head on the frozen backbone vs on P&M's merged backbone (final Acc,
-forgetting, plasticity), averaged over the seeds both sides ran; then the validation sweep
+forgetting, plasticity), averaged over the seeds both sides ran; then every method minus seq-lora and the pairs the
+README states, paired over seeds 0, 1, 2 with the 95 % t-interval (stats.py); then the validation sweep
 (benchmarks/results/heads/sweep/PLAN.md): every candidate's mean ± std validation final Acc over seeds 0, 1, the value
 the pre-registered rule selects, and its test cell.
 """
@@ -87,7 +88,41 @@ def main() -> None:
             name = head if head != "lda" else "lda (pm-lora-plus: + drift, anchor, ensemble)"
             print(f"| {benchmark} | {name} | {len(seeds)} | " + " | ".join(parts) + " |")
     print()
+    paired_table(found)
+    print()
     sweep_table()
+
+
+# Comparisons the README states, besides every method against seq-lora: (benchmark, method, reference)
+NAMED_PAIRS = [("langid-10", "merge-lora", "seq-lora"), ("langid-10", "pm-lora", "merge-lora"), ("langid-10", "pm-lora-plus", "frozen-lda"),
+               ("wordnet-10", "pm-lora-ranpac", "pm-lora-plus"), ("wordnet-10", "pm-lora-slca", "frozen-lda"),
+               ("glyphs-10", "ranpac", "joint"), ("digits-domains-3", "frozen-lda", "joint")]
+
+
+def paired_cell(per_seed: dict[int, dict] | None, reference: dict[int, dict] | None) -> str:
+    """Mean paired final Acc difference over seeds 0, 1, 2 with its 95 % t-interval (stats.py)."""
+    from perturbmerge.stats import t_interval
+
+    if not per_seed or not reference or not all(s in per_seed and s in reference for s in SEEDS):
+        return "–"
+    differences = [per_seed[s]["acc_all_seen"][-1] - reference[s]["acc_all_seen"][-1] for s in SEEDS]
+    low, high = t_interval(differences)
+    return f"{fmean(differences):+.2f} [{low:+.2f}, {high:+.2f}]"
+
+
+def paired_table(found: dict[str, dict[str, dict[int, dict]]]) -> None:
+    """Every method minus seq-lora, paired over seeds 0, 1, 2, with the 95 % t-interval; then the named pairs."""
+    print("| method − `seq-lora` | " + " | ".join(FOLDERS) + " |")
+    print("|---|" + "---|" * len(FOLDERS))
+    for method in METHODS[1:]:
+        print(f"| `{method}` | " + " | ".join(paired_cell(found[b].get(method), found[b].get("seq-lora"))
+                                            for b in FOLDERS) + " |")
+    print()
+    print("| benchmark | comparison | final Acc difference [95 % t-interval], seeds 0, 1, 2 |")
+    print("|---|---|---|")
+    for benchmark, method, reference in NAMED_PAIRS:
+        cell_text = paired_cell(found[benchmark].get(method), found[benchmark].get(reference))
+        print(f"| {benchmark} | `{method}` − `{reference}` | {cell_text} |")
 
 
 SWEPT = [  # (method, key, registered default as the sweep writes it) — benchmarks/results/heads/sweep/PLAN.md
