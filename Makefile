@@ -17,7 +17,7 @@ test-all: setup
 # sequential LoRA, seed 0 (timed in docs/results.md).
 demo: setup
 	.venv/bin/perturbmerge data fetch langid-words
-	.venv/bin/perturbmerge compare --benchmark langid --methods pm-lora,pm-lora-plus,seq-lora --seeds 0 \
+	.venv/bin/perturbmerge compare --benchmark langid --methods pm-lora,pm-lora-plus,seq-lora,frozen-lda --seeds 0 \
 	    --set data.train_per_class=50 data.test_per_class=50 --out runs/demo
 
 # The earlier default: wordnet, 5 tasks, pm-lora / merge-lora / seq-lora (adapting the backbone is worth little there).
