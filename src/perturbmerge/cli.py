@@ -224,6 +224,31 @@ def _images_of(args: argparse.Namespace) -> list[str]:
     return paths
 
 
+def cmd_generate(args: argparse.Namespace) -> int:
+    import json
+
+    from .generate import generate_texts, score_jsonl
+
+    if args.max_new_tokens < 1 or args.batch_size < 1:
+        raise UserError(f"--max-new-tokens and --batch-size must be at least 1, got {args.max_new_tokens} and "
+                        f"{args.batch_size}")
+    if bool(args.prompt) == bool(args.jsonl):
+        raise UserError("give --prompt \"...\" (repeatable) or --jsonl FILE, one of the two")
+    if args.jsonl:
+        rows = score_jsonl(args.model, args.jsonl, args.batch_size)
+        print(json.dumps(rows, ensure_ascii=False, indent=1) if args.json else "\n".join(
+            f"{r['task']}\t{r['metric']}\t{r['score']:.2f}\t({r['examples']} examples)" for r in rows))
+        return 0
+    texts = generate_texts(args.model, args.prompt, args.max_new_tokens, args.batch_size)
+    if args.json:
+        print(json.dumps([{"prompt": p, "completion": t} for p, t in zip(args.prompt, texts)], ensure_ascii=False,
+                         indent=1))
+    else:
+        for prompt, text in zip(args.prompt, texts):
+            print(f"{prompt}\t{text.strip()}")
+    return 0
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     import json
 
@@ -412,6 +437,20 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--batch-size", type=int, default=64, help="inputs per forward pass (default 64)")
     predict.add_argument("--json", action="store_true", help="print JSON instead of lines")
     predict.set_defaults(func=cmd_predict)
+
+    generate = sub.add_parser(
+        "generate", help="greedy completions from an exported language model",
+        description="Completes prompts with a language model written by `perturbmerge export` (or any saved Hugging "
+                    "Face causal LM folder), greedily, through its chat template: one line per prompt, tab, the "
+                    "completion; with --jsonl, the score of each task of a prompt/completion file (its test lines "
+                    "where a split is given), as a run scores it.")
+    generate.add_argument("--model", required=True, metavar="MODEL_DIR", help="an exported language-model folder")
+    generate.add_argument("--prompt", action="append", default=[], help="a prompt to complete (repeat for several)")
+    generate.add_argument("--jsonl", metavar="FILE", help="score the tasks of a prompt/completion JSON-lines file")
+    generate.add_argument("--max-new-tokens", type=int, default=64, help="new tokens per prompt (default 64)")
+    generate.add_argument("--batch-size", type=int, default=16, help="prompts per generate call (default 16)")
+    generate.add_argument("--json", action="store_true", help="print JSON instead of lines")
+    generate.set_defaults(func=cmd_generate)
     sub.add_parser("methods", help="list methods").set_defaults(func=cmd_methods)
     sub.add_parser("benchmarks", help="list benchmarks").set_defaults(func=cmd_benchmarks)
     keys = sub.add_parser("keys", help="list config keys: type, default and help (--method: that method's keys and "

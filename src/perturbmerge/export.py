@@ -132,6 +132,26 @@ def write_model(learner: "ContinualLearner", folder: str | Path, backbone_name: 
     return folder
 
 
+def write_language_model(backbone: nn.Module, tokenizer: Any, folder: str | Path, backbone_name: str,
+                         tasks: Sequence[str], provenance: dict[str, Any]) -> Path:
+    """A causal LM run's final model as a plain Hugging Face folder (call inside `learner.deployed_weights()`):
+    `save_pretrained` of the merged model and of its tokenizer (chat template included), so `AutoModelForCausalLM`
+    and `AutoTokenizer.from_pretrained(folder)` load it without perturbmerge; plus the model card and MANIFEST.json.
+    Written atomically (a temporary sibling renamed into place)."""
+    from .backbones import causal_lm_of
+
+    folder = Path(folder)
+    if folder.exists():
+        raise UserError(f"{folder} exists; choose a new folder for the model")
+    with _atomic_folder(folder) as work:
+        causal_lm_of(backbone).model.save_pretrained(str(work), safe_serialization=True)
+        tokenizer.save_pretrained(str(work))
+        atomic_write_json(work / MODEL_CARD, {"format": FORMAT_VERSION, "kind": "causal_lm", "tasks": list(tasks),
+                                              "backbone": backbone_name, **provenance})
+        write_manifest(work, MANIFEST_FORMAT)
+    return folder
+
+
 def verify_model_folder(folder: Path, card: dict[str, Any] | None = None) -> None:
     """Refuse (one line) a model folder whose files differ from its manifest; format 1 folders have none."""
     if card is not None and card.get("format") == 1:
@@ -213,6 +233,9 @@ class ExportedClassifier(nn.Module):
         if (self.folder / "MANIFEST.json").exists():  # the card too is covered: check before reading it
             verify_model_folder(self.folder)
         self.card = _read_card(card_path)
+        if self.card.get("kind") == "causal_lm":
+            raise UserError(f"'{folder}' holds a language model; generate with `perturbmerge generate --model "
+                            f"{folder} --prompt ...`")
         if self.card.get("format") not in READABLE_FORMATS:
             raise UserError(f"{card_path} has format {self.card.get('format')!r}; this perturbmerge reads formats "
                             f"{', '.join(map(str, READABLE_FORMATS))}: export the model again with this version")

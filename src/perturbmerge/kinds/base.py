@@ -44,6 +44,10 @@ class TaskKind:
     score_name: ClassVar[str] = "score (%)"
     has_head: ClassVar[bool] = False  # whether the head parts (methods/head_part.py) apply
 
+    def build_model(self, backbone) -> nn.Module:
+        """The model the learner trains, around a `backbones.Backbone`; it has the adapted module as `.backbone`."""
+        raise NotImplementedError
+
     def begin_task(self, context: "TaskContext") -> list[nn.Parameter]:
         return []
 

@@ -34,6 +34,11 @@ class ClassificationKind(TaskKind):
         self.train_logits = train_logits
         self.head_block = 0  # the block of the current task
 
+    def build_model(self, backbone) -> nn.Module:
+        from ..heads import ContinualClassifier
+
+        return ContinualClassifier(backbone.module, backbone.feature_dim)
+
     # ---- the task's head rows ------------------------------------------------------------------------------
     def begin_task(self, context: "TaskContext") -> list[nn.Parameter]:
         """New rows for a class-incremental task (old ones frozen); the shared block for domain-incremental."""
