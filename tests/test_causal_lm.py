@@ -104,8 +104,12 @@ def lm_folder(tmp_path_factory):
 
 
 def run_lm(folder, out, method="pm-lora", *sets):
+    settings = {"backbone": f"hf:{folder / 'model'}", "epochs": "3", "batch_size": "2", "lr": "0.01",
+                **dict(item.split("=", 1) for item in sets)}
+    if method in ("zero-shot",):
+        settings = {k: v for k, v in settings.items() if k == "backbone"}
     return main(["run", "--benchmark", f"jsonl:{folder / 'tasks.jsonl'}", "--method", method, "--out", str(out),
-                 "--quiet", "--set", f"backbone=hf:{folder / 'model'}", "epochs=3", "batch_size=2", "lr=0.01", *sets])
+                 "--quiet", "--set", *(f"{k}={v}" for k, v in settings.items())])
 
 
 def test_pm_lora_runs_end_to_end_on_jsonl_tasks_and_exports_a_plain_transformers_model(lm_folder, tmp_path, capsys):
@@ -168,3 +172,31 @@ def test_methods_that_need_a_head_say_so_in_one_line(lm_folder, tmp_path, capsys
     assert run_lm(lm_folder, tmp_path / "out", "frozen-lda") == 2
     err = capsys.readouterr().err
     assert "has no classes" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("method", ["seq-lora", "merge-lora", "o-lora", "task-arithmetic", "ties", "magmax",
+                                    "zero-shot", "joint"])
+def test_the_baselines_of_issue_49_run_on_causal_lm_tasks(lm_folder, tmp_path, method):
+    assert run_lm(lm_folder, tmp_path / method, method, "epochs=1") == 0
+    results = json.loads((tmp_path / method / "results.json").read_text())
+    assert len(results["accuracy_matrix"]) == (1 if method == "joint" else 3)
+
+
+def test_full_weight_fisher_methods_and_classification_only_methods_say_so(lm_folder, tmp_path, capsys):
+    assert run_lm(lm_folder, tmp_path / "a", "pm-full") == 2
+    assert "cannot trace the causal_lm kind's loss; use a LoRA method" in capsys.readouterr().err
+    assert main(["run", "--benchmark", "digits", "--method", "zero-shot", "--out", str(tmp_path / "b"),
+                 "--quiet"]) == 2
+    assert "runs on causal_lm tasks" in capsys.readouterr().err
+
+
+def test_an_lm_run_killed_after_a_checkpoint_resumes_bit_identically(lm_folder, tmp_path):
+    assert run_lm(lm_folder, tmp_path / "ref", "pm-lora") == 0
+    assert run_lm(lm_folder, tmp_path / "run", "pm-lora", "checkpoint.every_steps=4", "checkpoint.keep_final=true") == 0
+    (tmp_path / "run" / "results.json").unlink()
+    (tmp_path / "run" / "report.md").unlink()
+    assert main(["run", "--resume", str(tmp_path / "run"), "--quiet", "--from-checkpoint",
+                 sorted(p.name for p in (tmp_path / "run" / "checkpoints").glob("ckpt-*"))[0]]) == 0
+    resumed = json.loads((tmp_path / "run" / "results.json").read_text())
+    reference = json.loads((tmp_path / "ref" / "results.json").read_text())
+    assert resumed["accuracy_matrix"] == reference["accuracy_matrix"] and resumed["alphas"] == reference["alphas"]

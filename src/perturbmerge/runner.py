@@ -356,6 +356,9 @@ def run_experiment(config: RunConfig, out_dir: str | Path | None = None, progres
         raise UserError(f"{len(stream.tasks)} tasks of {classes} classes leave task {single[0]} with a single class: "
                         f"its masked loss is 0, so nothing trains; use --tasks {classes // 2} or fewer (or "
                         f"--set head.train_logits=seen)")
+    if method_spec.kinds is not None and stream.kind not in method_spec.kinds:
+        raise UserError(f"method '{config.method}' runs on {', '.join(sorted(method_spec.kinds))} tasks, and "
+                        f"'{config.benchmark}' holds {stream.kind} tasks; pick another method (`perturbmerge methods`)")
     if method_spec.joint:
         stream = joint_stream(stream)
     method.check_backbone(backbone.module)

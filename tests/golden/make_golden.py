@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from test_golden import (FOLDER, GOLDEN, VARIANTS, golden_for_this_machine, golden_record, machine,  # noqa: E402
-                         machine_file_name, run_digits, run_variant)
+from test_golden import (CLASSIFICATION_METHODS, FOLDER, GOLDEN, VARIANTS, golden_for_this_machine,  # noqa: E402
+                         golden_record, machine, machine_file_name, run_digits, run_variant)
 
 from perturbmerge.methods import METHODS  # noqa: E402
 from perturbmerge.runner import run_versions  # noqa: E402
@@ -39,7 +39,7 @@ if __name__ == "__main__":
     target = FOLDER / machine_file_name(machine()) if "--machine-file" in sys.argv[1:] else GOLDEN
     records, variants = {}, {}
     with tempfile.TemporaryDirectory() as scratch:
-        for name in adding or sorted(METHODS):
+        for name in adding or CLASSIFICATION_METHODS:
             records[name] = golden_record(run_digits(name, Path(scratch) / name))
             print(name, records[name]["accuracy_matrix"][-1], flush=True)
         for index, variant in enumerate(() if adding else VARIANTS):

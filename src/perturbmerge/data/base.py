@@ -161,13 +161,20 @@ def joint_stream(stream: TaskStream) -> TaskStream:
     (labels are already global head positions). For the `joint` upper bound."""
     from torch.utils.data import ConcatDataset
 
+    from .completions import CompletionDataset
+
     first = stream.tasks[0]
     names = stream.class_names
-    task = Task(0, list(names), 0, ConcatDataset([t.train for t in stream.tasks]),
-                ConcatDataset([t.test for t in stream.tasks]))
+    if isinstance(first.train, CompletionDataset):  # causal-LM tasks: one task of every pair, each scored as before
+        train = CompletionDataset.concatenate([t.train for t in stream.tasks])
+        test = CompletionDataset.concatenate([t.test for t in stream.tasks])
+        names = ["+".join(t.class_names[0] for t in stream.tasks)]
+    else:
+        train, test = (ConcatDataset([t.train for t in stream.tasks]), ConcatDataset([t.test for t in stream.tasks]))
+    task = Task(0, list(names), 0, train, test)
     assert first.label_offset == 0
     return TaskStream(stream.benchmark, stream.scenario, stream.backbone, [task], stream.collate,
-                      {**stream.info, "joint_of_tasks": len(stream.tasks)}, stream.train_augment)
+                      {**stream.info, "joint_of_tasks": len(stream.tasks)}, stream.train_augment, stream.kind)
 
 
 GENERIC_DATA_KEYS = frozenset({"validation_fraction"})  # data.* keys every benchmark accepts
@@ -176,8 +183,11 @@ VALIDATION_SEED = 0  # fixed: the validation split does not change with the run 
 
 def _labels_and_subset(dataset: Dataset) -> tuple[torch.Tensor, Callable[[torch.Tensor], Dataset]]:
     """The dataset's labels, and a function that builds the sub-dataset at given indices (same type)."""
+    from .completions import CompletionDataset
     from .text import TokenizedDataset
 
+    if isinstance(dataset, CompletionDataset):  # one group: the validation share of the task's pairs
+        return torch.zeros(len(dataset), dtype=torch.long), lambda idx: dataset.subset(idx.tolist())
     if isinstance(dataset, TensorDataset):
         return dataset.tensors[-1], lambda idx: TensorDataset(*(t[idx] for t in dataset.tensors))
     if isinstance(dataset, TokenizedDataset):

@@ -40,22 +40,40 @@ class CompletionRecord:
 
 class CompletionDataset(Dataset):
     """Tokenised (prompt, completion) pairs of one task and split; an item is ((prompt ids, completion ids), index).
-    `references` are the completions as text (what generation is scored against), `metric` the task's score."""
+    `references` are the completions as text (what generation is scored against), `metrics` each example's score
+    (one per task; `joint` concatenates tasks)."""
 
     def __init__(self, prompts: Sequence[list[int]], completions: Sequence[list[int]], references: Sequence[str],
-                 metric: str, tokenizer: Any = None) -> None:
+                 metrics: str | Sequence[str], tokenizer: Any = None) -> None:
         self.prompts, self.completions = [list(p) for p in prompts], [list(c) for c in completions]
-        self.references, self.metric = list(references), metric
+        self.references = list(references)
+        self.metrics = [metrics] * len(self.prompts) if isinstance(metrics, str) else list(metrics)
         self.tokenizer = tokenizer  # decodes generations (kinds/causal_lm.py)
+
+    @property
+    def metric(self) -> str:
+        """The task's metric ('mixed' for a concatenation of tasks with different ones)."""
+        return self.metrics[0] if len(set(self.metrics)) == 1 else "mixed"
+
+    def subset(self, indices: Sequence[int]) -> "CompletionDataset":
+        return CompletionDataset([self.prompts[i] for i in indices], [self.completions[i] for i in indices],
+                                 [self.references[i] for i in indices], [self.metrics[i] for i in indices],
+                                 self.tokenizer)
+
+    @classmethod
+    def concatenate(cls, parts: Sequence["CompletionDataset"]) -> "CompletionDataset":
+        return cls([p for d in parts for p in d.prompts], [c for d in parts for c in d.completions],
+                   [r for d in parts for r in d.references], [m for d in parts for m in d.metrics],
+                   parts[0].tokenizer)
 
     @property
     def lengths(self) -> list[int]:
         return [len(p) + len(c) for p, c in zip(self.prompts, self.completions)]
 
-    @property
-    def max_new_tokens(self) -> int:
-        """Enough new tokens for the longest completion of the task (its end-of-sequence token included)."""
-        return max(len(c) for c in self.completions)
+    def max_new_tokens(self, indices: Sequence[int] | None = None) -> int:
+        """Enough new tokens for the longest completion (its end-of-sequence token included), of `indices` or all."""
+        chosen = range(len(self.completions)) if indices is None else indices
+        return max(len(self.completions[i]) for i in chosen)
 
     def __len__(self) -> int:
         return len(self.prompts)

@@ -43,6 +43,7 @@ class TaskKind:
     name: ClassVar[str] = "kind"
     score_name: ClassVar[str] = "score (%)"
     has_head: ClassVar[bool] = False  # whether the head parts (methods/head_part.py) apply
+    full_weight_fisher: ClassVar[bool] = True  # whether per-example vmap (full-weight Fisher) traces its loss
 
     def build_model(self, backbone) -> nn.Module:
         """The model the learner trains, around a `backbones.Backbone`; it has the adapted module as `.backbone`."""

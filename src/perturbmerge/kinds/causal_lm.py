@@ -79,6 +79,7 @@ class CausalLMKind(TaskKind):
     name = "causal_lm"
     score_name = "score (%)"
     has_head = False
+    full_weight_fisher = False  # the completion positions are data-dependent: vmap cannot trace the loss
 
     def build_model(self, backbone) -> nn.Module:
         return LanguageModel(backbone.module)
@@ -95,17 +96,17 @@ class CausalLMKind(TaskKind):
 
         with context.autocast():
             return greedy_generate(causal_lm_of(context.model.backbone).model, dataset.tokenizer,
-                                   [dataset.prompts[i] for i in indices], dataset.max_new_tokens, context.device)
+                                   [dataset.prompts[i] for i in indices], dataset.max_new_tokens(indices),
+                                   context.device)
 
     def evaluate(self, context: "TaskContext", tasks: list["Task"]) -> tuple[list[float], float]:
         per_task, scores_all = [], []
         for task in tasks:
             dataset, scores = task.test, []
-            score = SCORES[dataset.metric]
             for start in range(0, len(dataset), GENERATION_BATCH):
                 indices = list(range(start, min(start + GENERATION_BATCH, len(dataset))))
                 for index, prediction in zip(indices, self.generate(context, dataset, indices)):
-                    scores.append(score(prediction, dataset.references[index]))
+                    scores.append(SCORES[dataset.metrics[index]](prediction, dataset.references[index]))
             per_task.append(sum(scores) / len(scores))
             scores_all += scores
         return per_task, sum(scores_all) / len(scores_all)

@@ -119,6 +119,10 @@ register_method(MethodSpec(
     {"fisher": {"max_samples": 256}},
 ))
 register_method(MethodSpec(
+    "zero-shot", "the pretrained model evaluated on every task, nothing trained (causal-LM tasks: the reference a "
+                 "fine-tuned model must beat)", lambda config, targets: prototype.ZeroShot(config), frozenset(),
+    kinds=frozenset({"causal_lm"})))
+register_method(MethodSpec(
     "simplecil", "SimpleCIL: frozen backbone, class-mean prototypes, cosine classifier (no training; head.kind=lda: "
                  "shared-covariance Gaussian classifier instead)",
     lambda config, targets: prototype.SimpleCIL(config), prototype.KEYS, {"head": {"kind": "prototype"}},

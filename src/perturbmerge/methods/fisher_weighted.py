@@ -40,6 +40,8 @@ class FisherWeightedMethod(TaskVectorMethod):
         super().load_state_dict(state, device)
         self.fishers.load_state_dict(state, device)
 
+    computes_fisher = True
+
     def end_task(self, context: "TaskContext", task: "Task") -> dict[str, Any]:
         task_vector = {k: v.double() for k, v in self.adaptation.task_vector().items()}
         previous = {k: v.double().clone() for k, v in self.adaptation.merged_weights().items()}

@@ -28,6 +28,20 @@ if TYPE_CHECKING:
 KEYS = frozenset({"head.kind", "head.shrinkage", "head.rp_dim"})
 
 
+class ZeroShot(Method):
+    """The pretrained model as it is: nothing trains or merges; every task is only evaluated (a generative kind's
+    reference point, e.g. SmolLM2 before any fine-tuning)."""
+
+    name = "zero-shot"
+    trains = False
+
+    def __init__(self, config: RunConfig) -> None:
+        self.config = config
+
+    def begin_task(self, context: "TaskContext", task: "Task") -> None:
+        """Nothing to prepare."""
+
+
 class SimpleCIL(Method):
     name = "simplecil"
     trains = False

@@ -17,7 +17,8 @@ class MethodSpec:
     build: Callable[[RunConfig, list[str]], Method]  # (config, backbone's default LoRA targets) -> method
     keys: frozenset[str]  # config keys the method reads beyond COMMON_KEYS
     defaults: dict[str, Any] = field(default_factory=dict)  # config defaults of this method (below the user's)
-    joint: bool = False  # trains once on the union of all tasks (an upper bound, not a continual method)
+    joint: bool = False  # trains once on the union of all tasks (a reference, not a continual method)
+    kinds: frozenset[str] | None = None  # the task kinds it runs on (kinds/); None: every kind
 
 
 METHODS: dict[str, MethodSpec] = {}

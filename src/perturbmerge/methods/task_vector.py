@@ -21,7 +21,8 @@ from ..adaptation import FullAdaptation, LoraAdaptation, resolve_lora_targets
 from ..config import RunConfig
 from .base import Method, divergence_advice, sum_norm_sq
 from .head_part import HeadProtocol
-from .merger import SequentialFold
+from ..errors import UserError
+from .merger import ClosedFormMerger, SequentialFold
 from .perturbation import Perturbation
 
 if TYPE_CHECKING:
@@ -62,8 +63,16 @@ class TaskVectorMethod(Method):
         if self.adaptation_kind == "lora":
             resolve_lora_targets(backbone, self.make_adaptation().targets)
 
+    @property
+    def computes_fisher(self) -> bool:
+        """Whether the method estimates the task's Fisher (the closed-form merge; Fisher-weighted families say so)."""
+        return getattr(self.merger, "keys", frozenset()) == ClosedFormMerger.keys
+
     def begin_task(self, context: "TaskContext", task: "Task") -> None:
         c = self.config
+        if self.adaptation_kind == "full" and self.computes_fisher and not context.kind.full_weight_fisher:
+            raise UserError(f"method '{self.name}' estimates a Fisher of every weight with per-example vmap, which "
+                            f"cannot trace the {context.kind.name} kind's loss; use a LoRA method (e.g. pm-lora)")
         head_params = context.kind_parameters
         self.adaptation = self.make_adaptation()
         self.adaptation.attach(context.model.backbone)
