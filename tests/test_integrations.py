@@ -82,3 +82,76 @@ def test_save_pretrained_writes_a_plain_hf_model_and_the_running_sums(tmp_path):
     for k, v in pm.state_dict()["fisher_sum"].items():
         assert torch.equal(again.state_dict()["fisher_sum"][k], v)
     assert again.state_dict()["num_tasks"] == 1
+
+
+class TinyCompletions(torch.utils.data.Dataset):
+    """Prompt + completion token ids of the character tokenizer, labels −100 on the prompt (a causal-LM batch)."""
+
+    def __init__(self, pairs) -> None:
+        from helpers import tiny_character_tokenizer
+
+        tokenizer = tiny_character_tokenizer()
+        self.items = []
+        for prompt, completion in pairs:
+            p = tokenizer(prompt)["input_ids"]
+            c = tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+            ids = (p + c + [0] * 12)[:12]
+            labels = ([-100] * len(p) + c + [-100] * 12)[:12]
+            mask = [1] * min(len(p) + len(c), 12) + [0] * (12 - min(len(p) + len(c), 12))
+            self.items.append({"input_ids": torch.tensor(ids), "attention_mask": torch.tensor(mask),
+                               "labels": torch.tensor(labels)})
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return self.items[i]
+
+
+def test_the_callback_merges_a_causal_lm_trained_with_an_lm_loss(tmp_path):
+    """Issue 49: with token labels the callback's default loss is the causal-LM one (it used to crash after
+    training), α comes from the summed completion NLL, and save_pretrained writes the tokenizer beside the model."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from helpers import save_tiny_llama, tiny_character_tokenizer
+
+    save_tiny_llama(tmp_path / "lm")
+    model = AutoModelForCausalLM.from_pretrained(str(tmp_path / "lm"))
+    pm = PerturbAndMerge(model, targets=["q_proj", "v_proj"], rank=2, epsilon=EPSILON, seed=1)
+    callback = PerturbAndMergeCallback(pm)
+    args = TrainingArguments(output_dir=str(tmp_path / "t"), per_device_train_batch_size=4, max_steps=3,
+                             learning_rate=1e-2, report_to=[], use_cpu=True, save_strategy="no", disable_tqdm=True,
+                             seed=0)
+    tasks = [[("1", "one"), ("2", "two"), ("3", "three"), ("4", "four")],
+             [("1", "eins"), ("2", "zwei"), ("3", "drei"), ("4", "vier")]]
+    for pairs in tasks:
+        Trainer(model=pm.begin_task(), args=args, train_dataset=TinyCompletions(pairs), callbacks=[callback]).train()
+    assert [r.task for r in callback.records] == [1, 2] and callback.records[0].alpha == 1.0
+    assert 0.0 <= callback.records[1].alpha <= 1.0 and callback.records[1].fisher_mass > 0
+    pm.save_pretrained(tmp_path / "merged", tokenizer=tiny_character_tokenizer())
+    loaded = AutoModelForCausalLM.from_pretrained(str(tmp_path / "merged"))
+    tokenizer = AutoTokenizer.from_pretrained(str(tmp_path / "merged"))
+    assert tokenizer.decode(tokenizer("one")["input_ids"], skip_special_tokens=True) == "one"
+    for (name, a), b in zip(pm.model.state_dict().items(), loaded.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_causal_lm_loss_is_the_summed_nll_of_the_labelled_tokens():
+    from transformers import AutoModelForCausalLM
+
+    from perturbmerge.integrations import causal_lm_loss
+
+    from helpers import save_tiny_llama
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        save_tiny_llama(folder)
+        model = AutoModelForCausalLM.from_pretrained(folder).eval()
+    batch = TinyCompletions([("1", "one"), ("12", "twelve")]).items
+    batch = {k: torch.stack([item[k] for item in batch]) for k in batch[0]}
+    losses = causal_lm_loss(model, batch)
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    for n in range(2):
+        expected = sum(-logits[n, j - 1].log_softmax(-1)[batch["labels"][n, j]]
+                       for j in range(1, 12) if batch["labels"][n, j] != -100)
+        torch.testing.assert_close(losses[n], expected, rtol=1e-5, atol=1e-5)

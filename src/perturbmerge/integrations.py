@@ -30,6 +30,24 @@ def sequence_classification_loss(module: nn.Module, batch: dict[str, torch.Tenso
     return F.cross_entropy(module(**inputs).logits, batch["labels"], reduction="none")
 
 
+def causal_lm_loss(module: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Per-example summed NLL of the labelled tokens of a Hugging Face causal LM batch (token `labels` as the
+    Trainer passes them, −100 where no loss is wanted, e.g. on the prompt): Σ_j −log p(y_j | y_<j), shape [N]. The
+    example's log-likelihood, whose squared gradient the Fisher averages (the causal-LM kind's per-example loss)."""
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    logits = module(**inputs).logits[:, :-1]
+    targets = batch["labels"][:, 1:]
+    nll = F.cross_entropy(logits.transpose(1, 2).float(), targets, reduction="none", ignore_index=-100)
+    return nll.sum(1)
+
+
+def per_example_loss(module: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The callback's default: `causal_lm_loss` for token labels [N, L], else `sequence_classification_loss`."""
+    if batch["labels"].dim() == 2:
+        return causal_lm_loss(module, batch)
+    return sequence_classification_loss(module, batch)
+
+
 def _on_device(batches: Iterable[Any], device: torch.device) -> Iterable[Any]:
     for batch in batches:
         yield {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
@@ -38,12 +56,13 @@ def _on_device(batches: Iterable[Any], device: torch.device) -> Iterable[Any]:
 class PerturbAndMergeCallback(TrainerCallback):
     """Args:
         pm: the `PerturbAndMerge` whose `begin_task()` model the Trainer trains.
-        per_sample_loss: `f(module, batch) -> [N]` losses for the Fisher (default: classification cross-entropy).
+        per_sample_loss: `f(module, batch) -> [N]` losses for the Fisher (default: `per_example_loss`, the causal-LM
+            loss for token labels, classification cross-entropy for one label per example).
         fisher_batches: what to estimate the Fisher on (default: the Trainer's train dataloader).
     After each task `records` holds its `TaskRecord` (α, Fisher mass, ‖Δ‖, draws); `losses` the logged losses."""
 
     def __init__(self, pm: PerturbAndMerge,
-                 per_sample_loss: Callable[[nn.Module, Any], torch.Tensor] = sequence_classification_loss,
+                 per_sample_loss: Callable[[nn.Module, Any], torch.Tensor] = per_example_loss,
                  fisher_batches: Iterable[Any] | None = None) -> None:
         self.pm, self.per_sample_loss, self.fisher_batches = pm, per_sample_loss, fisher_batches
         self.records: list[TaskRecord] = []
