@@ -100,6 +100,10 @@ def lm_folder(tmp_path_factory):
              "french": [(str(n), w) for n, w in [(1, "un"), (2, "deux"), (3, "trois"), (4, "quatre"), (5, "cinq"),
                                                  (6, "six")]]}
     write_completion_tasks(folder / "tasks.jsonl", tasks, split=True)
+    general = [{"task": "general", "prompt": "say", "completion": text, "split": "general"}
+               for text in ("the cat sat on the mat.", "der hund schlaeft.", "le chat dort.")]
+    with (folder / "tasks.jsonl").open("a") as handle:
+        handle.write("\n".join(json.dumps(line) for line in general) + "\n")
     return folder
 
 
@@ -122,6 +126,9 @@ def test_pm_lora_runs_end_to_end_on_jsonl_tasks_and_exports_a_plain_transformers
     assert results["alphas"][0] == 1.0 and all(0.0 <= a <= 1.0 for a in results["alphas"])
     assert all(log["fisher_mass"] > 0 for log in results["task_logs"])
     assert results["scenario"] == "task-incremental"
+    logs = results["task_logs"]  # general ability: the held-out "general" lines' NLL after each task, and before
+    assert all(log["general_nll"] > 0 for log in logs) and len({log["general_nll_base"] for log in logs}) == 1
+    assert logs[0]["general_nll"] != logs[0]["general_nll_base"]  # training moved it
     assert main(["export", "--run", str(tmp_path / "run"), "--out", str(tmp_path / "exported")]) == 0
     model = AutoModelForCausalLM.from_pretrained(str(tmp_path / "exported"))
     tokenizer = AutoTokenizer.from_pretrained(str(tmp_path / "exported"))
@@ -200,3 +207,24 @@ def test_an_lm_run_killed_after_a_checkpoint_resumes_bit_identically(lm_folder, 
     resumed = json.loads((tmp_path / "run" / "results.json").read_text())
     reference = json.loads((tmp_path / "ref" / "results.json").read_text())
     assert resumed["accuracy_matrix"] == reference["accuracy_matrix"] and resumed["alphas"] == reference["alphas"]
+    assert [log["general_nll"] for log in resumed["task_logs"]] == [log["general_nll"] for log in reference["task_logs"]]
+    assert [log["general_nll_base"] for log in resumed["task_logs"]] == [
+        log["general_nll_base"] for log in reference["task_logs"]]  # the pretrained model's, kept by the checkpoint
+
+
+def test_the_general_nll_before_training_is_the_pretrained_models(lm_folder, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from perturbmerge.backbones import load_tokenizer
+
+    assert run_lm(lm_folder, tmp_path / "run", "zero-shot") == 0
+    logs = json.loads((tmp_path / "run" / "results.json").read_text())["task_logs"]
+    tokenizer = load_tokenizer(f"hf:{lm_folder / 'model'}")
+    model = CausalLMBackbone(AutoModelForCausalLM.from_pretrained(str(lm_folder / "model"))).eval()
+    texts = ("the cat sat on the mat.", "der hund schlaeft.", "le chat dort.")
+    items = [((prompt_ids(tokenizer, "say"), completion_ids(tokenizer, t)), i) for i, t in enumerate(texts)]
+    with torch.no_grad():
+        outputs = model(make_completion_collate(tokenizer.pad_token_id)(items)[0]).double()
+    expected = float(outputs[:, 0].sum() / outputs[:, 1].sum())
+    assert logs[0]["general_nll_base"] == pytest.approx(expected, rel=1e-6)
+    assert all(log["general_nll"] == pytest.approx(expected, rel=1e-6) for log in logs)  # zero-shot: unchanged

@@ -41,6 +41,7 @@ class LearnerResult:
     accuracy_matrix: list[list[float | None]]  # percent; R[t][i], None where i > t
     acc_all_seen: list[float]  # percent; accuracy on all seen classes' test data after each task
     task_logs: list[dict[str, Any]] = field(default_factory=list)
+    reference_base: dict[str, float] = field(default_factory=dict)  # the pretrained model's reference scores
 
 
 class ContinualLearner:
@@ -163,6 +164,15 @@ class ContinualLearner:
         with self.deployed_weights():
             return self.kind.evaluate(self.context, tasks)
 
+    @torch.no_grad()
+    def reference_scores(self) -> dict[str, float]:
+        """The kind's scores on the stream's held-out reference data at the deployed weights ({} without any)."""
+        if getattr(self.stream, "reference", None) is None:
+            return {}
+        self.model.eval()
+        with self.deployed_weights():
+            return self.kind.reference_scores(self.context, self.stream.reference)
+
     @contextmanager
     def deployed_weights(self) -> Iterator[None]:
         """Swap in the method's deployed weights (if it has its own) for evaluation, then restore."""
@@ -254,12 +264,18 @@ class ContinualLearner:
                 first = resume["position"]["task"] + 1
             else:
                 first, inside = resume["position"]["task"], resume
+        if resume is None:  # the pretrained model's scores on the reference data (a resume keeps the saved ones)
+            self.result.reference_base = self.reference_scores()
         for t in range(first, len(tasks)):
             log = self.train_task(tasks[t], inside)
             inside = None
             started = time.perf_counter()
             per_task, overall = self.evaluate(tasks[: t + 1])
             log["eval_s"] = time.perf_counter() - started
+            reference = self.reference_scores()
+            if reference:
+                log.update(reference)
+                log.update({f"{key}_base": value for key, value in self.result.reference_base.items()})
             self.result.accuracy_matrix.append(per_task + [None] * (len(tasks) - t - 1))
             self.result.acc_all_seen.append(overall)
             self.result.task_logs.append(log)

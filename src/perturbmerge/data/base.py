@@ -40,6 +40,7 @@ class TaskStream:
     # (training inputs, generator) -> augmented inputs; applied to training batches only (data.augment)
     train_augment: Callable[[Any, torch.Generator], Any] | None = None
     kind: str = "classification"  # the task kind (kinds/) that reads these tasks
+    reference: Any = None  # held-out data no task trains on, scored after every task (causal LM: general NLL)
 
     @property
     def class_names(self) -> list[str]:

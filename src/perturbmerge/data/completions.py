@@ -1,6 +1,7 @@
 """Causal-LM tasks from (prompt, completion) pairs, the convention of TRL's SFT data sets: `--benchmark jsonl:FILE`
 where every line is an object with "task", "prompt" and "completion", and optionally "split" ("train" / "test";
-else a seeded split of each task by data.test_fraction) and "metric" ("exact_match" / "chrf"; else exact match when
+else a seeded split of each task by data.test_fraction; "general": held out of every task, the general-ability set
+whose completion NLL is logged after each task) and "metric" ("exact_match" / "chrf"; else exact match when
 every completion of the task has at most 4 words, chrF otherwise). Tasks come in the order of their first line.
 (A JSONL of "text" / "label" lines stays classification, data/custom.py.)
 
@@ -139,9 +140,10 @@ def read_completion_jsonl(path: Path) -> list[CompletionRecord]:
                     raise UserError(f"JSONL '{path}' line {line}: {', '.join(bad)} must be non-empty text; fill it in "
                                     f"or remove the line")
                 split = record.get("split")
-                if split is not None and str(split).strip().lower() not in ("train", "test"):
-                    raise UserError(f"JSONL '{path}' line {line}: split is '{split}'; use train or test (or leave "
-                                    f"it out to hold out data.test_fraction of each task at random)")
+                if split is not None and str(split).strip().lower() not in ("train", "test", "general"):
+                    raise UserError(f"JSONL '{path}' line {line}: split is '{split}'; use train, test or general "
+                                    f"(held out of every task: the general-ability set), or leave it out to hold "
+                                    f"out data.test_fraction of each task at random")
                 metric = record.get("metric")
                 if metric is not None and metric not in METRICS:
                     raise UserError(f"JSONL '{path}' line {line}: metric is '{metric}'; use {' or '.join(METRICS)}")
@@ -155,7 +157,7 @@ def read_completion_jsonl(path: Path) -> list[CompletionRecord]:
 
 
 def task_names(records: Sequence[CompletionRecord]) -> list[str]:
-    return list(dict.fromkeys(r.task for r in records))
+    return list(dict.fromkeys(r.task for r in records if r.split != "general"))
 
 
 def prepare_tokenizer(tokenizer: Any, backbone: str, quiet: bool = False) -> Any:
@@ -211,7 +213,7 @@ def load_completion_tasks(path: Path, request: LoadRequest) -> TaskStream:
     limit = context_length(request.backbone)
     tasks, rng = [], np.random.default_rng(0)
     for index, name in enumerate(names):
-        members = [r for r in records if r.task == name]
+        members = [r for r in records if r.task == name and r.split != "general"]
         encoded = [(prompt_ids(tokenizer, r.prompt), completion_ids(tokenizer, r.completion), r) for r in members]
         for prompt, completion, record in encoded:
             if limit is not None and len(prompt) + len(completion) > limit:
@@ -236,8 +238,12 @@ def load_completion_tasks(path: Path, request: LoadRequest) -> TaskStream:
                                      metric, tokenizer)
 
         tasks.append(Task(index, [name], 0, dataset(train), dataset(test)))
+    general = [r for r in records if r.split == "general"]
+    reference = CompletionDataset([prompt_ids(tokenizer, r.prompt) for r in general],
+                                  [completion_ids(tokenizer, r.completion) for r in general],
+                                  [r.completion for r in general], "chrf", tokenizer) if general else None
     return TaskStream(f"jsonl:{path}", "task-incremental", request.backbone, tasks,
-                      collate=make_completion_collate(tokenizer.pad_token_id), kind="causal_lm",
+                      collate=make_completion_collate(tokenizer.pad_token_id), kind="causal_lm", reference=reference,
                       info={"examples": sum(len(t.train) + len(t.test) for t in tasks), "tasks": names,
                             "metrics": [t.test.metric for t in tasks], "chat_template": bool(
                                 getattr(tokenizer, "chat_template", None))})

@@ -73,6 +73,11 @@ class TaskKind:
     def evaluate(self, context: "TaskContext", tasks: list["Task"]) -> tuple[list[float], float]:
         raise NotImplementedError
 
+    def reference_scores(self, context: "TaskContext", reference: Any) -> dict[str, float]:
+        """Scores on the stream's held-out reference data (`TaskStream.reference`), at the deployed weights, for
+        the task log; the learner calls it once before the first task too (the pretrained model). None: {}."""
+        return {}
+
     def state_dict(self) -> dict[str, Any]:
         return {}
 

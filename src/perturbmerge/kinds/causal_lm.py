@@ -99,6 +99,19 @@ class CausalLMKind(TaskKind):
                                    [dataset.prompts[i] for i in indices], dataset.max_new_tokens(indices),
                                    context.device)
 
+    @torch.no_grad()
+    def reference_scores(self, context: "TaskContext", reference: Any) -> dict[str, float]:
+        """general_nll: the mean NLL per completion token of the held-out general pairs (JSONL lines with
+        "split": "general", which no task trains on): does the model still speak?"""
+        if reference is None:
+            return {}
+        nll, tokens = 0.0, 0.0
+        for inputs, _ in context.loader(reference, context.eval_batch_size):
+            with context.autocast():
+                outputs = context.model(context.to_device(inputs)).double()
+            nll, tokens = nll + float(outputs[:, 0].sum()), tokens + float(outputs[:, 1].sum())
+        return {"general_nll": nll / tokens}
+
     def evaluate(self, context: "TaskContext", tasks: list["Task"]) -> tuple[list[float], float]:
         per_task, scores_all = [], []
         for task in tasks:
