@@ -17,7 +17,7 @@ E2E_MODULES = {"test_api_matches_cli", "test_bad_input", "test_baselines", "test
                "test_cli", "test_compare", "test_continual_lora", "test_distributed", "test_examples", "test_export",
                "test_fecam", "test_golden", "test_heads", "test_integrations", "test_merge_options",
                "test_paper_path", "test_parts", "test_ranpac", "test_reliability", "test_sweep_landscape",
-               "test_kill_entry_points", "test_provenance",
+               "test_kill_entry_points", "test_provenance", "test_docs_audit", "test_causal_lm",
                "test_tensorboard"}
 
 

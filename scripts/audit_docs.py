@@ -1,0 +1,106 @@
+"""Keep the docs true: recompute the tables of docs/results.md from the committed per-run files (with the scripts the
+docs name) and check every figure the docs and the README cite against them; exit 1 on any mismatch.
+
+    .venv/bin/python scripts/audit_docs.py
+
+1. Every generator below is run; for each table row it prints, the rows of docs/results.md with the same key (the
+   first two cells) must hold only numbers the regenerated row holds (a docs table may show fewer columns or fewer
+   rows than the script prints, never other numbers).
+2. Every "mean ± std" and "+mean [low, high]" figure of README.md must appear in a regenerated table or in
+   docs/results.md (where the regenerated tables were checked by 1).
+No training: the scripts read results.json files only.
+"""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = "benchmarks/results"
+GENERATORS = [  # (script, arguments): the commands docs/results.md names for its tables
+    ("benchmarks/heads_table.py", []),
+    ("benchmarks/validation_table.py", [f"{RESULTS}/long/validation"]),
+    ("benchmarks/regime_map_table.py", [f"{RESULTS}/regime/langid-10-map/map"]),
+    ("benchmarks/regime_map_table.py", [f"{RESULTS}/regime/wordnet-10-map/map"]),
+    ("benchmarks/provenance_table.py", []),
+    *[("benchmarks/results_tables.py", [f"{RESULTS}/{folder}"]) for folder in (
+        "long/mnist-fashion-10", "long/wordnet-10", "long/wordnet-5", "baselines/digits-domains-3",
+        "baselines/mnist-fashion-5", "baselines/wordnet-10", "baselines/wordnet-5")],
+]
+NUMBER = re.compile(r"[-+−]?\d+(?:\.\d+)?")
+README_FIGURE = re.compile(r"[-+−]?\d+\.\d+ ± \d+\.\d+|[-+−]\d+\.\d+ \[[-+−]\d+\.\d+, [-+−]\d+\.\d+\]")
+
+
+def cells(line: str) -> list[str]:
+    return [cell.strip() for cell in line.strip().strip("|").split("|")]
+
+
+def numbers(text: str) -> list[float]:
+    return [float(token.replace("−", "-")) for token in NUMBER.findall(text)]
+
+
+def table_rows(text: str) -> list[str]:
+    return [line.strip() for line in text.splitlines()
+            if line.strip().startswith("|") and not set(line.strip()) <= set("|-: ")]
+
+
+def generated() -> dict[str, list[str]]:
+    outputs = {}
+    for script, arguments in GENERATORS:
+        done = subprocess.run([sys.executable, script, *arguments], cwd=ROOT, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise SystemExit(f"{script} {' '.join(arguments)} failed: {done.stderr.strip().splitlines()[-1:]}")
+        outputs[f"{script} {' '.join(arguments)}".strip()] = table_rows(done.stdout)
+    return outputs
+
+
+def row_mismatches(outputs: dict[str, list[str]], document: str) -> list[str]:
+    doc_rows = table_rows(document)
+    by_key: dict[tuple[str, str], list[str]] = {}
+    for row in doc_rows:
+        parts = cells(row)
+        if len(parts) >= 2:
+            by_key.setdefault((parts[0], parts[1]), []).append(row)
+    problems = []
+    for command, rows in outputs.items():
+        for row in rows:
+            parts = cells(row)
+            if len(parts) < 3 or not numbers(" ".join(parts[2:])):
+                continue  # a header or a row without figures
+            candidates = by_key.get((parts[0], parts[1]), [])
+            if not candidates:
+                continue  # not cited
+            own = numbers(" ".join(parts[2:]))
+            fits = [c for c in candidates if all(any(abs(n - m) < 1e-9 for m in own)
+                                                 for n in numbers(" ".join(cells(c)[2:])))]
+            if not fits:
+                problems.append(f"{command}: docs row {candidates[0][:120]!r} differs from the regenerated "
+                                f"{row[:120]!r}")
+    return problems
+
+
+def readme_mismatches(outputs: dict[str, list[str]], document: str, readme: str) -> list[str]:
+    backed = ("\n".join(row for rows in outputs.values() for row in rows) + "\n" + document).replace("−", "-")
+    return [f"README.md: {figure!r} appears in no regenerated table or docs/results.md"
+            for figure in dict.fromkeys(README_FIGURE.findall(readme)) if figure.replace("−", "-") not in backed]
+
+
+def main() -> int:
+    document = (ROOT / "docs" / "results.md").read_text(encoding="utf-8")
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    outputs = generated()
+    problems = row_mismatches(outputs, document) + readme_mismatches(outputs, document, readme)
+    checked = sum(len(rows) for rows in outputs.values())
+    if problems:
+        print(f"{len(problems)} figure(s) of the docs do not follow from the per-run files:")
+        print("\n".join(f"  {p}" for p in problems))
+        return 1
+    print(f"docs audit: {checked} regenerated table rows from {len(GENERATORS)} commands; every docs row and "
+          f"README figure they cover matches")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
