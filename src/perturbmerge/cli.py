@@ -176,7 +176,14 @@ def cmd_landscape(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from .export import export_run
 
+    import json
+    from pathlib import Path
+
     folder = export_run(args.run, args.out)
+    if json.loads((Path(folder) / "perturbmerge_model.json").read_text()).get("kind") == "causal_lm":
+        print(f"model: {folder} (load it with transformers.AutoModelForCausalLM.from_pretrained('{folder}') and "
+              f"AutoTokenizer; try `perturbmerge generate --model {folder} --prompt ...`)")
+        return 0
     print(f"model: {folder} (load the backbone with transformers.AutoModel.from_pretrained('{folder}/backbone'); "
           f"try `perturbmerge predict --model {folder} --text ...`)")
     return 0
