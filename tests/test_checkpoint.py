@@ -12,10 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from perturbmerge.checkpoint import FORMAT as CHECKPOINT_FORMAT
 from perturbmerge.checkpoint import (FOLDER, join_tensors, latest_checkpoint, load_checkpoint, save_checkpoint,
                                      split_tensors)
 from perturbmerge.cli import main
 from perturbmerge.errors import UserError
+from perturbmerge.io import sha256_file, write_manifest
 
 SETS = ["epochs=2", "checkpoint.every_steps=5"]
 
@@ -222,6 +224,7 @@ def test_resume_refuses_a_checkpoint_from_another_version(tmp_path, capsys):
                 if version[0] == "perturbmerge":
                     version[1] = "0.0.1"
     (folder / "state.json").write_text(json.dumps(document))
+    write_manifest(folder, CHECKPOINT_FORMAT)  # an intact checkpoint, as another version would have written it
     assert main(["run", "--resume", str(out), "--quiet"]) == 2
     assert "written by other versions (perturbmerge 0.0.1 ->" in capsys.readouterr().err
 
@@ -256,17 +259,30 @@ class _Payload:
         return (Path.touch, (Path(self.marker),))
 
 
+def _seal(folder) -> None:
+    """Make state.json's tensors hash and the manifest match whatever tensors.safetensors now holds."""
+    document = json.loads((folder / "state.json").read_text())
+    document["tensors_sha256"] = sha256_file(folder / "tensors.safetensors")
+    (folder / "state.json").write_text(json.dumps(document))
+    write_manifest(folder, CHECKPOINT_FORMAT)
+
+
 def test_a_checkpoint_holding_a_pickle_payload_is_refused_and_never_executed(tmp_path, capsys):
     out = tmp_path / "run"
     _killed_run("pm-lora", "evaluated", 1, out)
     folder = latest_checkpoint(out)
     marker = tmp_path / "pwned"
     (folder / "tensors.safetensors").write_bytes(pickle.dumps(_Payload(str(marker))))
+    assert main(["run", "--resume", str(out), "--quiet"]) == 2  # the manifest refuses it before any parsing
+    assert "tensors.safetensors fails its integrity check" in capsys.readouterr().err
+    assert not marker.exists()
+    _seal(folder)  # every hash made to match the pickle: the safetensors parser refuses it
     assert main(["run", "--resume", str(out), "--quiet"]) == 2
     assert "not a valid safetensors file" in capsys.readouterr().err
     assert not marker.exists()
     # a torch.save() zip (pickle inside) in its place is refused the same way
     torch.save({"x": _Payload(str(marker))}, folder / "tensors.safetensors")
+    _seal(folder)
     with pytest.raises(UserError, match="not a valid safetensors"):
         load_checkpoint(folder)
     assert not marker.exists()

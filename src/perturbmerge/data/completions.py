@@ -117,40 +117,29 @@ def is_completion_jsonl(path: Path) -> bool:
 
 def read_completion_jsonl(path: Path) -> list[CompletionRecord]:
     """Every line checked: one schema throughout, non-empty strings, a known split and metric."""
-    if not path.is_file():
-        raise UserError(f"JSON-lines file '{path}' not found; give --benchmark jsonl:PATH with an existing file")
+    from .custom import json_lines
+
     records = []
-    try:
-        with path.open(encoding="utf-8-sig") as handle:
-            for line, raw in enumerate(handle, start=1):
-                if not raw.strip():
-                    continue
-                try:
-                    record = json.loads(raw)
-                except ValueError as exc:
-                    raise UserError(f"JSONL '{path}' line {line} is not JSON ({exc.args[0][:60]}); one object per "
-                                    f"line") from None
-                if not isinstance(record, dict) or not {"task", "prompt", "completion"} <= set(record):
-                    found = ", ".join(sorted(record)) if isinstance(record, dict) else type(record).__name__
-                    raise UserError(f"JSONL '{path}' line {line}: mixed schemas; the first line has task, prompt and "
-                                    f"completion (causal-LM tasks), this one has {found}; use one schema per file")
-                fields = {k: record[k] for k in ("task", "prompt", "completion")}
-                bad = [k for k, v in fields.items() if not isinstance(v, str) or not v.strip()]
-                if bad:
-                    raise UserError(f"JSONL '{path}' line {line}: {', '.join(bad)} must be non-empty text; fill it in "
-                                    f"or remove the line")
-                split = record.get("split")
-                if split is not None and str(split).strip().lower() not in ("train", "test", "general"):
-                    raise UserError(f"JSONL '{path}' line {line}: split is '{split}'; use train, test or general "
-                                    f"(held out of every task: the general-ability set), or leave it out to hold "
-                                    f"out data.test_fraction of each task at random")
-                metric = record.get("metric")
-                if metric is not None and metric not in METRICS:
-                    raise UserError(f"JSONL '{path}' line {line}: metric is '{metric}'; use {' or '.join(METRICS)}")
-                records.append(CompletionRecord(line, fields["task"].strip(), fields["prompt"], fields["completion"],
-                                                None if split is None else str(split).strip().lower(), metric))
-    except UnicodeDecodeError:
-        raise UserError(f"JSONL '{path}' is not UTF-8 text; save it as UTF-8") from None
+    for line, record in json_lines(path):
+        if not isinstance(record, dict) or not {"task", "prompt", "completion"} <= set(record):
+            found = ", ".join(sorted(record)) if isinstance(record, dict) else type(record).__name__
+            raise UserError(f"JSONL '{path}' line {line}: mixed schemas; the first line has task, prompt and "
+                            f"completion (causal-LM tasks), this one has {found}; use one schema per file")
+        fields = {k: record[k] for k in ("task", "prompt", "completion")}
+        bad = [k for k, v in fields.items() if not isinstance(v, str) or not v.strip()]
+        if bad:
+            raise UserError(f"JSONL '{path}' line {line}: {', '.join(bad)} must be non-empty text; fill it in or "
+                            f"remove the line")
+        split = record.get("split")
+        if split is not None and str(split).strip().lower() not in ("train", "test", "general"):
+            raise UserError(f"JSONL '{path}' line {line}: split is '{split}'; use train, test or general (held out "
+                            f"of every task: the general-ability set), or leave it out to hold out "
+                            f"data.test_fraction of each task at random")
+        metric = record.get("metric")
+        if metric is not None and metric not in METRICS:
+            raise UserError(f"JSONL '{path}' line {line}: metric is '{metric}'; use {' or '.join(METRICS)}")
+        records.append(CompletionRecord(line, fields["task"].strip(), fields["prompt"], fields["completion"],
+                                        None if split is None else str(split).strip().lower(), metric))
     if not records:
         raise UserError(f"JSONL '{path}' has no lines; add prompt/completion pairs")
     return records

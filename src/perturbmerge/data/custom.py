@@ -17,7 +17,7 @@ from __future__ import annotations
 import csv
 import functools
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -133,12 +133,13 @@ def read_text_csv(path: Path) -> TextTable:
     return _check_rows(rows, path, "CSV")
 
 
-def read_text_jsonl(path: Path) -> TextTable:
+def json_lines(path: Path) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed object) of every non-empty line of a UTF-8 JSON-lines file; a missing file, a line that
+    is not JSON and text that is not UTF-8 are one-line errors."""
     import json
 
     if not path.is_file():
         raise UserError(f"JSON-lines file '{path}' not found; give --benchmark jsonl:PATH with an existing file")
-    rows = []
     try:
         with path.open(encoding="utf-8-sig") as handle:
             for line, raw in enumerate(handle, start=1):
@@ -149,11 +150,17 @@ def read_text_jsonl(path: Path) -> TextTable:
                 except ValueError as exc:
                     raise UserError(f"JSONL '{path}' line {line} is not JSON ({exc.args[0][:60]}); one object per "
                                     f"line") from None
-                if not isinstance(record, dict) or "text" not in record or "label" not in record:
-                    raise UserError(f"JSONL '{path}' line {line}: needs an object with \"text\" and \"label\"")
-                rows.append((line, record))
+                yield line, record
     except UnicodeDecodeError:
         raise UserError(f"JSONL '{path}' is not UTF-8 text; save it as UTF-8") from None
+
+
+def read_text_jsonl(path: Path) -> TextTable:
+    rows = []
+    for line, record in json_lines(path):
+        if not isinstance(record, dict) or "text" not in record or "label" not in record:
+            raise UserError(f"JSONL '{path}' line {line}: needs an object with \"text\" and \"label\"")
+        rows.append((line, record))
     return _check_rows(rows, path, "JSONL")
 
 
