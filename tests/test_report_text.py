@@ -15,7 +15,7 @@ def run(method: str, seed: int, matrix, head: str = "linear", final: float | Non
 def test_the_head_bias_sentence_names_the_low_diagonal_and_the_frozen_reference():
     runs = [run("seq-lora", 0, [[4.0, None], [80.0, 2.0]]), run("frozen-lda", 0, [[90.0, None], [88.0, 86.0]], "lda")]
     text = head_bias_sentence(runs)
-    assert "`seq-lora`: mean R[t][t] 3.0 %" in text and "`frozen-lda` (no training" in text and "87.0 %" in text
+    assert "`seq-lora`: mean R[t][t] 3.0 %" in text and "in part" in text and "`frozen-lda` (no training" in text and "87.0 %" in text
     assert head_bias_sentence([runs[1]]) == ""  # no linear head: no sentence
 
 

@@ -179,8 +179,8 @@ def head_bias_sentence(runs: Sequence[Mapping[str, Any]]) -> str:
                  "; a frozen-backbone statistics head (`frozen-lda`) beside it shows the backbone's own level")
     return (f"Head bias: a linear head trained with the masked loss ranks each task's classes only against each "
             f"other, so when every seen class competes its rows of different tasks are not calibrated against each "
-            f"other; a low diagonal of the accuracy matrix (`{lowest}`: mean R[t][t] {mean:.1f} %) is mostly that "
-            f"head bias, not backbone forgetting{reference}.")
+            f"other; a low diagonal of the accuracy matrix (`{lowest}`: mean R[t][t] {mean:.1f} %) comes in part "
+            f"from that head bias, not only from backbone forgetting{reference}.")
 
 
 def alpha_lines(summary: Mapping[str, Any]) -> list[str]:
