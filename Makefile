@@ -1,4 +1,4 @@
-.PHONY: setup test test-quick test-all demo demo-wordnet bench
+.PHONY: setup test test-quick test-all demo demo-llm demo-wordnet bench
 
 setup:
 	bash scripts/setup.sh
@@ -19,6 +19,15 @@ demo: setup
 	.venv/bin/perturbmerge data fetch langid-words
 	.venv/bin/perturbmerge compare --benchmark langid --methods pm-lora,pm-lora-plus,seq-lora,frozen-lda --seeds 0 \
 	    --set data.train_per_class=50 data.test_per_class=50 --out runs/demo
+
+# P&M on a decoder language model (issue 49; a small stand-in until the built-in LM benchmark exists): SmolLM2-135M
+# learns numbers as words in English, then German, then French (examples/number_words.jsonl, 16 training and 4 test
+# pairs a task); pm-lora vs seq-lora, seed 0 → runs/demo-llm/summary.md (score matrix, α, paired differences). The
+# settings make the tiny tasks learnable in ~100 s a run; they were not selected on any split and are no result.
+demo-llm: setup
+	.venv/bin/perturbmerge data fetch smollm2
+	.venv/bin/perturbmerge compare --benchmark jsonl:examples/number_words.jsonl --methods pm-lora,seq-lora --seeds 0 \
+	    --set epochs=10 batch_size=8 lr=0.003 --out runs/demo-llm
 
 # The earlier default: wordnet, 5 tasks, pm-lora / merge-lora / seq-lora (adapting the backbone is worth little there).
 demo-wordnet: setup
