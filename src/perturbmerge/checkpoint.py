@@ -188,10 +188,11 @@ def _manifest_problem(folder: Path) -> str | None:
     return problem
 
 
-def _integrity_problem(folder: Path) -> str | None:
+def _integrity_problem(folder: Path, manifest_checked: bool = False) -> str | None:
     """Why `folder` is not an intact checkpoint (a file that differs from the manifest, unreadable state.json,
-    other format), or None."""
-    if (folder / MANIFEST).exists():
+    other format), or None. The manifest covers the tensors file; only format 1 (no manifest) hashes it against the
+    sha256 its state.json records. `manifest_checked`: the caller has verified the manifest already."""
+    if (folder / MANIFEST).exists() and not manifest_checked:
         problem = _manifest_problem(folder)
         if problem is not None:
             return problem
@@ -201,8 +202,8 @@ def _integrity_problem(folder: Path) -> str | None:
         return f"no readable {STATE} ({exc.__class__.__name__})"
     if not isinstance(document, dict) or document.get("format") not in (FORMAT, LEGACY_FORMAT):
         return f"not in format {FORMAT}"
-    if document["format"] == FORMAT and not (folder / MANIFEST).exists():
-        return f"no {MANIFEST} (written last: the checkpoint is incomplete)"
+    if document["format"] == FORMAT:
+        return None if (folder / MANIFEST).exists() else f"no {MANIFEST} (written last: the checkpoint is incomplete)"
     expected = document.get("tensors_sha256")
     try:
         actual = sha256_file(folder / TENSORS)
@@ -237,7 +238,7 @@ def load_checkpoint(folder: str | Path) -> dict[str, Any]:
     except (OSError, SafetensorError) as exc:
         raise UserError(f"checkpoint '{folder}': tensors.safetensors is not a valid safetensors file ({exc})"
                         f"{fix()}") from None
-    problem = _integrity_problem(folder)
+    problem = _integrity_problem(folder, manifest_checked=True)
     if problem is not None:
         raise UserError(f"checkpoint '{folder}': {problem}{fix()}")
     try:

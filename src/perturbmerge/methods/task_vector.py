@@ -66,7 +66,7 @@ class TaskVectorMethod(Method):
     @property
     def computes_fisher(self) -> bool:
         """Whether the method estimates the task's Fisher (the closed-form merge; Fisher-weighted families say so)."""
-        return getattr(self.merger, "keys", frozenset()) == ClosedFormMerger.keys
+        return isinstance(self.merger, ClosedFormMerger)
 
     def begin_task(self, context: "TaskContext", task: "Task") -> None:
         c = self.config
