@@ -228,3 +228,15 @@ def test_the_general_nll_before_training_is_the_pretrained_models(lm_folder, tmp
     expected = float(outputs[:, 0].sum() / outputs[:, 1].sum())
     assert logs[0]["general_nll_base"] == pytest.approx(expected, rel=1e-6)
     assert all(log["general_nll"] == pytest.approx(expected, rel=1e-6) for log in logs)  # zero-shot: unchanged
+
+
+def test_the_lm_report_names_scores_and_shows_general_ability_and_a_rewrite_keeps_the_command(lm_folder, tmp_path):
+    out = tmp_path / "run"
+    assert run_lm(lm_folder, out, "seq-lora", "epochs=1") == 0
+    first = (out / "report.md").read_text()
+    logs = json.loads((out / "results.json").read_text())["task_logs"]
+    assert "## General ability" in first and f"| seq-lora | 1 | {logs[-1]['general_nll']:.3f} |" in first
+    assert "Row t, column i: score on task i" in first and "all seen classes" not in first
+    assert main(["report", str(out)]) == 0
+    again = (out / "report.md").read_text()
+    assert again.splitlines()[2] == first.splitlines()[2] and "--method seq-lora" in again.splitlines()[2]

@@ -55,7 +55,7 @@ def score_jsonl(folder: str | Path, path: str | Path, batch_size: int) -> list[d
     rows = []
     for name in task_names(records):
         members = [r for r in records if r.task == name]
-        metric = task_metric(members, name, Path(path))
+        metric = task_metric(members, name, f"JSONL '{path}'")
         chosen = [r for r in members if r.split == "test"] or members
         budget = max(len(completion_ids(tokenizer, r.completion)) for r in chosen)
         scores = []

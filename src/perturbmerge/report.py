@@ -63,12 +63,43 @@ def summarise_runs(runs: Sequence[Mapping[str, Any]], run_dirs: Mapping[tuple[st
             curve = _per_task_mean_std([r.get(key) for r in group])
             entry[key] = None if curve is None else {"mean": curve[0].tolist(), "std": curve[1].tolist()}
         entry["alphas_per_seed"] = [r.get("alphas") for r in group]
+        general = [_final_log(r, "general_nll") for r in group]
+        if all(v is not None for v in general):  # causal-LM runs with a general-ability set
+            entry["general_nll"] = mean_std(general)
+            entry["general_nll_base"] = mean_std([_final_log(r, "general_nll_base") for r in group])
         if run_dirs is not None:
             entry["run_dirs"] = [run_dirs[(method, r["seed"])] for r in group]
         methods[method] = entry
     first = runs[0]
     return {"benchmark": first["benchmark"], "num_tasks": first["num_tasks"], "scenario": first["scenario"],
             "backbone": first.get("backbone"), "methods": methods}
+
+
+def _final_log(run: Mapping[str, Any], key: str) -> float | None:
+    """`key` of the run's last task log (None when the run did not log it)."""
+    logs = run.get("task_logs") or []
+    return logs[-1].get(key) if logs else None
+
+
+def general_ability_lines(summary: Mapping[str, Any]) -> list[str]:
+    """Markdown table of the general-ability NLL after the last task against the pretrained model's (causal LM)."""
+    rows = [(m, e) for m, e in summary["methods"].items() if "general_nll" in e]
+    if not rows:
+        return []
+    lines = ["| method | seeds | NLL after the last task | pretrained | change |", "|---|---|---|---|---|"]
+    for method, entry in rows:
+        count = len(entry["seeds"])
+        change = entry["general_nll"]["mean"] - entry["general_nll_base"]["mean"]
+        lines.append(f"| {method} | {count} | {_cell(entry['general_nll'], 3, count)} | "
+                     f"{entry['general_nll_base']['mean']:.3f} | {change:+.3f} |")
+    return lines
+
+
+def score_words(summary: Mapping[str, Any]) -> tuple[str, str]:
+    """What R[t][i] is called in this summary's text: (its name, the all-seen curve's name)."""
+    if summary["scenario"] == "task-incremental":  # causal-LM tasks: exact match or chrF per task
+        return "score", "mean score on all seen tasks"
+    return "accuracy", "accuracy on all seen classes"
 
 
 def _cell(stats: Mapping[str, float | None], digits: int = 2, count: int = 2) -> str:
@@ -214,8 +245,8 @@ def _save(fig, path: Path) -> None:
 MATRIX_COLUMNS = 4  # heatmaps per row; more methods wrap to further rows
 
 
-def plot_accuracy_matrices(runs: Sequence[Mapping[str, Any]], path: Path) -> None:
-    """One heatmap per method: R[t][i] (accuracy on task i after task t), mean over seeds."""
+def plot_accuracy_matrices(runs: Sequence[Mapping[str, Any]], path: Path, score: str = "accuracy") -> None:
+    """One heatmap per method: R[t][i] (`score` on task i after task t), mean over seeds."""
     plt = _pyplot()
     groups = group_by_method(runs)
     columns = min(len(groups), MATRIX_COLUMNS)
@@ -239,7 +270,7 @@ def plot_accuracy_matrices(runs: Sequence[Mapping[str, Any]], path: Path) -> Non
         ax.set_yticks(range(size), [str(i + 1) for i in range(size)], fontsize=7)
     for ax in list(axes.flat)[len(groups):]:
         ax.set_visible(False)
-    fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, label="accuracy (%)")
+    fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, label=f"{score} (%)")
     _save(fig, path)
 
 
@@ -300,14 +331,15 @@ def write_report(out_dir: str | Path, runs: Sequence[Mapping[str, Any]], markdow
     summary["command"] = command
     if machine:
         summary["machine"] = machine
-    plot_accuracy_matrices(runs, out / PLOTS["accuracy_matrix"])
-    _plot_curves(summary, "acc_all_seen", "accuracy on all seen classes (%)", out / PLOTS["acc_all_seen"], (0, 100))
+    score, seen = score_words(summary)
+    plot_accuracy_matrices(runs, out / PLOTS["accuracy_matrix"], score)
+    _plot_curves(summary, "acc_all_seen", f"{seen} (%)", out / PLOTS["acc_all_seen"], (0, 100))
     has_alpha = _plot_curves(summary, "alphas", "merge coefficient α", out / PLOTS["alpha"], (-0.02, 1.02),
                              band=(0.0, 1.0))
     differences = paired_differences(runs)
     reference = differences["reference"] if differences else REFERENCE
     has_difference = bool(differences and differences["methods"]) and _plot_curves(
-        summary, "acc_all_seen", f"accuracy on all seen classes − {reference} (points)", out / PLOTS["difference"],
+        summary, "acc_all_seen", f"{seen} − {reference} (points)", out / PLOTS["difference"],
         None, methods=differences["methods"], zero_line=True)
     summary["differences"] = differences
     summary["plots"] = ([PLOTS["accuracy_matrix"], PLOTS["acc_all_seen"]] + ([PLOTS["alpha"]] if has_alpha else [])
@@ -338,8 +370,13 @@ def write_report(out_dir: str | Path, runs: Sequence[Mapping[str, Any]], markdow
                   f"show a difference):", ""]
         lines += difference_lines(differences)
         lines += ["", f"![difference to {reference}]({PLOTS['difference']})"]
-    lines += ["", "## Accuracy on all seen classes after each task", "", f"![acc_all_seen]({PLOTS['acc_all_seen']})",
-              "", "## Accuracy matrices", "", "Row t, column i: accuracy on task i after training task t.", "",
+    general = general_ability_lines(summary)
+    if general:
+        lines += ["", "## General ability", "", "Mean NLL per completion token of the held-out general set (no task "
+                  "trains on it) after the last task, against the pretrained model's; lower is better:", ""] + general
+    lines += ["", f"## {seen[0].upper() + seen[1:]} after each task", "", f"![acc_all_seen]({PLOTS['acc_all_seen']})",
+              "", f"## {score[0].upper() + score[1:]} matrices", "",
+              f"Row t, column i: {score} on task i after training task t.", "",
               f"![accuracy matrices]({PLOTS['accuracy_matrix']})"]
     if has_alpha:
         lines += ["", "## Merge coefficient α per task", "", f"![alpha]({PLOTS['alpha']})", ""] + alpha_lines(summary)
@@ -392,6 +429,18 @@ def rewrite_report(folder: str | Path, command: str) -> Path:
     else:
         raise UserError(f"'{out}' holds neither results.json nor runs/; give a finished run's or a comparison's "
                         f"folder")
+    previous = _previous_summary(out)  # the command and machine that produced the numbers stay in the report
     with lock.locked(out):
-        write_report(out, runs, name, command, dirs, machine_description())
+        write_report(out, runs, name, previous.get("command", command), dirs,
+                     previous.get("machine", machine_description()))
     return out / name
+
+
+def _previous_summary(out: Path) -> dict[str, Any]:
+    import json
+
+    try:
+        summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return summary if isinstance(summary, dict) else {}

@@ -72,6 +72,10 @@ class DataSettings:
                                                "sample; null: all 1,000")
     test_per_class: int | None = option(None, "langid: test words per language, the first N of its fixed sample; "
                                               "null: all 300")
+    train_per_task: int | None = option(None, "polyglot: training pairs per task, the first N of its fixed sample; "
+                                              "null: all 200 (countries: 148)")
+    test_per_task: int | None = option(None, "polyglot: test pairs per task, the first N of its fixed sample; "
+                                             "null: all 100")
 
 
 @dataclass

@@ -3,6 +3,6 @@
 from __future__ import annotations
 
 from .base import BENCHMARKS, BenchmarkSpec, Task, TaskStream, get_benchmark, register_benchmark
-from . import custom, digits, glyphs, images, langid, paper, wordnet  # noqa: F401  (registers the built-in benchmarks)
+from . import custom, digits, glyphs, images, langid, paper, polyglot, wordnet  # noqa: F401  (registers the built-in benchmarks)
 
 __all__ = ["BENCHMARKS", "BenchmarkSpec", "Task", "TaskStream", "get_benchmark", "register_benchmark"]

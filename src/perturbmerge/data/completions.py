@@ -177,22 +177,27 @@ def completion_ids(tokenizer: Any, completion: str) -> list[int]:
     return tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
 
 
-def task_metric(records: Sequence[CompletionRecord], task: str, path: Path) -> str:
+def task_metric(records: Sequence[CompletionRecord], task: str, where: str) -> str:
     given = {r.metric for r in records if r.metric is not None}
     if len(given) > 1:
-        raise UserError(f"JSONL '{path}': task '{task}' names several metrics ({', '.join(sorted(given))}); give one")
+        raise UserError(f"{where}: task '{task}' names several metrics ({', '.join(sorted(given))}); give one")
     if given:
         return given.pop()
     return "exact_match" if all(len(r.completion.split()) <= SHORT_ANSWER_WORDS for r in records) else "chrf"
 
 
 def load_completion_tasks(path: Path, request: LoadRequest) -> TaskStream:
+    return completion_stream(read_completion_jsonl(path), f"jsonl:{path}", request, f"JSONL '{path}'")
+
+
+def completion_stream(records: Sequence[CompletionRecord], benchmark: str, request: LoadRequest,
+                      where: str) -> TaskStream:
+    """Causal-LM tasks (in order of first appearance) from checked records; `where` names the source in errors."""
     from ..backbones import context_length, load_tokenizer
 
-    records = read_completion_jsonl(path)
     names = task_names(records)
     if request.num_tasks > len(names):
-        raise UserError(f"--tasks {request.num_tasks}: '{path}' has {len(names)} tasks ({', '.join(names[:6])}); "
+        raise UserError(f"--tasks {request.num_tasks}: {where} has {len(names)} tasks ({', '.join(names[:6])}); "
                         f"use --tasks {len(names)} or fewer")
     names = names[: request.num_tasks]
     tokenizer = prepare_tokenizer(load_tokenizer(request.backbone), request.backbone, quiet=not request.progress)
@@ -206,7 +211,7 @@ def load_completion_tasks(path: Path, request: LoadRequest) -> TaskStream:
         encoded = [(prompt_ids(tokenizer, r.prompt), completion_ids(tokenizer, r.completion), r) for r in members]
         for prompt, completion, record in encoded:
             if limit is not None and len(prompt) + len(completion) > limit:
-                raise UserError(f"JSONL '{path}' line {record.line}: prompt and completion take "
+                raise UserError(f"{where} line {record.line}: prompt and completion take "
                                 f"{len(prompt) + len(completion)} tokens, more than the model's context of {limit}; "
                                 f"shorten them")
         if any(r.split is not None for r in members):
@@ -218,9 +223,9 @@ def load_completion_tasks(path: Path, request: LoadRequest) -> TaskStream:
             test, train = [encoded[i] for i in order[:held]], [encoded[i] for i in sorted(order[held:])]
             test = sorted(test, key=lambda e: e[2].line)
         if not train or not test:
-            raise UserError(f"JSONL '{path}': task '{name}' has no {'train' if not train else 'test'} example; "
+            raise UserError(f"{where}: task '{name}' has no {'train' if not train else 'test'} example; "
                             f"give it at least one of each (split column or more lines)")
-        metric = task_metric(members, name, path)
+        metric = task_metric(members, name, where)
 
         def dataset(part):
             return CompletionDataset([e[0] for e in part], [e[1] for e in part], [e[2].completion for e in part],
@@ -231,7 +236,7 @@ def load_completion_tasks(path: Path, request: LoadRequest) -> TaskStream:
     reference = CompletionDataset([prompt_ids(tokenizer, r.prompt) for r in general],
                                   [completion_ids(tokenizer, r.completion) for r in general],
                                   [r.completion for r in general], "chrf", tokenizer) if general else None
-    return TaskStream(f"jsonl:{path}", "task-incremental", request.backbone, tasks,
+    return TaskStream(benchmark, "task-incremental", request.backbone, tasks,
                       collate=make_completion_collate(tokenizer.pad_token_id), kind="causal_lm", reference=reference,
                       info={"examples": sum(len(t.train) + len(t.test) for t in tasks), "tasks": names,
                             "metrics": [t.test.metric for t in tasks], "chat_template": bool(

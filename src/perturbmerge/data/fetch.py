@@ -257,6 +257,14 @@ SOURCES: dict[str, PackageSource] = {
         manifest="glyph-fonts.json",
         licence="per package (OFL, GPL with font exception, LPPL, Apache-2.0, ...); see each package's copyright file",
     ),
+    "polyglot-catalogs": DebianBundleSource(
+        name="polyglot-catalogs",
+        package="5 Debian packages (coreutils, dpkg, gnupg-l10n, libc-l10n gettext catalogs; iso-codes)",
+        version="pinned in splits/polyglot-catalogs.json",
+        archive_sha256="",
+        manifest="polyglot-catalogs.json",
+        licence="coreutils GPL-3+, dpkg GPL-2+, gnupg-l10n GPL-3+, libc-l10n LGPL-2.1+, iso-codes LGPL-2.1+",
+    ),
     "langid-words": DebianBundleSource(
         name="langid-words",
         package="20 Debian w* word-list packages",

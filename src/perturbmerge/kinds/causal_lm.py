@@ -113,15 +113,21 @@ class CausalLMKind(TaskKind):
         return {"general_nll": nll / tokens}
 
     def evaluate(self, context: "TaskContext", tasks: list["Task"]) -> tuple[list[float], float]:
+        from tqdm.auto import tqdm
+
         per_task, scores_all = [], []
+        bar = tqdm(total=sum(len(task.test) for task in tasks), desc="generating", unit="answer",
+                   disable=not context.progress, leave=False)
         for task in tasks:
             dataset, scores = task.test, []
             for start in range(0, len(dataset), GENERATION_BATCH):
                 indices = list(range(start, min(start + GENERATION_BATCH, len(dataset))))
                 for index, prediction in zip(indices, self.generate(context, dataset, indices)):
                     scores.append(SCORES[dataset.metrics[index]](prediction, dataset.references[index]))
+                bar.update(len(indices))
             per_task.append(sum(scores) / len(scores))
             scores_all += scores
+        bar.close()
         return per_task, sum(scores_all) / len(scores_all)
 
 
