@@ -230,11 +230,18 @@ def test_the_general_nll_before_training_is_the_pretrained_models(lm_folder, tmp
     assert all(log["general_nll"] == pytest.approx(expected, rel=1e-6) for log in logs)  # zero-shot: unchanged
 
 
-def test_the_lm_report_names_scores_and_shows_general_ability_and_a_rewrite_keeps_the_command(lm_folder, tmp_path):
+def test_the_lm_report_names_scores_and_shows_general_ability_and_a_rewrite_keeps_the_command(lm_folder, tmp_path,
+                                                                                              capsys):
     out = tmp_path / "run"
     assert run_lm(lm_folder, out, "seq-lora", "epochs=1") == 0
     first = (out / "report.md").read_text()
-    logs = json.loads((out / "results.json").read_text())["task_logs"]
+    results = json.loads((out / "results.json").read_text())
+    logs, matrix = results["task_logs"], results["accuracy_matrix"]
+    printed = capsys.readouterr().out.splitlines()
+    header = printed.index("  score matrix (%):")
+    assert printed[header + 1].split() == ["english", "german", "french"]
+    assert printed[header + 4].split() == ["after", "task", "3"] + [f"{v:.1f}" for v in matrix[2]]
+    assert f"| 2 | {matrix[1][0]:.1f} | {matrix[1][1]:.1f} |  |" in first
     assert "## General ability" in first and f"| seq-lora | 1 | {logs[-1]['general_nll']:.3f} |" in first
     assert "Row t, column i: score on task i" in first and "all seen classes" not in first
     assert main(["report", str(out)]) == 0

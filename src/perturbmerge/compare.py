@@ -20,7 +20,7 @@ from .config import RunConfig, config_differences
 from .errors import UserError
 from .io import check_out_path, machine_description
 from .methods import get_method, unused_keys
-from .report import difference_lines, read_results, table_lines, write_report
+from .report import difference_lines, read_results, score_matrix_lines, table_lines, write_report
 
 DEFAULT_METHODS = ("pm-lora", "merge-lora", "seq-lora")
 
@@ -174,5 +174,9 @@ def summary_text(summary: Mapping[str, Any], out_dir: str | Path, markdown_name:
     lines = [f"{summary['benchmark']}, {summary['num_tasks']} tasks ({summary['backbone']})"]
     lines += table_lines(summary)
     lines += difference_lines(summary.get("differences"))
+    if summary["scenario"] == "task-incremental":  # causal-LM tasks: few, named; the matrix says what was forgotten
+        for method, entry in summary["methods"].items():
+            lines += score_matrix_lines(entry["matrix_mean"], summary.get("task_names", []),
+                                        f"{method}: score matrix (%, mean over {len(entry['seeds'])} seed(s))")
     lines.append(f"report: {Path(out_dir) / markdown_name}")
     return "\n".join(lines)

@@ -63,6 +63,8 @@ def summarise_runs(runs: Sequence[Mapping[str, Any]], run_dirs: Mapping[tuple[st
             curve = _per_task_mean_std([r.get(key) for r in group])
             entry[key] = None if curve is None else {"mean": curve[0].tolist(), "std": curve[1].tolist()}
         entry["alphas_per_seed"] = [r.get("alphas") for r in group]
+        matrix = _as_array([r["accuracy_matrix"] for r in group]).mean(axis=0)
+        entry["matrix_mean"] = [[None if np.isnan(v) else float(v) for v in row] for row in matrix]
         general = [_final_log(r, "general_nll") for r in group]
         if all(v is not None for v in general):  # causal-LM runs with a general-ability set
             entry["general_nll"] = mean_std(general)
@@ -71,8 +73,35 @@ def summarise_runs(runs: Sequence[Mapping[str, Any]], run_dirs: Mapping[tuple[st
             entry["run_dirs"] = [run_dirs[(method, r["seed"])] for r in group]
         methods[method] = entry
     first = runs[0]
+    names = [", ".join(map(str, group)) for group in first.get("classes_per_task") or []]
     return {"benchmark": first["benchmark"], "num_tasks": first["num_tasks"], "scenario": first["scenario"],
-            "backbone": first.get("backbone"), "methods": methods}
+            "backbone": first.get("backbone"), "task_names": names, "methods": methods}
+
+
+def score_matrix_lines(matrix: Sequence[Sequence[float | None]], names: Sequence[str], title: str) -> list[str]:
+    """R[t][i] as aligned plain text: a row per 'after task t', a column per task i (named when names are given)."""
+    size = len(matrix)
+    labels = list(names) if len(names) == size else [f"task {i + 1}" for i in range(size)]
+    width = max(7, *(len(label) for label in labels))
+    lines = [title, (" " * 15 + "".join(f"{label:>{width + 2}}" for label in labels)).rstrip()]
+    for t, row in enumerate(matrix):
+        cells = "".join(f"{'' if v is None else f'{v:.1f}':>{width + 2}}" for v in row)
+        lines.append((f"  after task {t + 1:<2}" + cells).rstrip())
+    return lines
+
+
+def score_matrix_markdown(summary: Mapping[str, Any]) -> list[str]:
+    """Per method, R[t][i] (mean over seeds) as a markdown table with the tasks' names."""
+    names = summary.get("task_names") or [f"task {i + 1}" for i in range(summary["num_tasks"])]
+    lines: list[str] = []
+    for method, entry in summary["methods"].items():
+        matrix = entry["matrix_mean"]
+        columns = names if len(names) == len(matrix[0]) else [f"task {i + 1}" for i in range(len(matrix[0]))]
+        lines += ["", f"{method} (mean over {len(entry['seeds'])} seed(s)):", "",
+                  "| after task | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+        lines += [f"| {t + 1} | " + " | ".join("" if v is None else f"{v:.1f}" for v in row) + " |"
+                  for t, row in enumerate(matrix)]
+    return lines
 
 
 def _final_log(run: Mapping[str, Any], key: str) -> float | None:
@@ -378,6 +407,8 @@ def write_report(out_dir: str | Path, runs: Sequence[Mapping[str, Any]], markdow
               "", f"## {score[0].upper() + score[1:]} matrices", "",
               f"Row t, column i: {score} on task i after training task t.", "",
               f"![accuracy matrices]({PLOTS['accuracy_matrix']})"]
+    if summary["scenario"] == "task-incremental":
+        lines += score_matrix_markdown(summary)
     if has_alpha:
         lines += ["", "## Merge coefficient α per task", "", f"![alpha]({PLOTS['alpha']})", ""] + alpha_lines(summary)
     atomic_write_text(out / markdown_name, "\n".join(lines) + "\n")
