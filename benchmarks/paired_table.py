@@ -1,0 +1,114 @@
+"""Markdown tables of one benchmark's committed runs (no training): per method the mean ± sample std over seeds of
+final score, AAA, forgetting and BWT (and, for causal-LM runs, the general-ability NLL after the last task minus
+the pretrained model's), then paired differences over the seeds both methods ran, with the 95 % t-interval and
+paired bootstrap interval (perturbmerge.stats), and optionally issue 49's benchmark criteria.
+
+    .venv/bin/python benchmarks/paired_table.py benchmarks/results/lm/polyglot --criteria \\
+        --pairs pm-lora:seq-lora,merge-lora:seq-lora,pm-lora:merge-lora,pm-lora:avg-lora
+    .venv/bin/python benchmarks/paired_table.py benchmarks/results/regime/langid-10-seeds \\
+        --pairs pm-lora:seq-lora,merge-lora:seq-lora,pm-lora:merge-lora
+
+Runs are FOLDER/runs/METHOD-seedN/results.json. Methods appear in the order given by --methods (default: the order
+of their folders' names).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from statistics import fmean, stdev
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
+from perturbmerge.stats import interval_text, paired_summary  # noqa: E402
+
+METRICS = (("final_acc", "final"), ("aaa", "AAA"), ("forgetting", "forgetting"), ("bwt", "BWT"))
+
+
+def load_runs(folder: Path) -> dict[str, dict[int, dict]]:
+    found: dict[str, dict[int, dict]] = {}
+    for path in sorted((folder / "runs").glob("*-seed*/results.json")):
+        method, seed = path.parent.name.rsplit("-seed", 1)
+        found.setdefault(method, {})[int(seed)] = json.loads(path.read_text())
+    return found
+
+
+def spread(values: list[float], digits: int = 2) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{fmean(values):.{digits}f} ± {stdev(values):.{digits}f}"
+
+
+def general_change(run: dict) -> float | None:
+    last = (run.get("task_logs") or [{}])[-1]
+    if last.get("general_nll") is None:
+        return None
+    return last["general_nll"] - last["general_nll_base"]
+
+
+def method_table(runs: dict[str, dict[int, dict]], methods: list[str]) -> list[str]:
+    general = any(general_change(r) is not None for by_seed in runs.values() for r in by_seed.values())
+    header = "| method | seeds | " + " | ".join(label for _, label in METRICS) + (
+        " | general NLL change |" if general else " |")
+    lines = [header, "|---|---|" + "---|" * (len(METRICS) + general)]
+    for method in methods:
+        by_seed = runs[method]
+        seeds = sorted(by_seed)
+        cells = [spread([by_seed[s][key] for s in seeds]) for key, _ in METRICS]
+        if general:
+            changes = [general_change(by_seed[s]) for s in seeds]
+            cells.append(spread(changes, 3) if None not in changes else "–")
+        lines.append(f"| {method} | {','.join(map(str, seeds))} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def pair_lines(runs: dict[str, dict[int, dict]], pairs: list[tuple[str, str]]) -> list[str]:
+    lines = ["| difference of final score | mean ± std over paired seeds (95 % intervals of the mean) |", "|---|---|"]
+    for first, second in pairs:
+        if first not in runs or second not in runs:
+            continue
+        seeds = sorted(set(runs[first]) & set(runs[second]))
+        differences = [runs[first][s]["final_acc"] - runs[second][s]["final_acc"] for s in seeds]
+        if differences:
+            lines.append(f"| {first} − {second} | {interval_text(paired_summary(differences))} |")
+    return lines
+
+
+def criteria_lines(runs: dict[str, dict[int, dict]], seed: int = 0) -> list[str]:
+    """Issue 49's criteria at `seed`: C1 = mean_i (seq-lora R[i][i] − zero-shot R[i][i]) ≥ 20; C2 = seq-lora
+    forgetting ≥ 10 (benchmarks/results/lm/polyglot/PLAN.md)."""
+    zero, seq = runs["zero-shot"][seed], runs["seq-lora"][seed]
+    size = len(seq["accuracy_matrix"])
+    gains = [seq["accuracy_matrix"][i][i] - zero["accuracy_matrix"][i][i] for i in range(size)]
+    c1, c2 = fmean(gains), seq["forgetting"]
+    return ["| criterion (seed %d, test split) | measured | threshold | passes |" % seed, "|---|---|---|---|",
+            f"| C1: mean of seq-lora R[i][i] − zero-shot R[i][i] | {c1:.2f} (per task: "
+            f"{', '.join(f'{g:+.1f}' for g in gains)}) | ≥ 20 | {'yes' if c1 >= 20 else 'no'} |",
+            f"| C2: seq-lora forgetting | {c2:.2f} | ≥ 10 | {'yes' if c2 >= 10 else 'no'} |"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("folder", type=Path)
+    parser.add_argument("--methods", default="", help="comma-separated order (default: all, by name)")
+    parser.add_argument("--pairs", default="", help="A:B,... paired differences A − B of final score")
+    parser.add_argument("--criteria", action="store_true", help="issue 49's criteria (zero-shot and seq-lora)")
+    args = parser.parse_args(argv)
+    runs = load_runs(args.folder)
+    if not runs:
+        print(f"no runs under {args.folder}/runs", file=sys.stderr)
+        return 1
+    methods = [m for m in args.methods.split(",") if m in runs] if args.methods else sorted(runs)
+    lines: list[str] = []
+    if args.criteria and {"zero-shot", "seq-lora"} <= set(runs):
+        lines += criteria_lines(runs) + [""]
+    lines += method_table(runs, methods)
+    pairs = [tuple(p.split(":", 1)) for p in args.pairs.split(",") if ":" in p]
+    if pairs:
+        lines += [""] + pair_lines(runs, pairs)
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

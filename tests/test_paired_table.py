@@ -1,0 +1,46 @@
+"""benchmarks/paired_table.py: issue 49's criteria and the paired differences, on hand-made run files."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "paired_table.py"
+
+
+@pytest.fixture(scope="module")
+def table():
+    spec = importlib.util.spec_from_file_location("paired_table", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def write(folder: Path, method: str, seed: int, matrix, forgetting=0.0, general=None):
+    run = folder / "runs" / f"{method}-seed{seed}"
+    run.mkdir(parents=True)
+    final = sum(matrix[-1]) / len(matrix[-1])
+    logs = [{"general_nll": general[0], "general_nll_base": general[1]}] if general else [{}]
+    (run / "results.json").write_text(json.dumps({"accuracy_matrix": matrix, "final_acc": final, "aaa": final,
+                                                  "forgetting": forgetting, "bwt": -forgetting, "task_logs": logs}))
+
+
+def test_criteria_and_pairs(table, tmp_path, capsys):
+    write(tmp_path, "zero-shot", 0, [[2.0, None], [2.0, 10.0]], general=(5.0, 5.0))
+    write(tmp_path, "seq-lora", 0, [[80.0, None], [30.0, 60.0]], forgetting=50.0, general=(5.5, 5.0))
+    write(tmp_path, "seq-lora", 1, [[70.0, None], [20.0, 50.0]], forgetting=50.0, general=(5.25, 5.0))
+    write(tmp_path, "pm-lora", 0, [[80.0, None], [60.0, 60.0]], forgetting=20.0, general=(5.125, 5.0))
+    write(tmp_path, "pm-lora", 1, [[70.0, None], [50.0, 56.0]], forgetting=20.0, general=(5.0, 5.0))
+    assert table.main([str(tmp_path), "--criteria", "--methods", "zero-shot,seq-lora,pm-lora",
+                       "--pairs", "pm-lora:seq-lora,pm-lora:absent"]) == 0
+    out = capsys.readouterr().out
+    # C1 = mean(80 − 2, 60 − 10) = 64; C2 = 50
+    assert "| C1: mean of seq-lora R[i][i] − zero-shot R[i][i] | 64.00 (per task: +78.0, +50.0) | ≥ 20 | yes |" in out
+    assert "| C2: seq-lora forgetting | 50.00 | ≥ 10 | yes |" in out
+    assert "| seq-lora | 0,1 | 40.00 ± 7.07 |" in out  # finals 45 and 35
+    assert "| zero-shot | 0 | 6.00 |" in out and out.count("| 0.000 |") == 1  # zero-shot's general NLL is unchanged
+    assert "| seq-lora | 0,1 | 40.00 ± 7.07 | 40.00 ± 7.07 | 50.00 ± 0.00 | -50.00 ± 0.00 | 0.375 ± 0.177 |" in out
+    # pm − seq per seed: 60 − 45 = 15, 53 − 35 = 18 → +16.50 ± 2.12
+    assert "| pm-lora − seq-lora | +16.50 ± 2.12 (2 seeds; 95 % CI t" in out and "absent" not in out
