@@ -63,14 +63,15 @@ def method_table(runs: dict[str, dict[int, dict]], methods: list[str]) -> list[s
 
 
 def pair_lines(runs: dict[str, dict[int, dict]], pairs: list[tuple[str, str]]) -> list[str]:
-    lines = ["| difference of final score | mean ± std over paired seeds (95 % intervals of the mean) |", "|---|---|"]
+    lines = ["| difference of final score | paired seeds | mean ± std (95 % intervals of the mean) |", "|---|---|---|"]
     for first, second in pairs:
         if first not in runs or second not in runs:
             continue
         seeds = sorted(set(runs[first]) & set(runs[second]))
         differences = [runs[first][s]["final_acc"] - runs[second][s]["final_acc"] for s in seeds]
         if differences:
-            lines.append(f"| {first} − {second} | {interval_text(paired_summary(differences))} |")
+            lines.append(f"| {first} − {second} | {','.join(map(str, seeds))} | "
+                         f"{interval_text(paired_summary(differences))} |")
     return lines
 
 
@@ -81,10 +82,24 @@ def criteria_lines(runs: dict[str, dict[int, dict]], seed: int = 0) -> list[str]
     size = len(seq["accuracy_matrix"])
     gains = [seq["accuracy_matrix"][i][i] - zero["accuracy_matrix"][i][i] for i in range(size)]
     c1, c2 = fmean(gains), seq["forgetting"]
-    return ["| criterion (seed %d, test split) | measured | threshold | passes |" % seed, "|---|---|---|---|",
-            f"| C1: mean of seq-lora R[i][i] − zero-shot R[i][i] | {c1:.2f} (per task: "
+    return ["| criterion (test split) | seed | measured | threshold | passes |", "|---|---|---|---|---|",
+            f"| C1: mean of seq-lora R[i][i] − zero-shot R[i][i] | {seed} | {c1:.2f} (per task: "
             f"{', '.join(f'{g:+.1f}' for g in gains)}) | ≥ 20 | {'yes' if c1 >= 20 else 'no'} |",
-            f"| C2: seq-lora forgetting | {c2:.2f} | ≥ 10 | {'yes' if c2 >= 10 else 'no'} |"]
+            f"| C2: seq-lora forgetting | {seed} | {c2:.2f} | ≥ 10 | {'yes' if c2 >= 10 else 'no'} |"]
+
+
+def matrix_lines(runs: dict[str, dict[int, dict]], method: str, seed: int) -> list[str]:
+    """R[t][i] of one run, a row per 'after task t', the columns named by the run's tasks."""
+    run = runs[method][seed]
+    names = [", ".join(map(str, group)) for group in run.get("classes_per_task") or []]
+    matrix = run["accuracy_matrix"]
+    if len(names) != len(matrix):
+        names = [f"task {i + 1}" for i in range(len(matrix))]
+    lines = ["| run | after task | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+    for t, row in enumerate(matrix):
+        lines.append(f"| {method} seed {seed} | {t + 1} | "
+                     + " | ".join("" if v is None else f"{v:.1f}" for v in row) + " |")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", default="", help="comma-separated order (default: all, by name)")
     parser.add_argument("--pairs", default="", help="A:B,... paired differences A − B of final score")
     parser.add_argument("--criteria", action="store_true", help="issue 49's criteria (zero-shot and seq-lora)")
+    parser.add_argument("--matrix", default="", help="METHOD:SEED,... the score matrices of these runs")
     args = parser.parse_args(argv)
     runs = load_runs(args.folder)
     if not runs:
@@ -102,6 +118,10 @@ def main(argv: list[str] | None = None) -> int:
     lines: list[str] = []
     if args.criteria and {"zero-shot", "seq-lora"} <= set(runs):
         lines += criteria_lines(runs) + [""]
+    for item in filter(None, args.matrix.split(",")):
+        method, seed = item.split(":")
+        if method in runs and int(seed) in runs[method]:
+            lines += matrix_lines(runs, method, int(seed)) + [""]
     lines += method_table(runs, methods)
     pairs = [tuple(p.split(":", 1)) for p in args.pairs.split(",") if ":" in p]
     if pairs:

@@ -25,6 +25,12 @@ GENERATORS = [  # (script, arguments): the commands docs/results.md names for it
     ("benchmarks/regime_map_table.py", [f"{RESULTS}/regime/langid-10-map/map"]),
     ("benchmarks/regime_map_table.py", [f"{RESULTS}/regime/wordnet-10-map/map"]),
     ("benchmarks/provenance_table.py", []),
+    ("benchmarks/paired_table.py", [f"{RESULTS}/lm/polyglot", "--criteria", "--matrix", "seq-lora:0", "--methods",
+                                    "zero-shot,seq-lora,pm-lora,merge-lora,avg-lora,o-lora,task-arithmetic,ties,magmax,"
+                                    "joint", "--pairs",
+                                    "pm-lora:seq-lora,merge-lora:seq-lora,pm-lora:merge-lora,pm-lora:avg-lora"]),
+    ("benchmarks/paired_table.py", [f"{RESULTS}/regime/langid-10-seeds", "--methods", "seq-lora,merge-lora,pm-lora",
+                                    "--pairs", "pm-lora:seq-lora,merge-lora:seq-lora,pm-lora:merge-lora"]),
     *[("benchmarks/results_tables.py", [f"{RESULTS}/{folder}"]) for folder in (
         "long/mnist-fashion-10", "long/wordnet-10", "long/wordnet-5", "baselines/digits-domains-3",
         "baselines/mnist-fashion-5", "baselines/wordnet-10", "baselines/wordnet-5")],

@@ -34,13 +34,14 @@ def test_criteria_and_pairs(table, tmp_path, capsys):
     write(tmp_path, "pm-lora", 0, [[80.0, None], [60.0, 60.0]], forgetting=20.0, general=(5.125, 5.0))
     write(tmp_path, "pm-lora", 1, [[70.0, None], [50.0, 56.0]], forgetting=20.0, general=(5.0, 5.0))
     assert table.main([str(tmp_path), "--criteria", "--methods", "zero-shot,seq-lora,pm-lora",
-                       "--pairs", "pm-lora:seq-lora,pm-lora:absent"]) == 0
+                       "--pairs", "pm-lora:seq-lora,pm-lora:absent", "--matrix", "seq-lora:1"]) == 0
     out = capsys.readouterr().out
     # C1 = mean(80 − 2, 60 − 10) = 64; C2 = 50
-    assert "| C1: mean of seq-lora R[i][i] − zero-shot R[i][i] | 64.00 (per task: +78.0, +50.0) | ≥ 20 | yes |" in out
-    assert "| C2: seq-lora forgetting | 50.00 | ≥ 10 | yes |" in out
+    assert "| C1: mean of seq-lora R[i][i] − zero-shot R[i][i] | 0 | 64.00 (per task: +78.0, +50.0) | ≥ 20 | yes |" in out
+    assert "| C2: seq-lora forgetting | 0 | 50.00 | ≥ 10 | yes |" in out
     assert "| seq-lora | 0,1 | 40.00 ± 7.07 |" in out  # finals 45 and 35
     assert "| zero-shot | 0 | 6.00 |" in out and out.count("| 0.000 |") == 1  # zero-shot's general NLL is unchanged
     assert "| seq-lora | 0,1 | 40.00 ± 7.07 | 40.00 ± 7.07 | 50.00 ± 0.00 | -50.00 ± 0.00 | 0.375 ± 0.177 |" in out
     # pm − seq per seed: 60 − 45 = 15, 53 − 35 = 18 → +16.50 ± 2.12
-    assert "| pm-lora − seq-lora | +16.50 ± 2.12 (2 seeds; 95 % CI t" in out and "absent" not in out
+    assert "| pm-lora − seq-lora | 0,1 | +16.50 ± 2.12 (2 seeds; 95 % CI t" in out and "absent" not in out
+    assert "| seq-lora seed 1 | 1 | 70.0 |  |" in out and "| seq-lora seed 1 | 2 | 20.0 | 50.0 |" in out
