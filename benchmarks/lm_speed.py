@@ -5,8 +5,9 @@ it on an otherwise idle machine:
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/lm_speed.py --backbone smollm2 \\
         --out benchmarks/results/lm-speed/smollm2-cpu.json
 
-Batches are the training pairs of every task of examples/number_words.jsonl through the backbone's chat template
-(batch 16), LoRA rank 8 on the default targets; epochs of the two methods are interleaved and the medians reported.
+Batches are the training pairs of every task of examples/number_words.jsonl (or of the first --tasks tasks of
+--benchmark, e.g. `--benchmark polyglot --tasks 1 --batch-size 8`) through the backbone's chat template (batch 16),
+LoRA rank 8 on the default targets; epochs of the two methods are interleaved and the medians reported.
 """
 from __future__ import annotations
 
@@ -27,6 +28,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backbone", default="smollm2")
     parser.add_argument("--jsonl", default=str(ROOT / "examples" / "number_words.jsonl"))
+    parser.add_argument("--benchmark", default=None, help="a benchmark instead of --jsonl, e.g. polyglot")
+    parser.add_argument("--tasks", type=int, default=None, help="the training pairs of the first N tasks only")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", required=True)
@@ -45,13 +48,14 @@ def main() -> None:
 
     torch.manual_seed(0)
     started = time.perf_counter()
-    stream = load_tasks(f"jsonl:{args.jsonl}", backbone=args.backbone)
+    stream = load_tasks(args.benchmark or f"jsonl:{args.jsonl}", backbone=args.backbone,
+                        num_tasks=args.tasks)
     backbone = load_backbone(args.backbone)
     load_s = time.perf_counter() - started
     from perturbmerge.data import Task
     from perturbmerge.data.completions import CompletionDataset
 
-    pairs = CompletionDataset.concatenate([t.train for t in stream.tasks])  # every task's training pairs
+    pairs = CompletionDataset.concatenate([t.train for t in stream.tasks])  # the (chosen) tasks' training pairs
     task = Task(0, ["all"], 0, pairs, pairs)
     examples = [pairs[i] for i in range(len(pairs))]
     batches = [stream.collate(examples[i:i + args.batch_size]) for i in range(0, len(examples), args.batch_size)]
@@ -96,7 +100,8 @@ def main() -> None:
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "machine": f"{torch.get_num_threads()} torch threads, torch {torch.__version__}",
         "versions": package_versions(),
-        "backbone": args.backbone, "examples": len(examples), "batch_size": args.batch_size,
+        "backbone": args.backbone, "data": args.benchmark or f"jsonl:{args.jsonl}", "tasks": len(stream.tasks),
+        "examples": len(examples), "batch_size": args.batch_size,
         "tokens_per_epoch": sum(tokens), "load_s": load_s, "repeats": args.repeats,
         "epoch_s": epoch, "tokens_per_s": {name: sum(tokens) / value for name, value in epoch.items()},
         "pm_over_seq_step_ratio": epoch["pm-lora"] / epoch["seq-lora"],
