@@ -173,9 +173,12 @@ def test_text_backbone_ignores_padding():
 
 @pytest.mark.parametrize("positions", [1, 3, 9])
 @pytest.mark.parametrize("gram", [True, False])
-def test_both_squared_sum_routes_equal_explicit_per_sample_gradients(positions, gram):
+@pytest.mark.parametrize("chunk_entries", [1 << 21, 24, 1])  # one chunk; 2 examples a chunk; one example a chunk
+def test_both_squared_sum_routes_equal_explicit_per_sample_gradients(positions, gram, chunk_entries, monkeypatch):
+    from perturbmerge import fisher
     from perturbmerge.fisher import sum_squared_sample_grads
 
+    monkeypatch.setattr(fisher, "PER_SAMPLE_CHUNK_ENTRIES", chunk_entries)
     g_ = torch.Generator().manual_seed(positions)
     x = torch.randn(5, positions, 4, generator=g_, dtype=torch.float64)
     g = torch.randn(5, positions, 3, generator=g_, dtype=torch.float64)

@@ -96,10 +96,14 @@ def to_weight_layout(layer: nn.Module, out_by_in: torch.Tensor) -> torch.Tensor:
     return out_by_in.T  # transformers Conv1D stores W as [in, out]
 
 
+PER_SAMPLE_CHUNK_ENTRIES = 1 << 21  # ≈ 8 MB of float32 per-sample gradients at a time: cache-friendly, bounded memory
+
+
 def sum_squared_sample_grads(x: torch.Tensor, g: torch.Tensor, gram: bool | None = None) -> torch.Tensor:
     """Σ_n (Σ_l δ_{n,l} ⊗ x_{n,l})², shape [out, in], by one of two exact routes.
 
-    Per-sample: form G_n = Σ_l δ_{n,l} x_{n,l}ᵀ ([N, out, in] in memory), square, sum.
+    Per-sample: form G_n = Σ_l δ_{n,l} x_{n,l}ᵀ for a chunk of examples at a time (≈ 2M entries), square in
+    place, sum.
     Gram: expand the square, Σ_n Σ_{l,l'} (δ_{n,l} ⊙ δ_{n,l'}) ⊗ (x_{n,l} ⊙ x_{n,l'}) — one matrix product over
     N·L² rows, never forming G_n. Chosen when it is smaller: L²·(out + in) < out·in (few positions, e.g. the 2×2
     maps at the end of a CNN, or L = 1 where it is (δ²)ᵀ x²).
@@ -112,7 +116,11 @@ def sum_squared_sample_grads(x: torch.Tensor, g: torch.Tensor, gram: bool | None
         gg = (g.unsqueeze(2) * g.unsqueeze(1)).reshape(-1, width_out)
         xx = (x.unsqueeze(2) * x.unsqueeze(1)).reshape(-1, width_in)
         return gg.T @ xx
-    return torch.einsum("nlo,nli->noi", g, x).pow(2).sum(0)
+    chunk = max(1, PER_SAMPLE_CHUNK_ENTRIES // (width_out * width_in))  # examples whose G_n fit the budget together
+    total = torch.einsum("nlo,nli->noi", g[:chunk], x[:chunk]).square_().sum(0)
+    for start in range(chunk, n, chunk):
+        total += torch.einsum("nlo,nli->noi", g[start:start + chunk], x[start:start + chunk]).square_().sum(0)
+    return total
 
 
 class KnownLength:
