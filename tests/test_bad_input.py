@@ -143,6 +143,8 @@ BAD_INPUTS: list[tuple[str, Setup, str]] = [
     ("config-missing", flags("--config", "/nonexistent.yaml"), "config file '/nonexistent.yaml' not found"),
     ("data-missing", flags("--benchmark", "wordnet", "--data-dir", "/nonexistent/data"),
      "perturbmerge data fetch wordnet"),
+    ("data-and-weights-missing", flags("--benchmark", "polyglot", "--data-dir", "/nonexistent/data"),
+     "fetch with `perturbmerge data fetch polyglot-catalogs --data-dir /nonexistent/data`"),
     ("csv-path", flags("--benchmark", "csv:"), "needs a path"),
     ("csv-missing", flags("--benchmark", "csv:/nonexistent.csv"), "not found"),
     ("csv-columns", csv_file("text,category\na,b\n"), "needs a header with columns text,label"),

@@ -480,6 +480,7 @@ class BackboneSpec:
     build: Callable[[int], Backbone]  # seed -> backbone
     image_size: int = 64  # image backbones: the side length image loaders decode to
     check: Callable[[], object] | None = None  # fails fast (before data loads) if the weights are not here
+    sources: tuple[str, ...] = ()  # data sets holding its weights (`perturbmerge data fetch ...`)
 
 
 BACKBONES: dict[str, BackboneSpec] = {
@@ -488,7 +489,7 @@ BACKBONES: dict[str, BackboneSpec] = {
     "efficientnet-lite0": BackboneSpec("efficientnet-lite0", "image", _efficientnet_lite0),
     "vit-b16": BackboneSpec("vit-b16", "image", lambda seed: _hf_vision("vit-b16"), image_size=224,
                             check=vit_b16_path),
-    "smollm2": BackboneSpec("smollm2", "completion", _smollm2, check=smollm2_path),
+    "smollm2": BackboneSpec("smollm2", "completion", _smollm2, check=smollm2_path, sources=("smollm2",)),
 }
 
 

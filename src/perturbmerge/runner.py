@@ -172,6 +172,13 @@ def build_stream_and_backbone(config: RunConfig, device: torch.device, progress:
     num_tasks = config.tasks or benchmark.default_tasks
     backbone_name = config.backbone or benchmark.backbone
     backbone_spec = get_backbone_spec(backbone_name)
+    if benchmark.sources or backbone_spec.sources:  # one error naming every data set still to fetch
+        from .data.fetch import missing_message
+
+        problems = [missing_message(benchmark.sources, config.data_dir),
+                    missing_message(backbone_spec.sources)]  # weights are read from the default data folder
+        if any(problems):
+            raise UserError("; ".join(p for p in problems if p))
     if backbone_spec.check is not None:
         backbone_spec.check()
     if backbone_spec.modality != benchmark.modality:

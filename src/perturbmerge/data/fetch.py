@@ -344,15 +344,25 @@ def verify_installed(source: PackageSource, folder: Path) -> None:
         _verify(path, digest, str(path))
 
 
+def missing_message(names, data_dir: str | os.PathLike | None = None) -> str | None:
+    """None when every data set of `names` is installed (not verified), else what is missing and the command that
+    fetches it."""
+    folders = [data_root(data_dir) / name for name in names]
+    missing = list(dict.fromkeys(folder.name for folder in folders if not folder.exists()))
+    if not missing:
+        return None
+    hint = f" --data-dir {data_dir}" if data_dir else ""
+    return (f"data set{'s' if len(missing) > 1 else ''} {', '.join(repr(m) for m in missing)} not found in "
+            f"{folders[0].parent}; fetch with `perturbmerge data fetch {' '.join(missing)}{hint}`")
+
+
 def require(*names: str, data_dir: str | os.PathLike | None = None) -> list[Path]:
     """The verified installed folders of `names`, or one error naming the command that fetches the missing ones."""
     sources = [get_source(name) for name in names]
+    problem = missing_message(names, data_dir)
+    if problem:
+        raise UserError(problem)
     folders = [data_root(data_dir) / name for name in names]
-    missing = [name for name, folder in zip(names, folders) if not folder.exists()]
-    if missing:
-        hint = f" --data-dir {data_dir}" if data_dir else ""
-        raise UserError(f"data set{'s' if len(missing) > 1 else ''} {', '.join(repr(m) for m in missing)} not found in "
-                        f"{folders[0].parent}; fetch with `perturbmerge data fetch {' '.join(missing)}{hint}`")
     for source, folder in zip(sources, folders):
         verify_installed(source, folder)
     return folders
