@@ -28,10 +28,9 @@ def _summary_lines(results: dict[str, Any]) -> list[str]:
     if results["alphas"] is not None:
         lines.append("  alpha per task: " + " ".join(f"{a:.3f}" for a in results["alphas"]))
     if results["scenario"] == "task-incremental":  # causal-LM tasks: few, named; the matrix says what was forgotten
-        from .report import score_matrix_lines
+        from .report import score_matrix_lines, task_names
 
-        names = [", ".join(map(str, group)) for group in results.get("classes_per_task") or []]
-        lines += score_matrix_lines(results["accuracy_matrix"], names, "  score matrix (%):")
+        lines += score_matrix_lines(results["accuracy_matrix"], task_names(results), "  score matrix (%):")
     return lines
 
 

@@ -73,9 +73,13 @@ def summarise_runs(runs: Sequence[Mapping[str, Any]], run_dirs: Mapping[tuple[st
             entry["run_dirs"] = [run_dirs[(method, r["seed"])] for r in group]
         methods[method] = entry
     first = runs[0]
-    names = [", ".join(map(str, group)) for group in first.get("classes_per_task") or []]
     return {"benchmark": first["benchmark"], "num_tasks": first["num_tasks"], "scenario": first["scenario"],
-            "backbone": first.get("backbone"), "task_names": names, "methods": methods}
+            "backbone": first.get("backbone"), "task_names": task_names(first), "methods": methods}
+
+
+def task_names(results: Mapping[str, Any]) -> list[str]:
+    """A run's task names: each task's class names joined (a causal-LM task's one name)."""
+    return [", ".join(map(str, group)) for group in results.get("classes_per_task") or []]
 
 
 def score_matrix_lines(matrix: Sequence[Sequence[float | None]], names: Sequence[str], title: str) -> list[str]:
