@@ -5,7 +5,9 @@ docs name) and check every figure the docs and the README cite against them; exi
 
 1. Every generator below is run; for each table row it prints, the rows of docs/results.md with the same key (the
    first two cells) must hold only numbers the regenerated row holds (a docs table may show fewer columns or fewer
-   rows than the script prints, never other numbers).
+   rows than the script prints, never other numbers). A docs table with a row of a generator's output is that
+   generator's table: each of its rows with figures must be a row the generators print (a stale row, e.g. one whose
+   seed or run count has changed since, is a mismatch, not a row the script does not make).
 2. Every "mean ± std" and "+mean [low, high]" figure of README.md must appear in a regenerated table or in
    docs/results.md (where the regenerated tables were checked by 1).
 No training: the scripts read results.json files only.
@@ -62,28 +64,60 @@ def generated() -> dict[str, list[str]]:
     return outputs
 
 
+def key(row: str) -> tuple[str, ...]:
+    return tuple(cells(row)[:2])
+
+
+def has_figures(row: str) -> bool:
+    parts = cells(row)
+    return len(parts) >= 3 and bool(numbers(" ".join(parts[2:])))
+
+
+def fits(doc_row: str, generated_row: str) -> bool:
+    """Every number of the docs row (after its key) is one the generated row holds."""
+    own = numbers(" ".join(cells(generated_row)[2:]))
+    return all(any(abs(n - m) < 1e-9 for m in own) for n in numbers(" ".join(cells(doc_row)[2:])))
+
+
+def docs_tables(text: str) -> list[list[str]]:
+    """The tables of a markdown text: runs of consecutive table lines, separator lines left out."""
+    tables: list[list[str]] = [[]]
+    for line in text.splitlines():
+        if line.strip().startswith("|"):
+            if not set(line.strip()) <= set("|-: "):
+                tables[-1].append(line.strip())
+        elif tables[-1]:
+            tables.append([])
+    return [table for table in tables if table]
+
+
 def row_mismatches(outputs: dict[str, list[str]], document: str) -> list[str]:
     doc_rows = table_rows(document)
-    by_key: dict[tuple[str, str], list[str]] = {}
+    by_key: dict[tuple[str, ...], list[str]] = {}
     for row in doc_rows:
-        parts = cells(row)
-        if len(parts) >= 2:
-            by_key.setdefault((parts[0], parts[1]), []).append(row)
+        if len(cells(row)) >= 2:
+            by_key.setdefault(key(row), []).append(row)
     problems = []
     for command, rows in outputs.items():
         for row in rows:
-            parts = cells(row)
-            if len(parts) < 3 or not numbers(" ".join(parts[2:])):
+            if not has_figures(row):
                 continue  # a header or a row without figures
-            candidates = by_key.get((parts[0], parts[1]), [])
+            candidates = by_key.get(key(row), [])
             if not candidates:
                 continue  # not cited
-            own = numbers(" ".join(parts[2:]))
-            fits = [c for c in candidates if all(any(abs(n - m) < 1e-9 for m in own)
-                                                 for n in numbers(" ".join(cells(c)[2:])))]
-            if not fits:
+            if not any(fits(c, row) for c in candidates):
                 problems.append(f"{command}: docs row {candidates[0][:120]!r} differs from the regenerated "
                                 f"{row[:120]!r}")
+    generated_keys = {command: {key(row) for row in rows if has_figures(row)} for command, rows in outputs.items()}
+    for table in docs_tables(document):
+        owners = [command for command, rows in outputs.items()
+                  if any(has_figures(row) and fits(doc_row, row) for row in rows for doc_row in table
+                         if key(doc_row) == key(row))]
+        if not owners:
+            continue  # a table no script regenerates
+        known = set().union(*(generated_keys[command] for command in owners))
+        problems += [f"{owners[0]}: docs row {row[:120]!r} is in a table this script prints, but it prints no row "
+                     f"{' | '.join(key(row))!r} (stale?)" for row in table if has_figures(row) and key(row) not in known]
     return problems
 
 

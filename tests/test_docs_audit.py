@@ -23,6 +23,19 @@ def test_a_docs_row_with_other_numbers_is_a_mismatch():
     assert audit.row_mismatches(GENERATED, "| other | defaults | 1.00 |\n") == []  # a row the script does not make
 
 
+def test_a_stale_row_in_a_generated_table_is_a_mismatch():
+    """A row whose key changed since (a run count, the seeds) would match no generated row and used to pass as 'a row
+    the script does not make'; in a table that holds a generated row it is now a mismatch."""
+    generated = {"provenance.py": ["| `results/a` | 4 | 4 |", "| `results/b` | 2 | 1 |"]}
+    current = "| folder | runs | clean |\n|---|---|---|\n| `results/a` | 4 | 4 |\n| `results/b` | 2 | 1 |\n"
+    assert audit.row_mismatches(generated, current) == []
+    stale = current.replace("| `results/a` | 4 | 4 |", "| `results/a` | 3 | 3 |")
+    problems = audit.row_mismatches(generated, stale)
+    assert len(problems) == 1 and "`results/a` | 3" in problems[0]
+    other_table = current + "\nText.\n\n| `results/c` | 9 | 9 |\n"  # a separate table no script makes: not checked
+    assert audit.row_mismatches(generated, other_table) == []
+
+
 def test_a_readme_figure_must_be_backed_by_a_table():
     outputs = {"t": ["| `pm-lora` | +9.21 [-4.13, +22.55] |"]}
     assert audit.readme_mismatches(outputs, "| x | 53.22 ± 0.00 |", "is +9.21 [−4.13, +22.55] and 53.22 ± 0.00") == []
