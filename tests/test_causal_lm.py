@@ -247,3 +247,21 @@ def test_the_lm_report_names_scores_and_shows_general_ability_and_a_rewrite_keep
     assert main(["report", str(out)]) == 0
     again = (out / "report.md").read_text()
     assert again.splitlines()[2] == first.splitlines()[2] and "--method seq-lora" in again.splitlines()[2]
+
+
+@pytest.mark.slow
+def test_smollm2_loads_as_a_plain_llama_without_a_progress_bar(capfd):
+    """The built-in SmolLM2 (fetched from PyPI, ≈ 90 MB): a plain fp32 LlamaForCausalLM of 134.5 M parameters; the
+    GGUF conversion prints no bar of its own (it showed under --quiet: transformers' disable_progress_bar missed it)."""
+    from perturbmerge.backbones import build_backbone
+    from perturbmerge.data import fetch as fetch_module
+
+    fetch_module.fetch("smollm2")
+    capfd.readouterr()
+    backbone = build_backbone("smollm2", 0)
+    assert "Converting" not in capfd.readouterr().err
+    model = backbone.module.model
+    assert type(model).__name__ == "LlamaForCausalLM" and getattr(model, "hf_quantizer", None) is None
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert round(sum(p.numel() for p in model.parameters()) / 1e6, 1) == 134.5
+    assert backbone.lora_targets == ["q_proj", "v_proj"]

@@ -306,6 +306,10 @@ def smollm2_path() -> Path:
 
 def _smollm2(seed: int) -> Backbone:
     transformers = _offline_transformers()
+    from transformers import modeling_gguf_pytorch_utils
+
+    # its GGUF-to-fp32 bar is a plain tqdm that disable_progress_bar() misses (it showed under --quiet)
+    modeling_gguf_pytorch_utils.tqdm = transformers.utils.logging.tqdm
     folder = smollm2_path()
     model = transformers.AutoModelForCausalLM.from_pretrained(
         str(folder), gguf_file=SMOLLM2_FILE, dtype=torch.float32,
