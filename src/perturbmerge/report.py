@@ -146,7 +146,7 @@ def _cell(stats: Mapping[str, float | None], digits: int = 2, count: int = 2) ->
 def table_lines(summary: Mapping[str, Any]) -> list[str]:
     """Markdown table: one row per method, mean ± std over seeds; the best final Acc and AAA in bold."""
     methods = summary["methods"]
-    continual = {name: e for name, e in methods.items() if not _is_upper_bound(name)}
+    continual = {name: e for name, e in methods.items() if not _is_not_continual(name)}
     best = {m: max((e[m]["mean"] for e in continual.values() if e[m]["mean"] is not None), default=None)
             for m in ("final_acc", "aaa")}
     header = "| method | seeds | " + " | ".join(METRIC_LABELS[m] for m in METRICS) + " |"
@@ -160,12 +160,12 @@ def table_lines(summary: Mapping[str, Any]) -> list[str]:
                     and entry[metric]["mean"] == best[metric]):
                 text = f"**{text}**"
             cells.append(text)
-        label = f"{method} (upper bound, not continual)" if method not in continual else method
+        label = f"{method} (reference, not continual)" if method not in continual else method
         lines.append(f"| {label} | {len(entry['seeds'])} | " + " | ".join(cells) + " |")
     return lines
 
 
-def _is_upper_bound(method: str) -> bool:
+def _is_not_continual(method: str) -> bool:
     from .methods import METHODS
 
     return method in METHODS and METHODS[method].joint
@@ -230,7 +230,7 @@ def head_bias_sentence(runs: Sequence[Mapping[str, Any]]) -> str:
     for run in runs:
         config = run.get("config", {})
         if (run.get("scenario") == "class-incremental" and config.get("head", {}).get("kind") == "linear"
-                and len(run["accuracy_matrix"]) > 1 and not _is_upper_bound(run["method"])):
+                and len(run["accuracy_matrix"]) > 1 and not _is_not_continual(run["method"])):
             diagonal = [row[t] for t, row in enumerate(run["accuracy_matrix"])]
             linear.setdefault(run["method"], []).append(sum(diagonal) / len(diagonal))
     if not linear:

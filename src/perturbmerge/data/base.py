@@ -159,7 +159,7 @@ def class_incremental_tasks(
 
 def joint_stream(stream: TaskStream) -> TaskStream:
     """All tasks as one: the union of their training and test data, every class in one head block
-    (labels are already global head positions). For the `joint` upper bound."""
+    (labels are already global head positions). For the `joint` reference."""
     from torch.utils.data import ConcatDataset
 
     from .completions import CompletionDataset

@@ -144,7 +144,7 @@ for _head, _title, _description in (
     register_recipe(Recipe(f"pm-lora-{_head}", f"LoRA-P&M (the paper's training and merge) with {_title} head on the "
                            f"merged backbone (head.kind={_head})", "lora", "task_vector", "closed_form",
                            defaults={"head": {"kind": _head}}))
-register_recipe(Recipe("joint", "joint training on all tasks' data at once with LoRA (upper bound; NOT continual)",
+register_recipe(Recipe("joint", "joint training on all tasks' data at once with LoRA (a reference, NOT continual)",
                        "lora", "none", "sequential", joint=True))
 register_recipe(Recipe("avg-lora", "continual model averaging: each task's LoRA update folded in with alpha_t = 1/t",
                        "lora", "none", "average"))
