@@ -27,6 +27,7 @@ GENERATORS = [  # (script, arguments): the commands docs/results.md names for it
     ("benchmarks/regime_map_table.py", [f"{RESULTS}/regime/langid-10-map/map"]),
     ("benchmarks/regime_map_table.py", [f"{RESULTS}/regime/wordnet-10-map/map"]),
     ("benchmarks/provenance_table.py", []),
+    ("benchmarks/results_tables.py", [f"{RESULTS}/regime/langid-10-test"]),
     ("benchmarks/paired_table.py", [f"{RESULTS}/lm/polyglot", "--criteria", "--matrix", "seq-lora:0", "--methods",
                                     "zero-shot,seq-lora,pm-lora,merge-lora,avg-lora,o-lora,task-arithmetic,ties,magmax,"
                                     "joint", "--pairs",
