@@ -238,15 +238,30 @@ def test_the_lm_report_names_scores_and_shows_general_ability_and_a_rewrite_keep
     results = json.loads((out / "results.json").read_text())
     logs, matrix = results["task_logs"], results["accuracy_matrix"]
     printed = capsys.readouterr().out.splitlines()
+    assert any(line.startswith("  final score ") for line in printed) and not any("final acc" in l for l in printed)
     header = printed.index("  score matrix (%):")
     assert printed[header + 1].split() == ["english", "german", "french"]
     assert printed[header + 4].split() == ["after", "task", "3"] + [f"{v:.1f}" for v in matrix[2]]
     assert f"| 2 | {matrix[1][0]:.1f} | {matrix[1][1]:.1f} |  |" in first
     assert "## General ability" in first and f"| seq-lora | 1 | {logs[-1]['general_nll']:.3f} |" in first
     assert "Row t, column i: score on task i" in first and "all seen classes" not in first
+    assert "| method | seeds | final score | AAA |" in first and "final Acc" not in first
+    assert "classification benchmarks" not in first  # no seed-noise figure borrowed from classification
     assert main(["report", str(out)]) == 0
     again = (out / "report.md").read_text()
     assert again.splitlines()[2] == first.splitlines()[2] and "--method seq-lora" in again.splitlines()[2]
+    # a comparison folder of committed runs (results.json only): the machine they ran on is not this process's
+    copied = tmp_path / "cmp" / "runs" / "seq-lora-seed0"
+    copied.mkdir(parents=True)
+    (copied / "results.json").write_text((out / "results.json").read_text())
+    assert main(["report", str(tmp_path / "cmp")]) == 0
+    assert "Machine: not recorded with these runs (this report was written on " in (
+        tmp_path / "cmp" / "summary.md").read_text()
+    (copied / "summary.json").write_text((out / "summary.json").read_text())  # the run's own record of its machine
+    (tmp_path / "cmp" / "summary.json").unlink()
+    assert main(["report", str(tmp_path / "cmp")]) == 0
+    machine = json.loads((out / "summary.json").read_text())["machine"]
+    assert f"Machine: {machine}  " in (tmp_path / "cmp" / "summary.md").read_text()
 
 
 @pytest.mark.slow

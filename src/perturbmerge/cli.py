@@ -19,10 +19,11 @@ def _fmt(value: Any) -> str:
 
 
 def _summary_lines(results: dict[str, Any]) -> list[str]:
+    final = "final score" if results["scenario"] == "task-incremental" else "final acc"  # causal LM: EM / chrF
     lines = [
         f"{results['method']} on {results['benchmark']} (seed {results['seed']}, {results['num_tasks']} tasks, "
         f"{results['wall_time_s']:.1f} s)",
-        f"  final acc {_fmt(results['final_acc'])}  AAA {_fmt(results['aaa'])}  forgetting {_fmt(results['forgetting'])}"
+        f"  {final} {_fmt(results['final_acc'])}  AAA {_fmt(results['aaa'])}  forgetting {_fmt(results['forgetting'])}"
         f"  BWT {_fmt(results['bwt'])}  plasticity {_fmt(results['plasticity'])}   (%)",
     ]
     if results["alphas"] is not None:

@@ -130,7 +130,7 @@ def general_ability_lines(summary: Mapping[str, Any]) -> list[str]:
 
 def score_words(summary: Mapping[str, Any]) -> tuple[str, str]:
     """What R[t][i] is called in this summary's text: (its name, the all-seen curve's name)."""
-    if summary["scenario"] == "task-incremental":  # causal-LM tasks: exact match or chrF per task
+    if summary.get("scenario") == "task-incremental":  # causal-LM tasks: exact match or chrF per task
         return "score", "mean score on all seen tasks"
     return "accuracy", "accuracy on all seen classes"
 
@@ -144,12 +144,14 @@ def _cell(stats: Mapping[str, float | None], digits: int = 2, count: int = 2) ->
 
 
 def table_lines(summary: Mapping[str, Any]) -> list[str]:
-    """Markdown table: one row per method, mean ± std over seeds; the best final Acc and AAA in bold."""
+    """Markdown table: one row per method, mean ± std over seeds; the best final Acc (final score: causal-LM tasks)
+    and AAA in bold."""
     methods = summary["methods"]
     continual = {name: e for name, e in methods.items() if not _is_not_continual(name)}
     best = {m: max((e[m]["mean"] for e in continual.values() if e[m]["mean"] is not None), default=None)
             for m in ("final_acc", "aaa")}
-    header = "| method | seeds | " + " | ".join(METRIC_LABELS[m] for m in METRICS) + " |"
+    final = "final score" if score_words(summary)[0] == "score" else "final Acc"
+    header = "| method | seeds | " + " | ".join(final if m == "final_acc" else METRIC_LABELS[m] for m in METRICS) + " |"
     lines = [header, "|" + "---|" * (len(METRICS) + 2)]
     ordered = list(continual.items()) + [(m, e) for m, e in methods.items() if m not in continual]
     for method, entry in ordered:
@@ -214,11 +216,14 @@ def seed_noise_sentence(summary: Mapping[str, Any], reference: str = REFERENCE) 
     """One sentence on how large the seed noise is (the reference's sample std of final Acc over seeds)."""
     entry = summary["methods"].get(reference) or next(iter(summary["methods"].values()))
     name = reference if reference in summary["methods"] else next(iter(summary["methods"]))
+    final = "final score" if score_words(summary)[0] == "score" else "final Acc"
     if len(entry["seeds"]) < 2:
-        return (f"Seed noise: one seed ran, so it is not estimated here; on our benchmarks the std of final Acc over "
-                f"3 seeds is 1–6 points (docs/results.md) — run `--seeds 0,1,2` before trusting a difference.")
+        known = ("" if final == "final score" else "; on our classification benchmarks the std of final Acc over 3 "
+                 "seeds is 1–6 points (docs/results.md)")
+        return (f"Seed noise: one seed ran, so it is not estimated here{known} — run `--seeds 0,1,2` before trusting "
+                f"a difference.")
     std = entry["final_acc"]["std"]
-    return (f"Seed noise: the sample std of {name}'s final Acc over {len(entry['seeds'])} seeds is {std:.2f} points, "
+    return (f"Seed noise: the sample std of {name}'s {final} over {len(entry['seeds'])} seeds is {std:.2f} points, "
             f"so a difference smaller than about {2 * std:.1f} points is within the noise.")
 
 
@@ -398,7 +403,7 @@ def write_report(out_dir: str | Path, runs: Sequence[Mapping[str, Any]], markdow
         lines += [f"- **{m}**, seed {seed}: {w}" for m, seed, w in flagged]
     if has_difference:
         lines += ["", f"## Difference to {reference}", "",
-                  f"Final Acc minus {reference}'s, seed by seed: mean ± sample std over the common seeds, with the "
+                  f"{'Final score' if score == 'score' else 'Final Acc'} minus {reference}'s, seed by seed: mean ± sample std over the common seeds, with the "
                   f"95 % t-interval and paired bootstrap interval of the mean (an interval that contains 0 does not "
                   f"show a difference):", ""]
         lines += difference_lines(differences)
@@ -465,10 +470,18 @@ def rewrite_report(folder: str | Path, command: str) -> Path:
         raise UserError(f"'{out}' holds neither results.json nor runs/; give a finished run's or a comparison's "
                         f"folder")
     previous = _previous_summary(out)  # the command and machine that produced the numbers stay in the report
+    machine = previous.get("machine") or _recorded_machine([Path(d) for d in dirs.values()])
     with lock.locked(out):
         write_report(out, runs, name, previous.get("command", command), dirs,
-                     previous.get("machine", machine_description()))
+                     machine or f"not recorded with these runs (this report was written on {machine_description()})")
     return out / name
+
+
+def _recorded_machine(run_dirs: Sequence[Path]) -> str | None:
+    """The machine every run recorded in its own summary.json, if they all recorded the same one (committed runs keep
+    only results.json: then None, and this process's machine would say nothing about theirs)."""
+    machines = {_previous_summary(d).get("machine") for d in run_dirs}
+    return machines.pop() if len(machines) == 1 and None not in machines else None
 
 
 def _previous_summary(out: Path) -> dict[str, Any]:
