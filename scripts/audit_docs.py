@@ -9,7 +9,8 @@ docs name) and check every figure the docs and the README cite against them; exi
    generator's table: each of its rows with figures must be a row the generators print (a stale row, e.g. one whose
    seed or run count has changed since, is a mismatch, not a row the script does not make).
 2. Every "mean ± std" and "+mean [low, high]" figure of README.md must appear in a regenerated table or in
-   docs/results.md (where the regenerated tables were checked by 1).
+   docs/results.md (where the regenerated tables were checked by 1), and every other decimal of README.md
+   (e.g. "36.4") must be one of theirs rounded to the digits shown (arXiv identifiers aside).
 No training: the scripts read results.json files only.
 """
 from __future__ import annotations
@@ -122,10 +123,21 @@ def row_mismatches(outputs: dict[str, list[str]], document: str) -> list[str]:
     return problems
 
 
+DECIMAL = re.compile(r"(?<![\w.])\d+\.\d+(?![\w.])")
+ARXIV_ID = re.compile(r"^\d{4}\.\d{4,5}$")
+
+
 def readme_mismatches(outputs: dict[str, list[str]], document: str, readme: str) -> list[str]:
     backed = ("\n".join(row for rows in outputs.values() for row in rows) + "\n" + document).replace("−", "-")
-    return [f"README.md: {figure!r} appears in no regenerated table or docs/results.md"
-            for figure in dict.fromkeys(README_FIGURE.findall(readme)) if figure.replace("−", "-") not in backed]
+    problems = [f"README.md: {figure!r} appears in no regenerated table or docs/results.md"
+                for figure in dict.fromkeys(README_FIGURE.findall(readme)) if figure.replace("−", "-") not in backed]
+    known = {float(token) for token in DECIMAL.findall(backed)}
+    for token in dict.fromkeys(DECIMAL.findall(README_FIGURE.sub(" ", readme))):  # figures above: checked already
+        digits = len(token.split(".")[1])
+        if not ARXIV_ID.match(token) and not any(abs(round(v, digits) - float(token)) < 1e-9 for v in known):
+            problems.append(f"README.md: the figure {token} is no number of a regenerated table or docs/results.md "
+                            f"(to {digits} decimals)")
+    return problems
 
 
 def main() -> int:

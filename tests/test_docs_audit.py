@@ -42,6 +42,13 @@ def test_a_readme_figure_must_be_backed_by_a_table():
     assert len(audit.readme_mismatches(outputs, "", "is +9.31 [−4.13, +22.55]")) == 1
 
 
+def test_every_other_readme_decimal_must_round_from_a_backed_number():
+    document = "C1 = 36.40 and forgetting 29.17"
+    assert audit.readme_mismatches({}, document, "gains 36.4 points and forgets 29.2 (arXiv 2505.22389)") == []
+    problems = audit.readme_mismatches({}, document, "gains 36.7 points and forgets 29.2")
+    assert len(problems) == 1 and "36.7" in problems[0]
+
+
 def test_the_committed_docs_pass_the_audit():
     done = subprocess.run([sys.executable, str(ROOT / "scripts" / "audit_docs.py")], cwd=ROOT, capture_output=True,
                           text=True)
