@@ -29,6 +29,13 @@ GENERATORS = [  # (script, arguments): the commands docs/results.md names for it
     ("benchmarks/regime_map_table.py", [f"{RESULTS}/regime/wordnet-10-map/map"]),
     ("benchmarks/provenance_table.py", []),
     ("benchmarks/results_tables.py", [f"{RESULTS}/regime/langid-10-test"]),
+    ("benchmarks/settings_table.py", ["--default", "**ε = 0.5, p0 = 1/3 (default)**", *[
+        part for label, run in (
+            ("ε = 0 (`merge-lora`)", "map/runs/merge-lora-epochs=4"), ("ε = 0.1", "epsilon/runs/pm-lora-epsilon=0.1"),
+            ("**ε = 0.5, p0 = 1/3 (default)**", "map/runs/pm-lora-epochs=4"),
+            ("ε = 1.0", "epsilon/runs/pm-lora-epsilon=1"), ("p0 = 0 (always ±ε)", "p0/runs/pm-lora-p0=0"),
+            ("p0 = 2/3", "p0/runs/pm-lora-p0=0.6667"))
+        for part in ("--row", f"{label}={RESULTS}/regime/langid-10-map/{run}-seed{{seed}}")]]),
     ("benchmarks/paired_table.py", [f"{RESULTS}/lm/polyglot", "--criteria", "--matrix", "seq-lora:0", "--methods",
                                     "zero-shot,seq-lora,pm-lora,merge-lora,avg-lora,o-lora,task-arithmetic,ties,magmax,"
                                     "joint", "--pairs",
