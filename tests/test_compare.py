@@ -117,6 +117,9 @@ def test_mean_std_and_bold_best():
     }}
     lines = table_lines(summary)
     assert "**60.00**" in lines[3] and "**" not in lines[2].split("|")[3]
+    summary["methods"]["a"]["final_acc"] = {"mean": 60.0 - 1e-12, "std": 0.0}  # equal as shown: both are the best
+    lines = table_lines(summary)
+    assert "**60.00**" in lines[2] and "**60.00**" in lines[3]
 
 
 def test_config_from_an_older_version_matches_when_new_keys_are_at_default():

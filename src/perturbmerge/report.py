@@ -159,7 +159,7 @@ def table_lines(summary: Mapping[str, Any]) -> list[str]:
         for metric in METRICS:
             text = _cell(entry[metric], 1 if metric == "wall_time_s" else 2, len(entry["seeds"]))
             if (method in continual and metric in best and entry[metric]["mean"] is not None
-                    and entry[metric]["mean"] == best[metric]):
+                    and f"{entry[metric]['mean']:.2f}" == f"{best[metric]:.2f}"):  # a tie as shown: all in bold
                 text = f"**{text}**"
             cells.append(text)
         label = f"{method} (reference, not continual)" if method not in continual else method
