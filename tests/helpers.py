@@ -116,3 +116,15 @@ def write_completion_tasks(path, tasks: dict[str, list[tuple[str, str]]], split:
                 record["split"] = "test" if i == len(pairs) - 1 else "train"
             lines.append(json.dumps(record))
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def load_script(relative_path: str):
+    """A repository script (benchmarks/…, scripts/…) imported as a module, for testing its functions."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / relative_path
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -2,15 +2,14 @@
 and the committed README and docs/results.md pass it."""
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
 
+from helpers import load_script
+
 ROOT = Path(__file__).resolve().parent.parent
-spec = importlib.util.spec_from_file_location("audit_docs", ROOT / "scripts" / "audit_docs.py")
-audit = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(audit)
+audit = load_script("scripts/audit_docs.py")
 
 GENERATED = {"table.py": ["| pm-lora | defaults | 30.92 / 50.37 | – |", "| seq-lora | defaults | 20.00 / 40.00 | – |"]}
 

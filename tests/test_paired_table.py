@@ -1,21 +1,17 @@
 """benchmarks/paired_table.py: issue 49's criteria and the paired differences, on hand-made run files."""
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "paired_table.py"
+from helpers import load_script
 
 
 @pytest.fixture(scope="module")
 def table():
-    spec = importlib.util.spec_from_file_location("paired_table", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/paired_table.py")
 
 
 def write(folder: Path, method: str, seed: int, matrix, forgetting=0.0, general=None):

@@ -2,21 +2,16 @@
 on hand-made run files (checked against statistics by hand)."""
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "settings_table.py"
+from helpers import load_script
 
 
 @pytest.fixture(scope="module")
 def settings():
-    spec = importlib.util.spec_from_file_location("settings_table", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/settings_table.py")
 
 
 def test_rows_means_and_paired_differences(settings, tmp_path, monkeypatch):
