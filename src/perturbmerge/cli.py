@@ -19,7 +19,9 @@ def _fmt(value: Any) -> str:
 
 
 def _summary_lines(results: dict[str, Any]) -> list[str]:
-    final = "final score" if results["scenario"] == "task-incremental" else "final acc"  # causal LM: EM / chrF
+    from .report import final_label
+
+    final = final_label(results).lower()  # causal LM: final score (EM / chrF)
     lines = [
         f"{results['method']} on {results['benchmark']} (seed {results['seed']}, {results['num_tasks']} tasks, "
         f"{results['wall_time_s']:.1f} s)",

@@ -135,6 +135,11 @@ def score_words(summary: Mapping[str, Any]) -> tuple[str, str]:
     return "accuracy", "accuracy on all seen classes"
 
 
+def final_label(summary: Mapping[str, Any]) -> str:
+    """The name of A_T in this summary's (or run's) text: final score for causal-LM tasks, else final Acc."""
+    return "final score" if score_words(summary)[0] == "score" else "final Acc"
+
+
 def _cell(stats: Mapping[str, float | None], digits: int = 2, count: int = 2) -> str:
     if stats["mean"] is None:
         return "–"
@@ -150,7 +155,7 @@ def table_lines(summary: Mapping[str, Any]) -> list[str]:
     continual = {name: e for name, e in methods.items() if not _is_not_continual(name)}
     best = {m: max((e[m]["mean"] for e in continual.values() if e[m]["mean"] is not None), default=None)
             for m in ("final_acc", "aaa")}
-    final = "final score" if score_words(summary)[0] == "score" else "final Acc"
+    final = final_label(summary)
     header = "| method | seeds | " + " | ".join(final if m == "final_acc" else METRIC_LABELS[m] for m in METRICS) + " |"
     lines = [header, "|" + "---|" * (len(METRICS) + 2)]
     ordered = list(continual.items()) + [(m, e) for m, e in methods.items() if m not in continual]
@@ -216,7 +221,7 @@ def seed_noise_sentence(summary: Mapping[str, Any], reference: str = REFERENCE) 
     """One sentence on how large the seed noise is (the reference's sample std of final Acc over seeds)."""
     entry = summary["methods"].get(reference) or next(iter(summary["methods"].values()))
     name = reference if reference in summary["methods"] else next(iter(summary["methods"]))
-    final = "final score" if score_words(summary)[0] == "score" else "final Acc"
+    final = final_label(summary)
     if len(entry["seeds"]) < 2:
         known = ("" if final == "final score" else "; on our classification benchmarks the std of final Acc over 3 "
                  "seeds is 1–6 points (docs/results.md)")
@@ -403,7 +408,7 @@ def write_report(out_dir: str | Path, runs: Sequence[Mapping[str, Any]], markdow
         lines += [f"- **{m}**, seed {seed}: {w}" for m, seed, w in flagged]
     if has_difference:
         lines += ["", f"## Difference to {reference}", "",
-                  f"{'Final score' if score == 'score' else 'Final Acc'} minus {reference}'s, seed by seed: mean ± sample std over the common seeds, with the "
+                  f"{final_label(summary)[0].upper() + final_label(summary)[1:]} minus {reference}'s, seed by seed: mean ± sample std over the common seeds, with the "
                   f"95 % t-interval and paired bootstrap interval of the mean (an interval that contains 0 does not "
                   f"show a difference):", ""]
         lines += difference_lines(differences)
