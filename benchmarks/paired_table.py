@@ -6,7 +6,7 @@ paired bootstrap interval (perturbmerge.stats), and optionally issue 49's benchm
     .venv/bin/python benchmarks/paired_table.py benchmarks/results/lm/polyglot --criteria \\
         --pairs pm-lora:seq-lora,merge-lora:seq-lora,pm-lora:merge-lora,pm-lora:avg-lora
     .venv/bin/python benchmarks/paired_table.py benchmarks/results/regime/langid-10-seeds \\
-        --pairs pm-lora:seq-lora,merge-lora:seq-lora,pm-lora:merge-lora
+        --pairs pm-lora:seq-lora,merge-lora:seq-lora,pm-lora:merge-lora --pair-metrics final_acc,forgetting
 
 Runs are FOLDER/runs/METHOD-seedN/results.json. Methods appear in the order given by --methods (default: the order
 of their folders' names).
@@ -62,15 +62,22 @@ def method_table(runs: dict[str, dict[int, dict]], methods: list[str]) -> list[s
     return lines
 
 
-def pair_lines(runs: dict[str, dict[int, dict]], pairs: list[tuple[str, str]]) -> list[str]:
-    lines = ["| difference of final score | paired seeds | mean ± std (95 % intervals of the mean) |", "|---|---|---|"]
+PAIR_LABELS = {"final_acc": "final score", "aaa": "AAA", "forgetting": "forgetting", "bwt": "BWT"}
+
+
+def pair_lines(runs: dict[str, dict[int, dict]], pairs: list[tuple[str, str]], metric: str = "final_acc") -> list[str]:
+    """A − B of `metric` seed by seed, over the seeds both ran: mean ± std with the t and bootstrap intervals (rows
+    of a metric other than the final score name it, so that each row's key is its own)."""
+    lines = [f"| difference of {PAIR_LABELS[metric]} | paired seeds | mean ± std (95 % intervals of the mean) |",
+             "|---|---|---|"]
     for first, second in pairs:
         if first not in runs or second not in runs:
             continue
         seeds = sorted(set(runs[first]) & set(runs[second]))
-        differences = [runs[first][s]["final_acc"] - runs[second][s]["final_acc"] for s in seeds]
+        differences = [runs[first][s][metric] - runs[second][s][metric] for s in seeds]
         if differences:
-            lines.append(f"| {first} − {second} | {','.join(map(str, seeds))} | "
+            name = f"{first} − {second}" + ("" if metric == "final_acc" else f", {PAIR_LABELS[metric]}")
+            lines.append(f"| {name} | {','.join(map(str, seeds))} | "
                          f"{interval_text(paired_summary(differences))} |")
     return lines
 
@@ -106,7 +113,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folder", type=Path)
     parser.add_argument("--methods", default="", help="comma-separated order (default: all, by name)")
-    parser.add_argument("--pairs", default="", help="A:B,... paired differences A − B of final score")
+    parser.add_argument("--pairs", default="", help="A:B,... paired differences A − B (of --pair-metrics)")
+    parser.add_argument("--pair-metrics", default="final_acc",
+                        help=f"comma-separated, a table each, from {', '.join(PAIR_LABELS)} (default final_acc)")
     parser.add_argument("--criteria", action="store_true", help="issue 49's criteria (zero-shot and seq-lora)")
     parser.add_argument("--matrix", default="", help="METHOD:SEED,... the score matrices of these runs")
     args = parser.parse_args(argv)
@@ -124,8 +133,13 @@ def main(argv: list[str] | None = None) -> int:
             lines += matrix_lines(runs, method, int(seed)) + [""]
     lines += method_table(runs, methods)
     pairs = [tuple(p.split(":", 1)) for p in args.pairs.split(",") if ":" in p]
-    if pairs:
-        lines += [""] + pair_lines(runs, pairs)
+    metrics = args.pair_metrics.split(",")
+    unknown = [m for m in metrics if m not in PAIR_LABELS]
+    if unknown:
+        print(f"unknown --pair-metrics {','.join(unknown)}: choose from {','.join(PAIR_LABELS)}", file=sys.stderr)
+        return 2
+    for metric in metrics if pairs else []:
+        lines += [""] + pair_lines(runs, pairs, metric)
     print("\n".join(lines))
     return 0
 

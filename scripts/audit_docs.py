@@ -41,7 +41,8 @@ GENERATORS = [  # (script, arguments): the commands docs/results.md names for it
                                     "joint", "--pairs",
                                     "pm-lora:seq-lora,merge-lora:seq-lora,pm-lora:merge-lora,pm-lora:avg-lora"]),
     ("benchmarks/paired_table.py", [f"{RESULTS}/regime/langid-10-seeds", "--methods", "seq-lora,merge-lora,pm-lora",
-                                    "--pairs", "pm-lora:seq-lora,merge-lora:seq-lora,pm-lora:merge-lora"]),
+                                    "--pairs", "pm-lora:seq-lora,merge-lora:seq-lora,pm-lora:merge-lora",
+                                    "--pair-metrics", "final_acc,forgetting"]),
     *[("benchmarks/results_tables.py", [f"{RESULTS}/{folder}"]) for folder in (
         "long/mnist-fashion-10", "long/wordnet-10", "long/wordnet-5", "baselines/digits-domains-3",
         "baselines/mnist-fashion-5", "baselines/wordnet-10", "baselines/wordnet-5")],

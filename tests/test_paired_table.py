@@ -41,3 +41,17 @@ def test_criteria_and_pairs(table, tmp_path, capsys):
     # pm − seq per seed: 60 − 45 = 15, 53 − 35 = 18 → +16.50 ± 2.12
     assert "| pm-lora − seq-lora | 0,1 | +16.50 ± 2.12 (2 seeds; 95 % CI t" in out and "absent" not in out
     assert "| seq-lora seed 1 | 1 | 70.0 |  |" in out and "| seq-lora seed 1 | 2 | 20.0 | 50.0 |" in out
+
+
+def test_pair_metrics_table_each_and_unknown_metric_refused(table, tmp_path, capsys):
+    for seed, (seq_f, pm_f) in enumerate([(40.0, 10.0), (50.0, 14.0), (30.0, 12.0)]):
+        write(tmp_path, "seq-lora", seed, [[80.0, None], [30.0, 60.0]], forgetting=seq_f)
+        write(tmp_path, "pm-lora", seed, [[80.0, None], [60.0, 60.0]], forgetting=pm_f)
+    assert table.main([str(tmp_path), "--pairs", "pm-lora:seq-lora", "--pair-metrics", "final_acc,forgetting"]) == 0
+    out = capsys.readouterr().out
+    assert "| difference of final score |" in out and "| difference of forgetting |" in out
+    # forgetting pm − seq per seed: −30, −36, −18 → −28.00 ± 9.17; final: +15 at every seed
+    assert "| pm-lora − seq-lora, forgetting | 0,1,2 | -28.00 ± 9.17 (3 seeds; 95 % CI t" in out
+    assert "| pm-lora − seq-lora | 0,1,2 | +15.00 ± 0.00 (3 seeds;" in out
+    assert table.main([str(tmp_path), "--pairs", "pm-lora:seq-lora", "--pair-metrics", "forgeting"]) == 2
+    assert "unknown --pair-metrics forgeting" in capsys.readouterr().err
