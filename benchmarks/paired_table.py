@@ -33,7 +33,10 @@ def load_runs(folder: Path) -> dict[str, dict[int, dict]]:
     return found
 
 
-def spread(values: list[float], digits: int = 2) -> str:
+def spread(values: list[float | None], digits: int = 2) -> str:
+    """mean ± sample std; "–" where a run has no value (joint: no forgetting, one training)."""
+    if None in values:
+        return "–"
     if len(values) == 1:
         return f"{values[0]:.{digits}f}"
     return f"{fmean(values):.{digits}f} ± {stdev(values):.{digits}f}"
@@ -57,7 +60,7 @@ def method_table(runs: dict[str, dict[int, dict]], methods: list[str]) -> list[s
         cells = [spread([by_seed[s][key] for s in seeds]) for key, _ in METRICS]
         if general:
             changes = [general_change(by_seed[s]) for s in seeds]
-            cells.append(spread(changes, 3) if None not in changes else "–")
+            cells.append(spread(changes, 3))
         lines.append(f"| {method} | {','.join(map(str, seeds))} | " + " | ".join(cells) + " |")
     return lines
 

@@ -187,6 +187,8 @@ def test_the_baselines_of_issue_49_run_on_causal_lm_tasks(lm_folder, tmp_path, m
     assert run_lm(lm_folder, tmp_path / method, method, "epochs=1") == 0
     results = json.loads((tmp_path / method / "results.json").read_text())
     assert len(results["accuracy_matrix"]) == (1 if method == "joint" else 3)
+    # every method reports the general-ability NLL, the joint reference too (its one training on all tasks)
+    assert all(log["general_nll"] > 0 and log["general_nll_base"] > 0 for log in results["task_logs"])
 
 
 def test_full_weight_fisher_methods_and_classification_only_methods_say_so(lm_folder, tmp_path, capsys):

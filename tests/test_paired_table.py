@@ -55,3 +55,16 @@ def test_pair_metrics_table_each_and_unknown_metric_refused(table, tmp_path, cap
     assert "| pm-lora − seq-lora | 0,1,2 | +15.00 ± 0.00 (3 seeds;" in out
     assert table.main([str(tmp_path), "--pairs", "pm-lora:seq-lora", "--pair-metrics", "forgeting"]) == 2
     assert "unknown --pair-metrics forgeting" in capsys.readouterr().err
+
+
+def test_a_run_without_forgetting_shows_a_dash(table, tmp_path, capsys):
+    """joint trains once on every task: its results.json has forgetting and BWT null and no general NLL."""
+    write(tmp_path, "joint", 0, [[50.0, 70.0]])
+    run = tmp_path / "runs" / "joint-seed0" / "results.json"
+    results = json.loads(run.read_text())
+    results.update(forgetting=None, bwt=None)
+    run.write_text(json.dumps(results))
+    write(tmp_path, "seq-lora", 0, [[80.0, None], [30.0, 60.0]], forgetting=50.0, general=(5.5, 5.0))
+    assert table.main([str(tmp_path), "--methods", "seq-lora,joint", "--pairs", "joint:seq-lora"]) == 0
+    out = capsys.readouterr().out
+    assert "| joint | 0 | 60.00 | 60.00 | – | – | – |" in out and "| joint − seq-lora | 0 | +15.00 (1 seed" in out

@@ -1,7 +1,7 @@
 """Task streams and the benchmark registry."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 import numpy as np
@@ -174,8 +174,8 @@ def joint_stream(stream: TaskStream) -> TaskStream:
         train, test = (ConcatDataset([t.train for t in stream.tasks]), ConcatDataset([t.test for t in stream.tasks]))
     task = Task(0, list(names), 0, train, test)
     assert first.label_offset == 0
-    return TaskStream(stream.benchmark, stream.scenario, stream.backbone, [task], stream.collate,
-                      {**stream.info, "joint_of_tasks": len(stream.tasks)}, stream.train_augment, stream.kind)
+    # the rest of the stream (collate, augmentation, kind, the held-out general set) stays as it was
+    return replace(stream, tasks=[task], info={**stream.info, "joint_of_tasks": len(stream.tasks)})
 
 
 GENERIC_DATA_KEYS = frozenset({"validation_fraction"})  # data.* keys every benchmark accepts
@@ -200,7 +200,6 @@ def validation_stream(stream: TaskStream, fraction: float) -> TaskStream:
     """Carve a validation split from each task's training data — round(fraction·n_c), at least 1 and at most
     n_c − 1, of every class c, chosen by a fixed seed — and make it the task's evaluation data. The test split
     is dropped, so tuning on this stream never reads it."""
-    import dataclasses
 
     generator = torch.Generator().manual_seed(VALIDATION_SEED)
     tasks = []
@@ -217,5 +216,5 @@ def validation_stream(stream: TaskStream, fraction: float) -> TaskStream:
         validation = torch.cat(held_out).sort().values
         keep = torch.ones(len(labels), dtype=torch.bool)
         keep[validation] = False
-        tasks.append(dataclasses.replace(task, train=subset(torch.nonzero(keep).flatten()), test=subset(validation)))
-    return dataclasses.replace(stream, tasks=tasks, info={**stream.info, "evaluated_on": f"validation ({fraction})"})
+        tasks.append(replace(task, train=subset(torch.nonzero(keep).flatten()), test=subset(validation)))
+    return replace(stream, tasks=tasks, info={**stream.info, "evaluated_on": f"validation ({fraction})"})
