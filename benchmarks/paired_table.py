@@ -71,8 +71,8 @@ PAIR_LABELS = {"final_acc": "final score", "aaa": "AAA", "forgetting": "forgetti
 def pair_lines(runs: dict[str, dict[int, dict]], pairs: list[tuple[str, str]], metric: str = "final_acc") -> list[str]:
     """A − B of `metric` seed by seed, over the seeds both ran: mean ± std with the t and bootstrap intervals (rows
     of a metric other than the final score name it, so that each row's key is its own)."""
-    lines = [f"| difference of {PAIR_LABELS[metric]} | paired seeds | mean ± std (95 % intervals of the mean) |",
-             "|---|---|---|"]
+    lines = [f"| difference of {PAIR_LABELS[metric]} | paired seeds | mean ± std (95 % intervals of the mean) | "
+             "mean [95 % t-interval] |", "|---|---|---|---|"]
     for first, second in pairs:
         if first not in runs or second not in runs:
             continue
@@ -80,8 +80,12 @@ def pair_lines(runs: dict[str, dict[int, dict]], pairs: list[tuple[str, str]], m
         differences = [runs[first][s][metric] - runs[second][s][metric] for s in seeds]
         if differences:
             name = f"{first} − {second}" + ("" if metric == "final_acc" else f", {PAIR_LABELS[metric]}")
-            lines.append(f"| {name} | {','.join(map(str, seeds))} | "
-                         f"{interval_text(paired_summary(differences))} |")
+            summary = paired_summary(differences)
+            compact = "–"  # the form the README quotes: "+8.22 [+4.43, +12.01]"
+            if summary["std"] is not None:
+                low, high = summary["t_interval"]
+                compact = f"{summary['mean']:+.2f} [{low:+.2f}, {high:+.2f}]"
+            lines.append(f"| {name} | {','.join(map(str, seeds))} | {interval_text(summary)} | {compact} |")
     return lines
 
 

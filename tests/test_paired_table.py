@@ -53,6 +53,8 @@ def test_pair_metrics_table_each_and_unknown_metric_refused(table, tmp_path, cap
     # forgetting pm − seq per seed: −30, −36, −18 → −28.00 ± 9.17; final: +15 at every seed
     assert "| pm-lora − seq-lora, forgetting | 0,1,2 | -28.00 ± 9.17 (3 seeds; 95 % CI t" in out
     assert "| pm-lora − seq-lora | 0,1,2 | +15.00 ± 0.00 (3 seeds;" in out
+    # the compact column: mean [t-interval]; std = √84, t(0.975, 2) = 4.3027, 4.3027 · √84 / √3 = 22.77
+    assert "| -28.00 [-50.77, -5.23] |" in out
     assert table.main([str(tmp_path), "--pairs", "pm-lora:seq-lora", "--pair-metrics", "forgeting"]) == 2
     assert "unknown --pair-metrics forgeting" in capsys.readouterr().err
 
@@ -67,4 +69,4 @@ def test_a_run_without_forgetting_shows_a_dash(table, tmp_path, capsys):
     write(tmp_path, "seq-lora", 0, [[80.0, None], [30.0, 60.0]], forgetting=50.0, general=(5.5, 5.0))
     assert table.main([str(tmp_path), "--methods", "seq-lora,joint", "--pairs", "joint:seq-lora"]) == 0
     out = capsys.readouterr().out
-    assert "| joint | 0 | 60.00 | 60.00 | – | – | – |" in out and "| joint − seq-lora | 0 | +15.00 (1 seed" in out
+    assert "| joint | 0 | 60.00 | 60.00 | – | – | – |" in out and "| joint − seq-lora | 0 | +15.00 (1 seed; no interval) | – |" in out
