@@ -39,7 +39,9 @@ GENERATORS = [  # (script, arguments): the commands docs/results.md names for it
     ("benchmarks/paired_table.py", [f"{RESULTS}/lm/polyglot", "--criteria", "--matrix", "seq-lora:0", "--methods",
                                     "zero-shot,seq-lora,pm-lora,merge-lora,avg-lora,o-lora,task-arithmetic,ties,magmax,"
                                     "joint", "--pairs",
-                                    "pm-lora:seq-lora,merge-lora:seq-lora,pm-lora:merge-lora,pm-lora:avg-lora"]),
+                                    "pm-lora:seq-lora,merge-lora:seq-lora,avg-lora:seq-lora,o-lora:seq-lora,"
+                                    "task-arithmetic:seq-lora,ties:seq-lora,magmax:seq-lora,joint:seq-lora,"
+                                    "pm-lora:merge-lora,pm-lora:avg-lora"]),
     ("benchmarks/paired_table.py", [f"{RESULTS}/regime/langid-10-seeds", "--methods", "seq-lora,merge-lora,pm-lora",
                                     "--pairs", "pm-lora:seq-lora,merge-lora:seq-lora,pm-lora:merge-lora",
                                     "--pair-metrics", "final_acc,forgetting"]),
