@@ -101,13 +101,12 @@ NAMED_PAIRS = [("langid-10", "merge-lora", "seq-lora"), ("langid-10", "pm-lora",
 
 def paired_cell(per_seed: dict[int, dict] | None, reference: dict[int, dict] | None) -> str:
     """Mean paired final Acc difference over seeds 0, 1, 2 with its 95 % t-interval (stats.py)."""
-    from perturbmerge.stats import t_interval
+    from perturbmerge.stats import bracket_text
 
     if not per_seed or not reference or not all(s in per_seed and s in reference for s in SEEDS):
         return "–"
     differences = [per_seed[s]["acc_all_seen"][-1] - reference[s]["acc_all_seen"][-1] for s in SEEDS]
-    low, high = t_interval(differences)
-    return f"{fmean(differences):+.2f} [{low:+.2f}, {high:+.2f}]"
+    return bracket_text(differences)
 
 
 def paired_table(found: dict[str, dict[str, dict[int, dict]]]) -> None:

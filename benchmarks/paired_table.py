@@ -20,7 +20,7 @@ from pathlib import Path
 from statistics import fmean, stdev
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
-from perturbmerge.stats import interval_text, paired_summary  # noqa: E402
+from perturbmerge.stats import bracket_text, interval_text, paired_summary  # noqa: E402
 
 METRICS = (("final_acc", "final"), ("aaa", "AAA"), ("forgetting", "forgetting"), ("bwt", "BWT"))
 
@@ -80,12 +80,8 @@ def pair_lines(runs: dict[str, dict[int, dict]], pairs: list[tuple[str, str]], m
         differences = [runs[first][s][metric] - runs[second][s][metric] for s in seeds]
         if differences:
             name = f"{first} − {second}" + ("" if metric == "final_acc" else f", {PAIR_LABELS[metric]}")
-            summary = paired_summary(differences)
-            compact = "–"  # the form the README quotes: "+8.22 [+4.43, +12.01]"
-            if summary["std"] is not None:
-                low, high = summary["t_interval"]
-                compact = f"{summary['mean']:+.2f} [{low:+.2f}, {high:+.2f}]"
-            lines.append(f"| {name} | {','.join(map(str, seeds))} | {interval_text(summary)} | {compact} |")
+            lines.append(f"| {name} | {','.join(map(str, seeds))} | {interval_text(paired_summary(differences))} | "
+                         f"{bracket_text(differences)} |")
     return lines
 
 

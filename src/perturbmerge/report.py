@@ -408,7 +408,7 @@ def write_report(out_dir: str | Path, runs: Sequence[Mapping[str, Any]], markdow
         lines += [f"- **{m}**, seed {seed}: {w}" for m, seed, w in flagged]
     if has_difference:
         lines += ["", f"## Difference to {reference}", "",
-                  f"{final_label(summary)[0].upper() + final_label(summary)[1:]} minus {reference}'s, seed by seed: mean ± sample std over the common seeds, with the "
+                  f"{final_label(summary).replace('final', 'Final', 1)} minus {reference}'s, seed by seed: mean ± sample std over the common seeds, with the "
                   f"95 % t-interval and paired bootstrap interval of the mean (an interval that contains 0 does not "
                   f"show a difference):", ""]
         lines += difference_lines(differences)

@@ -45,6 +45,15 @@ def paired_summary(differences: Sequence[float], level: float = 0.95) -> dict[st
             "t_interval": t_interval(values, level), "bootstrap_interval": bootstrap_interval(values, level)}
 
 
+def bracket_text(differences: Sequence[float], level: float = 0.95) -> str:
+    """'+8.22 [+4.43, +12.01]': the mean difference and its t-interval, the form README and docs quote; '–' below
+    two values."""
+    interval = t_interval(differences, level)
+    if interval is None:
+        return "–"
+    return f"{math.fsum(differences) / len(differences):+.2f} [{interval[0]:+.2f}, {interval[1]:+.2f}]"
+
+
 def interval_text(summary: dict[str, object]) -> str:
     """'+9.21 ± 5.37 (3 seeds; 95 % CI t −4.13 … +22.55, bootstrap +3.10 … +13.47)'."""
     n, mean, std = summary["n"], summary["mean"], summary["std"]
