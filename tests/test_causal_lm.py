@@ -199,6 +199,21 @@ def test_full_weight_fisher_methods_and_classification_only_methods_say_so(lm_fo
     assert "runs on causal_lm tasks" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("benchmark", ["polyglot", "jsonl"])
+def test_causal_lm_benchmarks_run_the_fisher_pass_at_their_training_batch(lm_folder, benchmark):
+    """The Fisher pass holds a training step's activations at its own batch; for a causal LM they grow with
+    batch × sequence length, so the generic 64 multiplied a polyglot run's peak memory (docs/performance.md)."""
+    from perturbmerge.runner import resolve_config
+
+    name = "polyglot" if benchmark == "polyglot" else f"jsonl:{lm_folder / 'tasks.jsonl'}"
+    config, _ = resolve_config({"benchmark": name, "method": "pm-lora"})
+    assert config.fisher.batch_size == config.batch_size < 64
+    config, _ = resolve_config({"benchmark": name, "method": "pm-lora"}, sets=["fisher.batch_size=4"])
+    assert config.fisher.batch_size == 4  # still the user's to set
+    classification, _ = resolve_config({"benchmark": "digits", "method": "pm-lora"})
+    assert classification.fisher.batch_size == 64
+
+
 def test_an_lm_run_killed_after_a_checkpoint_resumes_bit_identically(lm_folder, tmp_path):
     assert run_lm(lm_folder, tmp_path / "ref", "pm-lora") == 0
     assert run_lm(lm_folder, tmp_path / "run", "pm-lora", "checkpoint.every_steps=4", "checkpoint.keep_final=true") == 0

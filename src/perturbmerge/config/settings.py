@@ -45,7 +45,8 @@ class LoraSettings:
 @dataclass
 class FisherSettings:
     max_samples: int | None = option(None, "examples per task in the Fisher pass (a fixed random subset); null: all")
-    batch_size: int = option(64, "examples per forward/backward pass of the Fisher")
+    batch_size: int = option(64, "examples per forward/backward pass of the Fisher (its memory is a training "
+                                 "step's at this batch; causal-LM benchmarks default to their training batch_size)")
     kind: FisherKind = option("empirical", "empirical: gradients at the true labels; sampled: at labels drawn "
                                            "from the model's predictive distribution (the true Fisher)")
     logits: Logits = option("task", "task: the loss over the current task's logits (the masked loss); seen: over "

@@ -269,7 +269,8 @@ def _completion_spec(path: Path, path_text: str) -> BenchmarkSpec:
         modality="completion",
         default_tasks=len(task_names(read_completion_jsonl(path))),
         load=functools.partial(load_completion_tasks, path),
-        defaults={"epochs": 2, "batch_size": 16, "lr": 1e-3, "eval_batch_size": 16},
+        defaults={"epochs": 2, "batch_size": 16, "lr": 1e-3, "eval_batch_size": 16,
+                  "fisher": {"batch_size": 16}},  # the training batch: see POLYGLOT_DEFAULTS
         data_keys=frozenset({"test_fraction"}),
     )
 
