@@ -47,6 +47,13 @@ def test_cli_run_pm_lora_end_to_end(tmp_path):
     assert all(s is not None and 0.0 < s <= 1.0 for s in results["alpha_simplified"])
     assert results["config"]["epsilon"] == 0.5 and results["config"]["p0"] == pytest.approx(1 / 3)
     assert "final acc" in proc.stdout
+    # peak memory: the run's own figure against what the OS reports for its process (a unit slip is off by 1024×)
+    import resource
+
+    children_peak_gib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20  # KiB on Linux
+    assert 0.2 < results["peak_memory_gib"]["resident"] <= children_peak_gib
+    assert f"peak {results['peak_memory_gib']['resident']:.2f} GiB resident" in proc.stdout
+    assert "Peak memory (this run, one process" in (out / "report.md").read_text()
 
 
 @pytest.mark.parametrize("method", sorted(m for m, spec in METHODS.items()

@@ -18,13 +18,19 @@ def _fmt(value: Any) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
+def _peak_text(results: dict[str, Any]) -> str:
+    peak = results.get("peak_memory_gib") or {}
+    return "".join(f", peak {peak[k]:.2f} GiB {label}" for k, label in (("resident", "resident"), ("cuda", "CUDA"))
+                   if k in peak)
+
+
 def _summary_lines(results: dict[str, Any]) -> list[str]:
     from .report import final_label
 
     final = final_label(results).lower()  # causal LM: final score (EM / chrF)
     lines = [
         f"{results['method']} on {results['benchmark']} (seed {results['seed']}, {results['num_tasks']} tasks, "
-        f"{results['wall_time_s']:.1f} s)",
+        f"{results['wall_time_s']:.1f} s{_peak_text(results)})",
         f"  {final} {_fmt(results['final_acc'])}  AAA {_fmt(results['aaa'])}  forgetting {_fmt(results['forgetting'])}"
         f"  BWT {_fmt(results['bwt'])}  plasticity {_fmt(results['plasticity'])}   (%)",
     ]

@@ -118,6 +118,23 @@ def machine_description() -> str:
     return f"{platform.machine()} {device}, Python {platform.python_version()}, torch {torch.__version__}"
 
 
+def peak_memory_gib(device: Any = None) -> dict[str, float]:
+    """This process's peak memory so far, in GiB: `resident` (the OS's maximum resident set size; a resumed run's
+    counts from its resume) and, on a CUDA device, `cuda` (the most memory torch's allocator held for tensors)."""
+    import resource
+    import sys
+
+    import torch
+
+    peak = {}
+    if sys.platform != "win32":
+        maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # bytes on macOS, KiB elsewhere
+        peak["resident"] = maxrss / 2**30 if sys.platform == "darwin" else maxrss / 2**20
+    if device is not None and torch.device(device).type == "cuda":
+        peak["cuda"] = torch.cuda.max_memory_allocated(device) / 2**30
+    return peak
+
+
 def is_committed_results_path(path: str | Path) -> bool:
     """Whether `path` lies in a `benchmarks/results/` folder: where runs that documents cite are kept."""
     parts = Path(path).resolve().parts

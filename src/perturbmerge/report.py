@@ -365,6 +365,18 @@ PLOTS = {
 }
 
 
+def peak_memory_line(runs: Sequence[Mapping[str, Any]]) -> str | None:
+    """"Peak memory: …" of the run (of the largest run of several), from results' `peak_memory_gib`."""
+    peaks = [run["peak_memory_gib"] for run in runs if run.get("peak_memory_gib")]
+    if not peaks:
+        return None
+    parts = [f"{max(p[kind] for p in peaks if kind in p):.2f} GiB {label}"
+             for kind, label in (("resident", "resident"), ("cuda", "CUDA (torch's allocator)"))
+             if any(kind in p for p in peaks)]
+    whose = "this run" if len(runs) == 1 else "the largest of these runs"
+    return f"Peak memory ({whose}, one process; a resumed run counts from its resume): {', '.join(parts)}  "
+
+
 def write_report(out_dir: str | Path, runs: Sequence[Mapping[str, Any]], markdown_name: str,
                  command: str, run_dirs: Mapping[tuple[str, int], str] | None = None,
                  machine: str | None = None) -> dict[str, Any]:
@@ -396,6 +408,9 @@ def write_report(out_dir: str | Path, runs: Sequence[Mapping[str, Any]], markdow
     ]
     if machine:
         lines.append(f"Machine: {machine}  ")
+    peak = peak_memory_line(runs)
+    if peak:
+        lines.append(peak)
     lines += ["Metrics in %, mean ± std over seeds (sample std) where several seeds ran; wall time in seconds.", ""]
     lines += table_lines(summary)
     lines += ["", seed_noise_sentence(summary)]

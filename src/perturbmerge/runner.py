@@ -26,7 +26,7 @@ from .data import TaskStream, get_benchmark
 from .distributed import init_world
 from .data.base import GENERIC_DATA_KEYS, LoadRequest, joint_stream, validation_stream
 from .errors import UserError
-from .io import atomic_write_json, check_out_path, package_versions, require_committed_source
+from .io import atomic_write_json, check_out_path, package_versions, peak_memory_gib, require_committed_source
 from .kinds import task_kind_for
 from .learner import ContinualLearner
 from .methods import check_keys_apply, get_method
@@ -442,6 +442,7 @@ def _run_locked(config: RunConfig, method, stream: TaskStream, backbone, device:
             "wall_time_s": elapsed_before + time.perf_counter() - start,
             "resumed_from": (state["position"] if state is not None else "start") if resume else None,
             "device": str(device),
+            "peak_memory_gib": peak_memory_gib(device),
             "processes": world.size,
             "config": config.to_dict(),
             "versions": run_versions(),
