@@ -19,9 +19,10 @@ def _fmt(value: Any) -> str:
 
 
 def _peak_text(results: dict[str, Any]) -> str:
-    peak = results.get("peak_memory_gib") or {}
-    return "".join(f", peak {peak[k]:.2f} GiB {label}" for k, label in (("resident", "resident"), ("cuda", "CUDA"))
-                   if k in peak)
+    from .report import peak_memory_text
+
+    peak = results.get("peak_memory_gib")
+    return f", peak {peak_memory_text(peak)}" if peak else ""
 
 
 def _summary_lines(results: dict[str, Any]) -> list[str]:

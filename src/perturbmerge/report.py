@@ -365,16 +365,23 @@ PLOTS = {
 }
 
 
+PEAK_MEMORY_LABELS = (("resident", "resident"), ("cuda", "CUDA (torch's allocator)"))
+
+
+def peak_memory_text(peak: Mapping[str, float]) -> str:
+    """"2.74 GiB resident, 5.10 GiB CUDA (torch's allocator)" from results' `peak_memory_gib`."""
+    return ", ".join(f"{peak[kind]:.2f} GiB {label}" for kind, label in PEAK_MEMORY_LABELS if kind in peak)
+
+
 def peak_memory_line(runs: Sequence[Mapping[str, Any]]) -> str | None:
     """"Peak memory: …" of the run (of the largest run of several), from results' `peak_memory_gib`."""
     peaks = [run["peak_memory_gib"] for run in runs if run.get("peak_memory_gib")]
     if not peaks:
         return None
-    parts = [f"{max(p[kind] for p in peaks if kind in p):.2f} GiB {label}"
-             for kind, label in (("resident", "resident"), ("cuda", "CUDA (torch's allocator)"))
-             if any(kind in p for p in peaks)]
+    largest = {kind: max(p[kind] for p in peaks if kind in p) for kind, _ in PEAK_MEMORY_LABELS
+               if any(kind in p for p in peaks)}
     whose = "this run" if len(runs) == 1 else "the largest of these runs"
-    return f"Peak memory ({whose}, one process; a resumed run counts from its resume): {', '.join(parts)}  "
+    return f"Peak memory ({whose}, one process; a resumed run counts from its resume): {peak_memory_text(largest)}  "
 
 
 def write_report(out_dir: str | Path, runs: Sequence[Mapping[str, Any]], markdown_name: str,
