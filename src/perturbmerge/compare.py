@@ -18,7 +18,7 @@ from typing import Any, Iterator, Mapping, Sequence
 from . import lock
 from .config import RunConfig, config_differences
 from .errors import UserError
-from .io import check_out_path, machine_description
+from .io import machine_description, make_out_folder
 from .methods import get_method, unused_keys
 from .report import difference_lines, read_results, score_matrix_lines, table_lines, write_report
 
@@ -88,14 +88,7 @@ def output_folder(out: Path) -> Iterator[bool]:
     """Create (if needed) and lock `out` for a comparison — new, empty, or an earlier one with runs/ — while the
     block runs; yields True if this call created it. A second writer is refused by the lock, before it deletes
     or writes anything."""
-    out = check_out_path(out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out '{out}' exists and is not a folder; choose another --out")
-    created = not out.exists()
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"output folder '{out}' cannot be created ({exc.strerror}); choose another --out") from None
+    out, created = make_out_folder(out)
     with lock.locked(out):
         if not created and any(not lock.is_lock_file(p) for p in out.iterdir()) and not (out / "runs").is_dir():
             raise UserError(f"output folder '{out}' is not empty and holds no earlier comparison; choose another --out")

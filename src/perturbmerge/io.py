@@ -45,6 +45,22 @@ def check_out_path(path: str | Path) -> Path:
     return path
 
 
+def make_out_folder(path: str | Path) -> tuple[Path, bool]:
+    """Create `path` (an --out folder) if it does not exist; (path, True if this call created it). Refuses
+    (UserError) a name too long, an existing file, or a folder that cannot be created."""
+    from .errors import UserError
+
+    path = check_out_path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"--out '{path}' exists and is not a folder; choose another --out")
+    created = not path.exists()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"output folder '{path}' is not writable ({exc.strerror}); choose another --out") from None
+    return path, created
+
+
 def slug(text: str) -> str:
     """`text` made safe as one folder name: runs of anything but letters, digits, '.', '_', '-' become '-'
     (so 'csv:x/../../y.csv' cannot lead a default output folder out of runs/)."""

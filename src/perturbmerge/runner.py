@@ -26,7 +26,7 @@ from .data import TaskStream, get_benchmark
 from .distributed import init_world
 from .data.base import GENERIC_DATA_KEYS, LoadRequest, joint_stream, validation_stream
 from .errors import UserError
-from .io import atomic_write_json, check_out_path, package_versions, peak_memory_gib, require_committed_source
+from .io import atomic_write_json, make_out_folder, package_versions, peak_memory_gib, require_committed_source
 from .kinds import task_kind_for
 from .learner import ContinualLearner
 from .methods import check_keys_apply, get_method
@@ -94,14 +94,7 @@ def seed_everything(seed: int) -> None:
 def _prepare_out_dir(out_dir: Path) -> bool:
     """Create (if needed) and lock `out_dir`, refusing one that already holds files; True if we created it (so a
     failed run can remove it). The caller releases the lock."""
-    out_dir = check_out_path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UserError(f"--out '{out_dir}' exists and is not a folder; choose another --out")
-    created = not out_dir.exists()
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"output folder '{out_dir}' is not writable ({exc.strerror}); choose another --out") from None
+    out_dir, created = make_out_folder(out_dir)
     lock.acquire(out_dir)
     try:
         if any(not lock.is_lock_file(p) for p in out_dir.iterdir()):
