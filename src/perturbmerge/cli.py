@@ -436,9 +436,12 @@ def build_parser() -> argparse.ArgumentParser:
     report.set_defaults(func=cmd_report)
     export = sub.add_parser(
         "export", help="copy a run's final model (run with --set save_model=true) to a folder of its own",
-        description="Writes MODEL_DIR: the merged backbone (a plain Hugging Face model in backbone/ for HF "
-                    "encoders), classifier.safetensors over every seen class and perturbmerge_model.json with the "
-                    "class names. The run must have been made with --set save_model=true.")
+        description="Writes MODEL_DIR. A classification run: the merged backbone (a plain Hugging Face model in "
+                    "backbone/ for HF encoders), classifier.safetensors over every seen class and "
+                    "perturbmerge_model.json with the class names. A causal-LM run: a plain Hugging Face causal-LM "
+                    "folder (weights, tokenizer, chat template) that AutoModelForCausalLM loads, plus "
+                    "perturbmerge_model.json with the task names. The run must have been made with "
+                    "--set save_model=true.")
     export.add_argument("--run", required=True, metavar="DIR", help="a finished run folder (made with save_model=true)")
     export.add_argument("--out", required=True, metavar="MODEL_DIR",
                         help="the new model folder (must not exist or be empty)")
