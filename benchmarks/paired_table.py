@@ -1,7 +1,8 @@
 """Markdown tables of one benchmark's committed runs (no training): per method the mean ± sample std over seeds of
 final score, AAA, forgetting and BWT (and, for causal-LM runs, the general-ability NLL after the last task minus
 the pretrained model's), then paired differences over the seeds both methods ran, with the 95 % t-interval and
-paired bootstrap interval (perturbmerge.stats), and optionally issue 49's benchmark criteria.
+paired bootstrap interval (perturbmerge.stats), optionally issue 49's benchmark criteria, one run's score matrix
+(--matrix) and each method's scores per task after the last task (--final-rows).
 
     .venv/bin/python benchmarks/paired_table.py benchmarks/results/lm/polyglot --criteria \\
         --pairs pm-lora:seq-lora,merge-lora:seq-lora,pm-lora:merge-lora,pm-lora:avg-lora
@@ -112,6 +113,26 @@ def matrix_lines(runs: dict[str, dict[int, dict]], method: str, seed: int) -> li
     return lines
 
 
+def final_row_lines(runs: dict[str, dict[int, dict]], methods: list[str]) -> list[str]:
+    """Each method's score on every task after the last one (the score matrix's last row), mean ± sample std over
+    seeds, one decimal; a method whose runs have another number of tasks (joint: one pooled task) is left out."""
+    first = runs[methods[0]][min(runs[methods[0]])] if methods else {}
+    size = len(first.get("accuracy_matrix") or [])
+    names = [", ".join(map(str, group)) for group in first.get("classes_per_task") or []]
+    if len(names) != size:
+        names = [f"task {i + 1}" for i in range(size)]
+    lines = ["| score after the last task | seeds | " + " | ".join(names) + " |", "|---|---|" + "---|" * size]
+    for method in methods:
+        by_seed = runs[method]
+        seeds = sorted(by_seed)
+        rows = [by_seed[s]["accuracy_matrix"][-1] for s in seeds]
+        if any(len(row) != size for row in rows):
+            continue
+        cells = [spread([row[i] for row in rows], 1) for i in range(size)]
+        lines.append(f"| {method}, after task {size} | {','.join(map(str, seeds))} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folder", type=Path)
@@ -121,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"comma-separated, a table each, from {', '.join(PAIR_LABELS)} (default final_acc)")
     parser.add_argument("--criteria", action="store_true", help="issue 49's criteria (zero-shot and seq-lora)")
     parser.add_argument("--matrix", default="", help="METHOD:SEED,... the score matrices of these runs")
+    parser.add_argument("--final-rows", default="",
+                        help="METHOD,...: each one's score per task after the last task, mean ± std over seeds")
     args = parser.parse_args(argv)
     runs = load_runs(args.folder)
     if not runs:
@@ -143,6 +166,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for metric in metrics if pairs else []:
         lines += [""] + pair_lines(runs, pairs, metric)
+    final_methods = [m for m in args.final_rows.split(",") if m in runs]
+    if final_methods:
+        lines += [""] + final_row_lines(runs, final_methods)
     print("\n".join(lines))
     return 0
 

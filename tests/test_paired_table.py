@@ -70,3 +70,17 @@ def test_a_run_without_forgetting_shows_a_dash(table, tmp_path, capsys):
     assert table.main([str(tmp_path), "--methods", "seq-lora,joint", "--pairs", "joint:seq-lora"]) == 0
     out = capsys.readouterr().out
     assert "| joint | 0 | 60.00 | 60.00 | – | – | – |" in out and "| joint − seq-lora | 0 | +15.00 (1 seed; no interval) | – |" in out
+
+
+def test_final_rows_per_task_over_seeds(table, tmp_path, capsys):
+    """--final-rows: the last row of each method's score matrix, mean ± sample std over seeds; a run with another
+    number of tasks (joint: one pooled task) has no such row."""
+    write(tmp_path, "seq-lora", 0, [[80.0, None], [30.0, 60.0]])
+    write(tmp_path, "seq-lora", 1, [[70.0, None], [20.0, 50.0]])
+    write(tmp_path, "joint", 0, [[55.0]])
+    assert table.main([str(tmp_path), "--final-rows", "seq-lora,joint"]) == 0
+    out = capsys.readouterr().out
+    # task 1: 30, 20 → 25.0 ± 7.1; task 2: 60, 50 → 55.0 ± 7.1
+    assert "| score after the last task | seeds | task 1 | task 2 |" in out
+    assert "| seq-lora, after task 2 | 0,1 | 25.0 ± 7.1 | 55.0 ± 7.1 |" in out
+    assert "joint, after" not in out
