@@ -41,7 +41,8 @@ GENERATORS = [  # (script, arguments): the commands docs/results.md names for it
                                     "joint", "--pairs",
                                     "pm-lora:seq-lora,merge-lora:seq-lora,avg-lora:seq-lora,o-lora:seq-lora,"
                                     "task-arithmetic:seq-lora,ties:seq-lora,magmax:seq-lora,joint:seq-lora,"
-                                    "pm-lora:merge-lora,pm-lora:avg-lora"]),
+                                    "pm-lora:merge-lora,pm-lora:avg-lora", "--final-rows",
+                                    "seq-lora,pm-lora,merge-lora,avg-lora,o-lora,task-arithmetic,ties,magmax"]),
     ("benchmarks/paired_table.py", [f"{RESULTS}/regime/langid-10-seeds", "--methods", "seq-lora,merge-lora,pm-lora",
                                     "--pairs", "pm-lora:seq-lora,merge-lora:seq-lora,pm-lora:merge-lora",
                                     "--pair-metrics", "final_acc,forgetting"]),
