@@ -99,13 +99,18 @@ def criteria_lines(runs: dict[str, dict[int, dict]], seed: int = 0) -> list[str]
             f"| C2: seq-lora forgetting | {seed} | {c2:.2f} | ≥ 10 | {'yes' if c2 >= 10 else 'no'} |"]
 
 
+def task_names(run: dict) -> list[str]:
+    """The run's task names (its classes per task), or "task 1", … where they do not match its score matrix."""
+    size = len(run.get("accuracy_matrix") or [])
+    names = [", ".join(map(str, group)) for group in run.get("classes_per_task") or []]
+    return names if len(names) == size else [f"task {i + 1}" for i in range(size)]
+
+
 def matrix_lines(runs: dict[str, dict[int, dict]], method: str, seed: int) -> list[str]:
     """R[t][i] of one run, a row per 'after task t', the columns named by the run's tasks."""
     run = runs[method][seed]
-    names = [", ".join(map(str, group)) for group in run.get("classes_per_task") or []]
+    names = task_names(run)
     matrix = run["accuracy_matrix"]
-    if len(names) != len(matrix):
-        names = [f"task {i + 1}" for i in range(len(matrix))]
     lines = ["| run | after task | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
     for t, row in enumerate(matrix):
         lines.append(f"| {method} seed {seed} | {t + 1} | "
@@ -116,11 +121,8 @@ def matrix_lines(runs: dict[str, dict[int, dict]], method: str, seed: int) -> li
 def final_row_lines(runs: dict[str, dict[int, dict]], methods: list[str]) -> list[str]:
     """Each method's score on every task after the last one (the score matrix's last row), mean ± sample std over
     seeds, one decimal; a method whose runs have another number of tasks (joint: one pooled task) is left out."""
-    first = runs[methods[0]][min(runs[methods[0]])] if methods else {}
-    size = len(first.get("accuracy_matrix") or [])
-    names = [", ".join(map(str, group)) for group in first.get("classes_per_task") or []]
-    if len(names) != size:
-        names = [f"task {i + 1}" for i in range(size)]
+    names = task_names(runs[methods[0]][min(runs[methods[0]])]) if methods else []
+    size = len(names)
     lines = ["| score after the last task | seeds | " + " | ".join(names) + " |", "|---|---|" + "---|" * size]
     for method in methods:
         by_seed = runs[method]

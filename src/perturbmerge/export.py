@@ -1,9 +1,9 @@
 """A run's final model as a folder that outlives perturbmerge: the merged backbone, the classifier over every seen
 class and the class names (`--set save_model=true`, `perturbmerge export`, `perturbmerge predict`).
 
-A causal-LM run (`write_language_model`) is instead a plain Hugging Face causal-LM folder: `save_pretrained` of the merged
-model and of its tokenizer (chat template included), perturbmerge_model.json (kind "causal_lm", the task names) and
-MANIFEST.json; `perturbmerge generate` and `AutoModelForCausalLM.from_pretrained` load it.
+A causal-LM run (`write_language_model`) is instead a plain Hugging Face causal-LM folder: `save_pretrained` of the
+merged model and of its tokenizer (chat template included), perturbmerge_model.json (kind "causal_lm", the task
+names) and MANIFEST.json; `perturbmerge generate` and `AutoModelForCausalLM.from_pretrained` load it.
 
 Layout of a classification MODEL_DIR (safetensors + JSON only; nothing is pickled):
 
